@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh clone: `make run` and `make test`.
+# Every target sets itself up first, and set-up is idempotent.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages: docker-compose validates the compose file offline, chromium drives the
+# browser tests, a Java runtime runs TorchServe natively.
+DEBIAN_PACKAGES := docker-compose chromium default-jre-headless
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages run test lint clean
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@if ! command -v docker-compose >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v java >/dev/null; then \
+	  echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3.11 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: 2.13.0 installs from a CPU wheel on disk; a looser spec
+	# resolved later would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/deploybench export --model all --out artifacts
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) artifacts runs test-artifacts .pytest_cache

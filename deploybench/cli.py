@@ -1,0 +1,103 @@
+"""The `deploybench` command: one sub-command per stage."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from deploybench.errors import DeploybenchError
+
+app = typer.Typer(
+    help="Compare how one model deploys through TensorFlow Serving, TorchServe and LiteRT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+
+def log_file() -> Path:
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return Path(os.environ.get("DEPLOYBENCH_LOG", state / "deploybench" / "deploybench.log"))
+
+
+def setup_logging() -> None:
+    path = log_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A CLI command whose failures are one readable line, with the detail in the log."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
+        try:
+            return func(*args, **kwargs)
+        except DeploybenchError as error:
+            logging.getLogger("deploybench").error("%s", error)
+            errors.print(f"[red]error:[/red] {error}", soft_wrap=True, highlight=False)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            errors.print("[red]interrupted[/red]")
+            raise typer.Exit(130) from None
+        except Exception as error:  # unexpected: one line here, the traceback in the log
+            logging.getLogger("deploybench").exception("unexpected error")
+            errors.print(
+                f"[red]error:[/red] {type(error).__name__}: {error} (details in {log_file()})",
+                soft_wrap=True, highlight=False,
+            )
+            raise typer.Exit(1) from None
+
+    return app.command()(wrapper)
+
+
+def resolve_models(name: str) -> list:  # noqa: ANN201
+    from deploybench.zoo import UnknownModelError, all_specs, get_spec
+
+    if name == "all":
+        return list(all_specs().values())
+    try:
+        return [get_spec(name)]
+    except UnknownModelError as error:
+        raise DeploybenchError(str(error)) from None
+
+
+@command
+def export(
+    model: Annotated[str, typer.Option(help="Model name from the zoo, or 'all'.")] = "all",
+    out: Annotated[Path, typer.Option(help="Export root folder.")] = Path("artifacts"),
+    version: Annotated[int, typer.Option(min=1, help="Model version to write.")] = 1,
+) -> None:
+    """Export models to SavedModel, TFLite variants, TorchScript and .mar, gated on parity."""
+    specs = resolve_models(model)
+    from deploybench.export.exporter import export as run_export
+
+    run_export(specs, out, console, version)
+
+
+@command
+def models() -> None:
+    """List the models in the zoo."""
+    from deploybench.zoo import all_specs
+
+    for spec in all_specs().values():
+        console.print(f"{spec.name}\t{spec.description}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

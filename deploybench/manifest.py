@@ -1,0 +1,119 @@
+"""manifest.json: what export wrote for one model, and how each artifact did on parity.
+
+Later stages read artifacts only through the manifest, and check each file's sha256 first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploybench.errors import DeploybenchError
+from deploybench.files import atomic_write_json, tree_sha256
+
+SCHEMA = "deploybench.manifest/1"
+MANIFEST_FILE = "manifest.json"
+
+# fp32 artifacts must reproduce the reference logits to this absolute difference. Logits of
+# the digits models are O(10); fp32 kernels that only reorder sums differ by ~1e-6 there,
+# while any real porting mistake (a transposed kernel, a wrong flatten order) shows as O(1).
+FP32_TOLERANCE = 1e-4
+# Quantized variants are judged by the held-out accuracy they lose, in points of accuracy.
+MAX_ACCURACY_DROP = 0.02
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int | None]
+    dtype: str
+
+
+@dataclass
+class Artifact:
+    format: str
+    path: str  # relative to the export root
+    status: str = "ok"  # ok | failed (export error) | parity-failed
+    quantized: bool = False
+    sha256: str | None = None
+    bytes: int | None = None
+    export_seconds: float | None = None
+    max_abs_diff: float | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    top1_agreement: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Manifest:
+    model: str
+    version: int
+    description: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    golden: dict[str, Any]
+    tolerance: dict[str, float]
+    versions: dict[str, str | None]
+    created: str
+    max_rows: int
+    artifacts: list[Artifact] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    def artifact(self, fmt: str) -> Artifact:
+        for artifact in self.artifacts:
+            if artifact.format == fmt:
+                return artifact
+        raise DeploybenchError(f"{self.model}: the manifest has no {fmt} artifact")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("schema") != SCHEMA:
+            raise DeploybenchError(f"not a deploybench manifest (schema {data.get('schema')!r})")
+        data = dict(data)
+        data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+        data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+        data["artifacts"] = [Artifact(**a) for a in data["artifacts"]]
+        return cls(**data)
+
+
+def manifest_path(root: Path, model: str) -> Path:
+    return root / model / MANIFEST_FILE
+
+
+def load_manifest(root: Path, model: str) -> Manifest:
+    path = manifest_path(root, model)
+    if not path.is_file():
+        raise DeploybenchError(f"{path}: no manifest; run `deploybench export --model {model}`")
+    try:
+        return Manifest.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, KeyError) as error:
+        raise DeploybenchError(f"{path}: unreadable manifest ({error})") from error
+
+
+def exported_models(root: Path) -> list[str]:
+    """Models with a published manifest under the export root."""
+    return sorted(p.parent.name for p in root.glob(f"*/{MANIFEST_FILE}"))
+
+
+def verify_artifacts(root: Path, manifest: Manifest, formats: list[str] | None = None) -> None:
+    """Refuse an artifact that is missing, truncated or tampered with."""
+    for artifact in manifest.artifacts:
+        if formats is not None and artifact.format not in formats:
+            continue
+        path = root / artifact.path
+        if not path.exists():
+            raise DeploybenchError(f"{path}: artifact missing ({artifact.format})")
+        if tree_sha256(path) != artifact.sha256:
+            raise DeploybenchError(
+                f"{path}: sha256 does not match the manifest ({artifact.format}); "
+                "the artifact was changed or truncated after export, export it again"
+            )

@@ -1,0 +1,231 @@
+"""The export stage: train the reference, build both twins, write every format, gate on parity,
+then publish the model's folder in one atomic step (or leave the previous export untouched)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from deploybench.export.formats import FORMATS, ExportContext, Format
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deploybench import layout
+from deploybench.errors import IncompleteExportError, ParityError, UsageError
+from deploybench.files import (
+    atomic_symlink,
+    atomic_write_text,
+    remove_tree,
+    size_of,
+    tree_sha256,
+)
+from deploybench.manifest import (
+    FP32_TOLERANCE,
+    MANIFEST_FILE,
+    MAX_ACCURACY_DROP,
+    Artifact,
+    Manifest,
+    TensorSpec,
+    exported_models,
+)
+from deploybench.versions import package_versions
+from deploybench.zoo.spec import ModelSpec
+from deploybench.zoo.train import GOLDEN_FILE, Golden, accuracy, train_reference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelExport:
+    """The outcome of exporting one model."""
+
+    manifest: Manifest
+    published: bool
+    build_dir: Path
+    seconds: float
+    problems: list[str] = field(default_factory=list)
+
+
+def check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to output folder {root}: {error.strerror}") from error
+
+
+def judge(fmt: Format, outputs: np.ndarray, golden: Golden, artifact: Artifact) -> None:
+    """The parity gate for one artifact: fp32 by max abs diff, quantized by accuracy drop."""
+    artifact.max_abs_diff = float(np.max(np.abs(outputs - golden.outputs)))
+    artifact.accuracy = accuracy(outputs, golden.labels)
+    artifact.accuracy_drop = golden.accuracy - artifact.accuracy
+    artifact.top1_agreement = float(
+        np.mean(np.argmax(outputs, axis=1) == np.argmax(golden.outputs, axis=1))
+    )
+    # written as `not <=` so that a NaN fails too
+    if not fmt.quantized and not artifact.max_abs_diff <= FP32_TOLERANCE:
+        artifact.status = "parity-failed"
+        artifact.reason = (
+            f"max abs diff {artifact.max_abs_diff:.3g} > tolerance {FP32_TOLERANCE:g}"
+        )
+    elif fmt.quantized and not artifact.accuracy_drop <= MAX_ACCURACY_DROP:
+        artifact.status = "parity-failed"
+        artifact.reason = (
+            f"accuracy drop {artifact.accuracy_drop * 100:.1f} points "
+            f"> {MAX_ACCURACY_DROP * 100:.0f}"
+        )
+
+
+def export_model(
+    spec: ModelSpec, root: Path, progress: Progress | None = None, version: int = 1
+) -> ModelExport:
+    """Export one model under `root`; publish it only if every artifact exported and passed."""
+    import torch
+
+    started = time.perf_counter()
+    task = progress.add_task(f"{spec.name}: training", total=None) if progress else None
+
+    def step(text: str) -> None:
+        if progress is not None:
+            progress.update(task, description=f"{spec.name}: {text}")
+
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    build_dir = root / layout.BUILDS / f"{spec.name}-{stamp}"
+    build_dir.mkdir(parents=True)
+
+    torch_model, split, golden = train_reference(
+        spec, lambda done, total: step(f"training epoch {done}/{total}")
+    )
+    if spec.min_accuracy is not None and golden.accuracy < spec.min_accuracy:
+        raise ParityError(
+            f"{spec.name}: reference held-out accuracy {golden.accuracy:.3f} "
+            f"< required {spec.min_accuracy}"
+        )
+    golden.save(build_dir / GOLDEN_FILE)
+    torch.save(torch_model.state_dict(), build_dir / "reference.pt")
+    step("building the Keras twin")
+    keras_model = spec.build_keras()
+    spec.copy_weights(torch_model, keras_model)
+    ctx = ExportContext(spec, torch_model, keras_model, split.x_train, build_dir, version)
+
+    artifacts: list[Artifact] = []
+    for fmt in FORMATS:
+        step(f"exporting {fmt.name}")
+        artifact = Artifact(format=fmt.name, path="", quantized=fmt.quantized)
+        artifacts.append(artifact)
+        began = time.perf_counter()
+        try:
+            path = fmt.write(ctx)
+        except Exception as error:  # a failed format is a row with its reason, not a crash
+            log.exception("%s: %s export failed", spec.name, fmt.name)
+            artifact.status = "failed"
+            artifact.reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            artifact.export_seconds = round(time.perf_counter() - began, 3)
+            continue
+        artifact.export_seconds = round(time.perf_counter() - began, 3)
+        artifact.path = f"{spec.name}/{path.relative_to(build_dir).as_posix()}"
+        artifact.sha256 = tree_sha256(path)
+        artifact.bytes = size_of(path)
+        step(f"parity of {fmt.name}")
+        try:
+            judge(fmt, fmt.runner(path)(golden.inputs), golden, artifact)
+        except Exception as error:
+            log.exception("%s: %s could not be run for parity", spec.name, fmt.name)
+            artifact.status = "failed"
+            artifact.reason = f"cannot run for parity: {error}".splitlines()[0]
+
+    manifest = Manifest(
+        model=spec.name,
+        version=version,
+        description=spec.description,
+        inputs=[TensorSpec(spec.input_name, [None, *spec.input_shape], "float32")],
+        outputs=[TensorSpec(spec.output_name, [None, spec.num_classes], "float32")],
+        golden={
+            "path": f"{spec.name}/{GOLDEN_FILE}",
+            "samples": int(len(golden.labels)),
+            "reference_accuracy": golden.accuracy,
+            "split": "held-out 20%, stratified, seed 0",
+        },
+        tolerance={"fp32_max_abs_diff": FP32_TOLERANCE, "max_accuracy_drop": MAX_ACCURACY_DROP},
+        versions=package_versions(),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        max_rows=spec.max_rows,
+        artifacts=artifacts,
+    )
+    manifest.save(build_dir / MANIFEST_FILE)
+    problems = [
+        f"{spec.name} {a.format}: {a.status}: {a.reason}" for a in artifacts if a.status != "ok"
+    ]
+    published = not problems
+    if published:
+        step("publishing")
+        publish(root, spec.name, build_dir)
+    if progress is not None:
+        progress.update(task, description=f"{spec.name}: {'done' if published else 'FAILED'}")
+    return ModelExport(manifest, published, build_dir, time.perf_counter() - started, problems)
+
+
+def publish(root: Path, model: str, build_dir: Path) -> None:
+    """Swap the model's symlink to the new build in one rename; then tidy up around it."""
+    link = root / model
+    previous = link.resolve() if link.is_symlink() else None
+    atomic_symlink(os.path.relpath(build_dir, root), link)
+    store_link = layout.mar_path(root, model)
+    store_link.parent.mkdir(exist_ok=True)
+    if not store_link.is_symlink():
+        atomic_symlink(f"../{model}/{model}.mar", store_link)
+    atomic_write_text(root / layout.MODELS_CONFIG, layout.models_config_text(exported_models(root)))
+    if previous is not None and previous != build_dir.resolve():
+        remove_tree(previous)
+
+
+def render_table(result: ModelExport) -> Table:
+    manifest = result.manifest
+    table = Table(title=f"{manifest.model} (reference accuracy "
+                        f"{manifest.golden['reference_accuracy']:.4f})")
+    for column in ("format", "status", "size", "accuracy", "max diff", "seconds"):
+        table.add_column(column, justify="left" if column in ("format", "status") else "right")
+    for a in manifest.artifacts:
+        status = a.status if a.status == "ok" else f"[red]{a.status}[/red]: {a.reason}"
+        table.add_row(
+            a.format,
+            status,
+            f"{a.bytes / 1024:.1f} KiB" if a.bytes is not None else "-",
+            f"{a.accuracy:.4f}" if a.accuracy is not None else "-",
+            f"{a.max_abs_diff:.2e}" if a.max_abs_diff is not None else "-",
+            f"{a.export_seconds:.2f}" if a.export_seconds is not None else "-",
+        )
+    return table
+
+
+def export(specs: list[ModelSpec], root: Path, console: Console, version: int = 1) -> None:
+    """Export each model, print a table per model, and raise if any export is not complete."""
+    check_writable(root)
+    results: list[ModelExport] = []
+    started = time.perf_counter()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        for spec in specs:
+            results.append(export_model(spec, root, progress, version))
+    for result in results:
+        console.print(render_table(result))
+        if result.published:
+            console.print(f"published {root / result.manifest.model} "
+                          f"in {result.seconds:.1f} s")
+        else:
+            console.print(f"[red]not published[/red]; the failed build is kept at "
+                          f"{result.build_dir}, earlier artifacts are untouched")
+    console.print(f"export finished in {time.perf_counter() - started:.1f} s")
+    problems = [p for r in results for p in r.problems]
+    if any("parity-failed" in p for p in problems):
+        raise ParityError("parity gate failed: " + "; ".join(problems))
+    if problems:
+        raise IncompleteExportError("export incomplete: " + "; ".join(problems))

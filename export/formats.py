@@ -1,0 +1,181 @@
+"""One function per artifact format. Each writes into the staging folder and returns the path
+it wrote; each format also names how to run what it wrote, for the parity gate."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploybench import runtimes
+from deploybench.zoo.spec import ModelSpec
+
+HANDLER = Path(__file__).resolve().parent.parent / "serving" / "handler.py"
+SIGNATURE_FILE = "signature.json"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+REPRESENTATIVE_SAMPLES = 200
+
+
+@dataclass
+class ExportContext:
+    """What every format function needs: the model, its twins and where to write."""
+
+    spec: ModelSpec
+    torch_model: Any
+    keras_model: Any
+    x_train: np.ndarray
+    build_dir: Path  # the model's staging folder
+    version: int = 1
+
+    @property
+    def savedmodel_dir(self) -> Path:
+        # TF Serving's layout: <base path>/<version>/saved_model.pb
+        return self.build_dir / "savedmodel" / str(self.version)
+
+    @property
+    def torchscript_path(self) -> Path:
+        return self.build_dir / TORCHSCRIPT_FILE
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    write: Callable[[ExportContext], Path]
+    runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
+    quantized: bool = False
+
+
+def write_savedmodel(ctx: ExportContext) -> Path:
+    """A SavedModel whose serving_default takes `<input_name>` and returns `<output_name>`."""
+    import keras
+    import tensorflow as tf
+
+    spec, model = ctx.spec, ctx.keras_model
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=lambda x: {spec.output_name: model(x, training=False)},
+        input_signature=[
+            tf.TensorSpec((None, *spec.input_shape), tf.float32, name=spec.input_name)
+        ],
+    )
+    archive.write_out(str(ctx.savedmodel_dir), verbose=False)
+    return ctx.savedmodel_dir
+
+
+def _tflite(ctx: ExportContext, variant: str) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(ctx.savedmodel_dir), signature_keys=["serving_default"]
+    )
+    # Builtin ops only: a model that needs Flex ops does not run on a plain LiteRT runtime.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic-int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        samples = ctx.x_train[:REPRESENTATIVE_SAMPLES]
+
+        def representative_data():  # noqa: ANN202
+            for sample in samples:
+                yield [sample[None, ...]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_data
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def tflite_writer(variant: str) -> Callable[[ExportContext], Path]:
+    def write(ctx: ExportContext) -> Path:
+        path = ctx.build_dir / "tflite" / f"{variant}.tflite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_tflite(ctx, variant))
+        return path
+
+    write.__name__ = f"write_tflite_{variant}"
+    return write
+
+
+def write_torchscript(ctx: ExportContext) -> Path:
+    """TorchScript by tracing: the module takes the public (channels-last) input itself.
+
+    torch 2.13 deprecates TorchScript in favour of torch.export; TorchServe 0.12 still loads
+    TorchScript, so this stays the serving format, and a torch.export format can sit beside it.
+    """
+    import warnings
+
+    import torch
+
+    example = torch.from_numpy(ctx.x_train[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        traced = torch.jit.trace(ctx.torch_model.eval(), example)
+        torch.jit.save(traced, str(ctx.torchscript_path))
+    return ctx.torchscript_path
+
+
+def write_mar(ctx: ExportContext) -> Path:
+    """A TorchServe archive: the TorchScript file, our handler and the input signature."""
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_packaging import generate_model_archive
+
+    spec = ctx.spec
+    signature = ctx.build_dir / SIGNATURE_FILE
+    signature.write_text(json.dumps({
+        "model": spec.name,
+        "input_name": spec.input_name,
+        "input_shape": list(spec.input_shape),
+        "output_name": spec.output_name,
+        "max_rows": spec.max_rows,
+    }, indent=2))
+    generate_model_archive(ModelArchiverConfig(
+        model_name=spec.name,
+        handler=str(HANDLER),
+        version=str(ctx.version),
+        serialized_file=str(ctx.torchscript_path),
+        extra_files=str(signature),
+        export_path=str(ctx.build_dir),
+        force=True,
+    ))
+    signature.unlink()
+    return ctx.build_dir / f"{spec.name}.mar"
+
+
+def run_mar(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Run the serialized model packed inside the .mar, as TorchServe will load it."""
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        serialized = archive.read(manifest["model"]["serializedFile"])
+    return runtimes.load_torchscript(serialized)
+
+
+def run_tflite(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    return runtimes.TFLiteModel(path).predict
+
+
+TFLITE_VARIANTS = ("fp32", "fp16", "dynamic-int8", "int8")
+
+# Order matters: TFLite converts from the SavedModel, the .mar packs the TorchScript file.
+FORMATS: tuple[Format, ...] = (
+    Format("savedmodel", write_savedmodel, runtimes.load_savedmodel),
+    *(
+        Format(f"tflite-{variant}", tflite_writer(variant), run_tflite,
+               quantized=variant != "fp32")
+        for variant in TFLITE_VARIANTS
+    ),
+    Format("torchscript", write_torchscript, runtimes.load_torchscript),
+    Format("mar", write_mar, run_mar),
+)

@@ -1,0 +1,150 @@
+"""The export stage, with real runtimes: every artifact reproduces the reference."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deploybench.export.formats import FORMATS
+
+from deploybench import runtimes
+from deploybench.files import tree_sha256
+from deploybench.manifest import FP32_TOLERANCE, MAX_ACCURACY_DROP, load_manifest
+from deploybench.zoo.train import Golden, accuracy
+from tests.conftest import invoke
+
+MODELS = ["digits-mlp", "digits-cnn"]
+RUNNERS = {f.name: f.runner for f in FORMATS}
+
+
+def runner_for(fmt: str, path: Path):
+    """Each format under its own runtime (the .mar's model read from inside the archive)."""
+    return RUNNERS[fmt](path)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_manifest_describes_every_artifact(export_root, model):
+    manifest = load_manifest(export_root, model)
+    assert manifest.model == model
+    assert manifest.golden["reference_accuracy"] >= 0.95
+    assert manifest.inputs[0].name == "pixels" and manifest.inputs[0].dtype == "float32"
+    assert manifest.outputs[0].name == "logits" and manifest.outputs[0].shape == [None, 10]
+    formats = {a.format for a in manifest.artifacts}
+    assert formats == {
+        "savedmodel", "tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8",
+        "torchscript", "mar",
+    }
+    for artifact in manifest.artifacts:
+        path = export_root / artifact.path
+        assert artifact.status == "ok", artifact
+        assert path.exists()
+        assert artifact.sha256 == tree_sha256(path)
+        assert artifact.bytes > 0 and artifact.export_seconds >= 0
+    for package in ("torch", "tensorflow", "keras", "ai-edge-litert", "torchserve"):
+        assert manifest.versions[package]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_artifact_reproduces_the_reference_in_its_own_runtime(export_root, model):
+    manifest = load_manifest(export_root, model)
+    golden = Golden.load(export_root / manifest.golden["path"])
+    for artifact in manifest.artifacts:
+        outputs = runner_for(artifact.format, export_root / artifact.path)(golden.inputs)
+        assert outputs.shape == golden.outputs.shape
+        measured = accuracy(outputs, golden.labels)
+        assert measured == pytest.approx(artifact.accuracy), artifact.format
+        diff = float(np.max(np.abs(outputs - golden.outputs)))
+        assert diff == pytest.approx(artifact.max_abs_diff, abs=1e-7), artifact.format
+        if artifact.quantized:
+            assert golden.accuracy - measured <= MAX_ACCURACY_DROP, artifact.format
+        else:
+            assert diff <= FP32_TOLERANCE, artifact.format
+
+
+def test_full_int8_variant_takes_and_returns_int8(export_root):
+    manifest = load_manifest(export_root, "digits-cnn")
+    model = runtimes.TFLiteModel(export_root / manifest.artifact("tflite-int8").path)
+    assert model.input_dtype == np.int8
+
+
+def test_savedmodel_has_tf_serving_layout_and_stable_names(export_root):
+    import tensorflow as tf
+
+    manifest = load_manifest(export_root, "digits-mlp")
+    path = export_root / manifest.artifact("savedmodel").path
+    assert path.name == "1" and path.parent.name == "savedmodel"
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["pixels"]
+    assert list(signature.structured_outputs) == ["logits"]
+
+
+def test_mar_carries_model_handler_and_manifest(export_root):
+    manifest = load_manifest(export_root, "digits-cnn")
+    mar = export_root / "model-store" / "digits-cnn.mar"
+    assert mar.resolve() == (export_root / manifest.artifact("mar").path).resolve()
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        mar_manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        signature = json.loads(archive.read("signature.json"))
+    assert {"MAR-INF/MANIFEST.json", "handler.py", "signature.json"} <= names
+    assert mar_manifest["model"]["serializedFile"] in names
+    assert mar_manifest["model"]["modelName"] == "digits-cnn"
+    assert signature["input_shape"] == [8, 8, 1]
+
+
+def test_models_config_parses_with_tf_serving_protos(export_root):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(
+        (export_root / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
+    entries = {c.name: c.base_path for c in config.model_config_list.config}
+    assert set(entries) == set(MODELS)
+    for base in entries.values():
+        local = export_root / base.removeprefix("/models/")
+        assert (local / "1" / "saved_model.pb").is_file()
+
+
+def test_unknown_model_exits_non_zero_with_the_list(tmp_path):
+    result = invoke("export", "--model", "resnet-9000", "--out", str(tmp_path))
+    assert result.exit_code != 0
+    assert "digits-mlp" in result.output and "digits-cnn" in result.output
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = invoke("export", "--model", "digits-mlp", "--out", str(blocker / "sub"))
+    assert result.exit_code != 0
+    assert "cannot write to output folder" in result.output
+
+
+def test_parity_failure_exits_non_zero_and_keeps_earlier_artifacts(tmp_path, monkeypatch):
+    from deploybench.zoo import spec as spec_module
+
+    first = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
+    assert first.exit_code == 0, first.output
+    before = load_manifest(tmp_path, "digits-mlp")
+    published = (tmp_path / "digits-mlp").resolve()
+
+    real = spec_module.torch_to_keras_weights
+
+    def perturbed(module):
+        weights = real(module)
+        weights[0] = weights[0] + 0.05  # a porting mistake the gate must catch
+        return weights
+
+    monkeypatch.setattr(spec_module, "torch_to_keras_weights", perturbed)
+    second = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
+    assert second.exit_code == 3
+    assert "savedmodel" in second.output and "max abs diff" in second.output
+    # the earlier export is still the published one, intact
+    assert (tmp_path / "digits-mlp").resolve() == published
+    after = load_manifest(tmp_path, "digits-mlp")
+    assert after.created == before.created
+    for artifact in after.artifacts:
+        assert tree_sha256(tmp_path / artifact.path) == artifact.sha256
