@@ -90,6 +90,54 @@ def export(
     run_export(specs, out, console, version)
 
 
+def parse_list(text: str, kind: type = str) -> list:  # noqa: ANN201
+    try:
+        return [kind(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise DeploybenchError(f"not a comma-separated list of {kind.__name__}: {text!r}") from None
+
+
+@command
+def serve(
+    artifacts: Annotated[Path, typer.Option(help="Export root to serve.")] = Path("artifacts"),
+    mode: Annotated[str | None, typer.Option(
+        help="docker or native (default: docker when a Docker engine answers).")] = None,
+    model: Annotated[str, typer.Option(help="Model to serve, or 'all' exported.")] = "all",
+    servers: Annotated[str, typer.Option(help="Comma-separated servers.")] = "tfserving,torchserve",
+    port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
+    run_dir: Annotated[Path | None, typer.Option(help="Folder for logs and configs.")] = None,
+) -> None:
+    """Start the servers; return once each answers a golden sample correctly."""
+    from deploybench.serving.clients import TARGETS
+    from deploybench.serving.manager import loopback_endpoints
+    from deploybench.serving.manager import serve as start
+
+    chosen = tuple(parse_list(servers))
+    unknown = set(chosen) - set(TARGETS)
+    if unknown:
+        raise DeploybenchError(f"unknown server(s) {sorted(unknown)}; known: {', '.join(TARGETS)}")
+    models = None if model == "all" else [model]
+    deployment = start(artifacts, mode, models, run_dir, loopback_endpoints(port_offset), chosen,
+                       log=lambda text: console.print(text, highlight=False))
+    if not deployment.up():
+        from deploybench.serving.manager import stop as stop_servers
+
+        stop_servers(deployment)
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in deployment.servers)
+        raise DeploybenchError(f"no server could start: {reasons}")
+    console.print(f"serving {', '.join(deployment.models)} in {deployment.mode} mode: "
+                  f"{', '.join(deployment.up())}; stop with `deploybench stop`", highlight=False)
+
+
+@command
+def stop() -> None:
+    """Stop exactly what `deploybench serve` started."""
+    from deploybench.serving.manager import stop as stop_servers
+
+    stopped = stop_servers()
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
+
+
 @command
 def models() -> None:
     """List the models in the zoo."""

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from deploybench.export.formats import FORMATS, ExportContext, Format
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deploybench import layout
 from deploybench.errors import IncompleteExportError, ParityError, UsageError
+from deploybench.export.formats import FORMATS, ExportContext, Format
 from deploybench.files import (
     atomic_symlink,
     atomic_write_text,

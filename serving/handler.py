@@ -58,6 +58,8 @@ class DeploybenchHandler:
             rows.append(batch)
             forms.append(form)
             owners.append(index)
+        if len(data) > 1:
+            log.info("batch of %d requests, %d rejected", len(data), len(data) - len(rows))
         if rows:
             with torch.inference_mode():
                 logits = self.model(torch.from_numpy(np.concatenate(rows))).numpy()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deploybench.export.formats import FORMATS
 
 from deploybench import runtimes
+from deploybench.export.formats import FORMATS
 from deploybench.files import tree_sha256
 from deploybench.manifest import FP32_TOLERANCE, MAX_ACCURACY_DROP, load_manifest
 from deploybench.zoo.train import Golden, accuracy

@@ -1,0 +1,220 @@
+"""One client interface for every server and protocol: predict(batch) -> logits, plus
+readiness and metadata. Load tests, the serve command and the tests all go through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import requests
+
+from deploybench.serving import payload
+from deploybench.serving.payload import PredictionError
+
+TARGETS = ("tfserving", "torchserve")
+PROTOCOLS = {"tfserving": ("rest", "grpc"), "torchserve": ("rest",)}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the servers listen; the defaults are the published ports, on loopback."""
+
+    tfserving_rest: str = "http://127.0.0.1:8501"
+    tfserving_grpc: str = "127.0.0.1:8500"
+    torchserve_inference: str = "http://127.0.0.1:8080"
+    torchserve_management: str = "http://127.0.0.1:8081"
+    torchserve_metrics: str = "http://127.0.0.1:8082"
+
+
+class PredictClient(Protocol):
+    target: str
+    protocol: str
+    model: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+    def ready(self) -> bool: ...
+    def metadata(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class _HTTPClient:
+    def __init__(self, timeout: float) -> None:
+        self.session = requests.Session()
+        self.timeout = timeout
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise PredictionError(f"cannot reach {self.target} at {url}") from None
+        except requests.Timeout:
+            raise PredictionError(f"{self.target} at {url} did not answer in "
+                                  f"{self.timeout:g} s") from None
+
+    def _post_predict(self, url: str, batch: np.ndarray) -> np.ndarray:
+        response = self._request(
+            "POST", url, data=payload.encode(batch),
+            headers={"Content-Type": "application/json"},
+        )
+        if response.status_code != 200:
+            raise PredictionError(
+                f"{self.target} answered {response.status_code}: "
+                f"{payload.error_message(response.content)}", response.status_code,
+            )
+        return payload.decode(response.content)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class TFServingREST(_HTTPClient):
+    target, protocol = "tfserving", "rest"
+
+    def __init__(self, url: str, model: str, version: int | None = None,
+                 timeout: float = 30.0) -> None:
+        super().__init__(timeout)
+        self.model = model
+        self.model_url = f"{url.rstrip('/')}/v1/models/{model}"
+        self.predict_url = self.model_url + (f"/versions/{version}" if version else "") + ":predict"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._post_predict(self.predict_url, batch)
+
+    def ready(self) -> bool:
+        try:
+            response = self._request("GET", self.model_url)
+        except PredictionError:
+            return False
+        if response.status_code != 200:
+            return False
+        states = [v.get("state") for v in response.json().get("model_version_status", [])]
+        return "AVAILABLE" in states
+
+    def metadata(self) -> dict[str, Any]:
+        return self._request("GET", self.model_url + "/metadata").json()
+
+
+class TorchServeREST(_HTTPClient):
+    target, protocol = "torchserve", "rest"
+
+    def __init__(self, inference_url: str, management_url: str, model: str,
+                 timeout: float = 30.0) -> None:
+        super().__init__(timeout)
+        self.model = model
+        self.predict_url = f"{inference_url.rstrip('/')}/predictions/{model}"
+        self.model_url = f"{management_url.rstrip('/')}/models/{model}"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._post_predict(self.predict_url, batch)
+
+    def ready(self) -> bool:
+        """A READY worker on the management API (/ping says Healthy before any worker is up)."""
+        try:
+            response = self._request("GET", self.model_url)
+        except PredictionError:
+            return False
+        if response.status_code != 200:
+            return False
+        return any(
+            worker.get("status") == "READY"
+            for version in response.json() for worker in version.get("workers", [])
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        return self._request("GET", self.model_url).json()[0]
+
+
+class TFServingGRPC:
+    target, protocol = "tfserving", "grpc"
+
+    def __init__(self, target: str, model: str, input_name: str = "pixels",
+                 output_name: str = "logits", timeout: float = 30.0) -> None:
+        import grpc
+
+        from deploybench.serving import protos
+
+        self.protos = protos
+        self.model, self.address = model, target
+        self.input_name, self.output_name = input_name, output_name
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target)
+        self.predict_stub = protos.prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_stub = protos.model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def _call(self, method: Any, request: Any) -> Any:
+        import grpc
+
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code = error.code()
+            raise PredictionError(
+                f"tfserving gRPC at {self.address}: {code.name if code else 'error'}: "
+                f"{error.details()}"
+            ) from None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        request = self.protos.predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.model_spec.signature_name = "serving_default"
+        request.inputs[self.input_name].CopyFrom(tensor_proto(batch, self.protos))
+        response = self._call(self.predict_stub.Predict, request)
+        if self.output_name not in response.outputs:
+            raise PredictionError(f"answer has no output {self.output_name!r}")
+        return tensor_to_array(response.outputs[self.output_name])
+
+    def ready(self) -> bool:
+        request = self.protos.get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model
+        try:
+            response = self._call(self.model_stub.GetModelStatus, request)
+        except PredictionError:
+            return False
+        available = self.protos.get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return any(status.state == available for status in response.model_version_status)
+
+    def metadata(self) -> dict[str, Any]:
+        from google.protobuf.json_format import MessageToDict
+
+        request = self.protos.get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model
+        request.metadata_field.append("signature_def")
+        return MessageToDict(self._call(self.predict_stub.GetModelMetadata, request))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def tensor_proto(batch: np.ndarray, protos: Any = None) -> Any:
+    """A float32 batch as a TensorProto, built without TensorFlow."""
+    if protos is None:
+        from deploybench.serving import protos
+    array = np.ascontiguousarray(batch, dtype=np.float32)
+    proto = protos.tensor_pb2.TensorProto(dtype=protos.types_pb2.DT_FLOAT)
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    proto.tensor_content = array.astype("<f4").tobytes()
+    return proto
+
+
+def tensor_to_array(proto: Any) -> np.ndarray:
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype="<f4").reshape(shape).copy()
+    return np.asarray(proto.float_val, dtype=np.float32).reshape(shape)
+
+
+def make_client(target: str, protocol: str, model: str, endpoints: Endpoints | None = None,
+                input_name: str = "pixels", output_name: str = "logits",
+                timeout: float = 30.0) -> PredictClient:
+    endpoints = endpoints or Endpoints()
+    if target not in PROTOCOLS or protocol not in PROTOCOLS[target]:
+        known = ", ".join(f"{t}/{p}" for t in PROTOCOLS for p in PROTOCOLS[t])
+        raise ValueError(f"no client for {target}/{protocol}; known: {known}")
+    if target == "torchserve":
+        return TorchServeREST(endpoints.torchserve_inference, endpoints.torchserve_management,
+                              model, timeout)
+    if protocol == "grpc":
+        return TFServingGRPC(endpoints.tfserving_grpc, model, input_name, output_name, timeout)
+    return TFServingREST(endpoints.tfserving_rest, model, timeout=timeout)

@@ -1,0 +1,283 @@
+"""`deploybench serve` / `deploybench stop`: start the servers, return once they answer a golden
+sample correctly, record exactly what was started, and stop exactly that."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploybench.errors import DeploybenchError
+from deploybench.files import atomic_write_json
+from deploybench.manifest import FP32_TOLERANCE, load_manifest, verify_artifacts
+from deploybench.serving import native, processes
+from deploybench.serving.clients import PROTOCOLS, Endpoints, make_client
+from deploybench.serving.payload import PredictionError, matches_reference
+from deploybench.settings import REPO_ROOT, ServerSettings, load_settings
+from deploybench.zoo.train import Golden
+
+STATE_FILE = "serving.json"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+COMPOSE_PROJECT = "deploybench"
+READY_TIMEOUT_S = 180.0
+SERVED_FORMATS = {"tfserving": "savedmodel", "torchserve": "mar"}
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("DEPLOYBENCH_STATE_DIR", ".deploybench"))
+
+
+@dataclass
+class ServerStatus:
+    name: str
+    status: str  # up | unavailable | failed | stopped
+    reason: str = ""
+
+
+@dataclass
+class Deployment:
+    """What `serve` started: read back by `stop`, `load` and `run`."""
+
+    mode: str
+    root: str
+    models: list[str]
+    run_dir: str
+    endpoints: dict[str, str]
+    settings: dict[str, Any]
+    servers: list[ServerStatus] = field(default_factory=list)
+    processes: list[processes.ProcessRecord] = field(default_factory=list)
+    started: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+
+    def status(self, name: str) -> ServerStatus | None:
+        return next((s for s in self.servers if s.name == name), None)
+
+    def up(self) -> list[str]:
+        return [s.name for s in self.servers if s.status == "up"]
+
+    def endpoints_obj(self) -> Endpoints:
+        return Endpoints(**self.endpoints)
+
+    def save(self, directory: Path | None = None) -> Path:
+        path = (directory or state_dir()) / STATE_FILE
+        atomic_write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> Deployment | None:
+        path = (directory or state_dir()) / STATE_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        data["servers"] = [ServerStatus(**s) for s in data["servers"]]
+        data["processes"] = [processes.ProcessRecord(**p) for p in data["processes"]]
+        return cls(**data)
+
+
+def docker_engine_available() -> tuple[bool, str]:
+    """Whether a Docker engine answers (SDK ping), and why not."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+        return True, ""
+    except Exception as error:  # the SDK raises several kinds; all mean "no engine"
+        return False, f"no Docker engine answers ({type(error).__name__})"
+
+
+def loopback_endpoints(offset: int = 0) -> Endpoints:
+    """The published ports, shifted by `offset` (to run beside something else)."""
+    return Endpoints(
+        tfserving_rest=f"http://127.0.0.1:{8501 + offset}",
+        tfserving_grpc=f"127.0.0.1:{8500 + offset}",
+        torchserve_inference=f"http://127.0.0.1:{8080 + offset}",
+        torchserve_management=f"http://127.0.0.1:{8081 + offset}",
+        torchserve_metrics=f"http://127.0.0.1:{8082 + offset}",
+    )
+
+
+def check_answers(deployment: Deployment, server: str, root: Path) -> None:
+    """A real prediction on golden samples, compared with the reference, for every model."""
+    endpoints = deployment.endpoints_obj()
+    for model in deployment.models:
+        manifest = load_manifest(root, model)
+        golden = Golden.load(root / manifest.golden["path"])
+        for protocol in PROTOCOLS[server]:
+            client = make_client(server, protocol, model, endpoints,
+                                 manifest.inputs[0].name, manifest.outputs[0].name)
+            try:
+                outputs = client.predict(golden.inputs[:4])
+            finally:
+                client.close()
+            ok, why = matches_reference(outputs, golden.outputs[:4], FP32_TOLERANCE)
+            if not ok:
+                raise PredictionError(f"{server} {protocol} answers {model} wrongly: {why}")
+
+
+def wait_ready(deployment: Deployment, server: str, root: Path,
+               record: processes.ProcessRecord | None, timeout: float) -> None:
+    endpoints = deployment.endpoints_obj()
+    clients = [make_client(server, protocol, model, endpoints)
+               for model in deployment.models for protocol in PROTOCOLS[server]]
+
+    def ready() -> bool:
+        if record is not None and not record.alive():
+            raise DeploybenchError(
+                f"{server} exited while starting: {processes.log_tail(record.log)}"
+            )
+        return all(client.ready() for client in clients)
+
+    try:
+        if not processes.wait_until(ready, timeout):
+            raise DeploybenchError(f"{server} not ready after {timeout:.0f} s")
+    finally:
+        for client in clients:
+            client.close()
+    check_answers(deployment, server, root)
+
+
+def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
+          run_dir: Path | None = None, endpoints: Endpoints | None = None,
+          servers: tuple[str, ...] = ("tfserving", "torchserve"),
+          settings: ServerSettings | None = None, timeout: float = READY_TIMEOUT_S,
+          log=print) -> Deployment:  # noqa: ANN001
+    """Start the servers and return once each answers golden samples correctly."""
+    root = root.resolve()
+    existing = Deployment.load()
+    if existing and any(p.alive() for p in existing.processes):
+        raise DeploybenchError(
+            f"servers from an earlier `deploybench serve` are still running "
+            f"({existing.run_dir}); run `deploybench stop` first"
+        )
+    from deploybench.manifest import exported_models
+
+    models = models or exported_models(root)
+    if not models:
+        raise DeploybenchError(f"{root}: no exported models; run `deploybench export` first")
+    for model in models:
+        manifest = load_manifest(root, model)
+        verify_artifacts(root, manifest, [SERVED_FORMATS[s] for s in servers])
+    settings = settings or load_settings()
+    no_docker = ""
+    if mode is None:
+        has_engine, no_docker = docker_engine_available()
+        mode = "docker" if has_engine else "native"
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    run_dir = (run_dir or Path("runs") / f"serve-{stamp}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    endpoints = endpoints or loopback_endpoints()
+    deployment = Deployment(mode, str(root), models, str(run_dir), asdict(endpoints),
+                            settings.to_dict())
+    try:
+        if mode == "docker":
+            _serve_docker(deployment, root, servers, timeout, log)
+        elif mode == "native":
+            _serve_native(deployment, root, servers, settings, timeout, log, no_docker)
+        else:
+            raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
+    except BaseException:
+        stop(deployment)
+        raise
+    deployment.save()
+    return deployment
+
+
+def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
+                  settings: ServerSettings, timeout: float, log,  # noqa: ANN001
+                  no_docker: str = "") -> None:
+    run_dir = Path(deployment.run_dir)
+    endpoints = deployment.endpoints_obj()
+    started: list[tuple[str, processes.ProcessRecord]] = []
+    for server in servers:
+        folder = run_dir / server
+        folder.mkdir(exist_ok=True)
+        try:
+            if server == "torchserve":
+                config = native.write_torchserve_config(
+                    folder, root, deployment.models, settings, endpoints)
+                command = native.torchserve_command(config, root, deployment.models)
+                env = native.torchserve_env(folder, settings)
+            else:
+                command = native.tfserving_command(
+                    folder, root, deployment.models, settings, endpoints)
+                env = {}
+        except native.ServerUnavailable as error:
+            reason = f"{no_docker}, and {error}" if no_docker else str(error)
+            deployment.servers.append(ServerStatus(server, "unavailable", reason))
+            log(f"{server}: unavailable: {reason}")
+            continue
+        _, record = processes.launch(server, command, folder / f"{server}.log", folder, env)
+        deployment.processes.append(record)
+        deployment.save()  # recorded at once: `stop` must find it even if we die waiting
+        started.append((server, record))
+    for server, record in started:
+        try:
+            wait_ready(deployment, server, root, record, timeout)
+        except DeploybenchError as error:
+            processes.stop(record)
+            deployment.servers.append(ServerStatus(server, "failed", str(error)))
+            log(f"{server}: failed: {error}")
+            continue
+        deployment.servers.append(ServerStatus(server, "up"))
+        log(f"{server}: up, answering correctly ({run_dir / server})")
+
+
+def compose_command() -> list[str]:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise DeploybenchError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def _compose(deployment: Deployment, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEPLOYBENCH_ARTIFACTS": deployment.root}
+    command = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", COMPOSE_PROJECT, *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def _serve_docker(deployment: Deployment, root: Path, servers: tuple[str, ...],
+                  timeout: float, log) -> None:  # noqa: ANN001
+    available, reason = docker_engine_available()
+    if not available:
+        raise DeploybenchError(f"--mode docker: {reason}; use --mode native")
+    result = _compose(deployment, "up", "-d", *servers)
+    deployment.save()
+    if result.returncode != 0:
+        raise DeploybenchError(f"docker compose up failed: {result.stderr.strip()[-500:]}")
+    for server in servers:
+        try:
+            wait_ready(deployment, server, root, None, timeout)
+        except DeploybenchError as error:
+            deployment.servers.append(ServerStatus(server, "failed", str(error)))
+            log(f"{server}: failed: {error}")
+            continue
+        deployment.servers.append(ServerStatus(server, "up"))
+        log(f"{server}: up, answering correctly (docker)")
+
+
+def stop(deployment: Deployment | None = None) -> list[str]:
+    """Stop exactly what `serve` started; returns what was stopped."""
+    deployment = deployment or Deployment.load()
+    if deployment is None:
+        return []
+    stopped = []
+    if deployment.mode == "docker":
+        result = _compose(deployment, "down")
+        if result.returncode == 0:
+            stopped.append("compose stack")
+    for record in deployment.processes:
+        if processes.stop(record):
+            stopped.append(f"{record.name} (pid {record.pid})")
+    state = state_dir() / STATE_FILE
+    if state.is_file() and json.loads(state.read_text()).get("run_dir") == deployment.run_dir:
+        state.unlink()
+    return stopped

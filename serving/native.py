@@ -1,0 +1,134 @@
+"""Native mode: the servers as local processes, with the same settings as the compose stack.
+
+TorchServe runs from the installed package with the machine's Java; TF Serving runs through
+`tensorflow_model_server` when it is on PATH (it has no PyPI or Debian package).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from deploybench import layout
+from deploybench.files import atomic_write_text
+from deploybench.settings import REPO_ROOT, ServerSettings
+
+CONFIG_DIR = REPO_ROOT / "serving" / "config"
+TORCHSERVE_CONFIG = CONFIG_DIR / "config.properties"
+BATCHING_CONFIG = CONFIG_DIR / "batching.config"
+MONITORING_CONFIG = CONFIG_DIR / "monitoring.config"
+
+
+class ServerUnavailable(Exception):
+    """A server that cannot run here, with the exact reason and how to get it."""
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def torchserve_models_json(models: list[str], settings: ServerSettings) -> str:
+    """TorchServe's per-model settings: one worker, batching as the settings say."""
+    return json.dumps({
+        model: {"1": {
+            "defaultVersion": True,
+            "marName": f"{model}.mar",
+            "minWorkers": 1,
+            "maxWorkers": 1,
+            "batchSize": settings.max_batch_size if settings.batching else 1,
+            "maxBatchDelay": settings.batch_timeout_ms,
+            "responseTimeout": 120,
+        }} for model in models
+    })
+
+
+def torchserve_properties(root: Path, models: list[str], settings: ServerSettings,
+                          inference: str, management: str, metrics: str) -> str:
+    """The compose stack's config.properties with this machine's addresses and model store."""
+    properties = read_properties(TORCHSERVE_CONFIG)
+    store = (root / layout.MODEL_STORE).resolve()
+    properties.update({
+        "inference_address": inference,
+        "management_address": management,
+        "metrics_address": metrics,
+        "model_store": str(store),
+        "allowed_urls": f"file://{store}/.*",
+        "load_models": ",".join(f"{m}.mar" for m in models),
+        "models": torchserve_models_json(models, settings),
+    })
+    return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+
+def torchserve_command(config: Path, root: Path, models: list[str]) -> list[str]:
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        raise ServerUnavailable(
+            "java is not on PATH: TorchServe needs a Java 17 runtime "
+            "(apt-get install default-jre-headless, or set JAVA_HOME)"
+        )
+    store = (root / layout.MODEL_STORE).resolve()
+    # the launcher that `torchserve` would run, with this interpreter for the workers
+    return [
+        sys.executable, "-c", "from ts.model_server import start; start()",
+        "--start", "--foreground", "--ncs", "--disable-token-auth",
+        "--ts-config", str(config), "--model-store", str(store),
+        "--models", *[f"{m}={m}.mar" for m in models],
+    ]
+
+
+def torchserve_env(run_dir: Path, settings: ServerSettings) -> dict[str, str]:
+    tmp = run_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {
+        # TorchServe keeps its pid file in the temp folder: one per instance, not one per host
+        "TMPDIR": str(tmp), "TEMP": str(tmp),
+        "LOG_LOCATION": str(run_dir / "logs"), "METRICS_LOCATION": str(run_dir / "logs"),
+        "DEPLOYBENCH_TORCH_THREADS": str(settings.intra_op_threads),
+        "OMP_NUM_THREADS": str(settings.intra_op_threads),
+    }
+
+
+def write_torchserve_config(run_dir: Path, root: Path, models: list[str],
+                            settings: ServerSettings, endpoints) -> Path:  # noqa: ANN001
+    config = run_dir / "config.properties"
+    atomic_write_text(config, torchserve_properties(
+        root, models, settings, endpoints.torchserve_inference,
+        endpoints.torchserve_management, endpoints.torchserve_metrics,
+    ))
+    return config
+
+
+def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: ServerSettings,
+                      endpoints) -> list[str]:  # noqa: ANN001
+    """`tensorflow_model_server` with the compose stack's flags and host paths."""
+    binary = shutil.which("tensorflow_model_server")
+    if binary is None:
+        raise ServerUnavailable(
+            "tensorflow_model_server is not on PATH: TF Serving has no PyPI or Debian package; "
+            "run it with Docker (`docker compose up tfserving`), or install the binary from "
+            "TensorFlow Serving's releases / APT repository and put it on PATH"
+        )
+    config = run_dir / layout.MODELS_CONFIG
+    atomic_write_text(config, layout.models_config_text(models, root.resolve()))
+    rest_port = urlparse(endpoints.tfserving_rest).port
+    grpc_port = endpoints.tfserving_grpc.rsplit(":", 1)[1]
+    return [
+        binary,
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_config_file={config}",
+        f"--monitoring_config_file={MONITORING_CONFIG}",
+        f"--enable_batching={'true' if settings.batching else 'false'}",
+        f"--batching_parameters_file={BATCHING_CONFIG}",
+        f"--tensorflow_intra_op_parallelism={settings.intra_op_threads}",
+        f"--tensorflow_inter_op_parallelism={settings.inter_op_threads}",
+    ]

@@ -1,0 +1,78 @@
+"""The one request format both servers answer: TF Serving's REST predict body.
+
+Load tests and every client encode requests here, so both servers get the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from deploybench.errors import DeploybenchError
+
+ROW_FORM = "instances"  # {"instances": [row, ...]} -> {"predictions": [...]}
+COLUMNAR_FORM = "inputs"  # {"inputs": [row, ...]} -> {"outputs": [...]}
+ANSWER_KEYS = {ROW_FORM: "predictions", COLUMNAR_FORM: "outputs"}
+
+
+class PredictionError(DeploybenchError):
+    """A server answered a predict request with an error, or with something unreadable."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def encode(batch: np.ndarray, form: str = ROW_FORM) -> bytes:
+    """A float32 batch as a JSON predict body (values as float32 prints exactly round-trip)."""
+    if form not in ANSWER_KEYS:
+        raise ValueError(f"unknown request form {form!r}")
+    return json.dumps({form: np.asarray(batch, dtype=np.float32).tolist()}).encode()
+
+
+def decode(body: bytes | str | dict[str, Any]) -> np.ndarray:
+    """The logits of a predict answer in either form, or a PredictionError naming why not."""
+    if not isinstance(body, dict):
+        try:
+            body = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise PredictionError(f"answer is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise PredictionError("answer is not a JSON object")
+    if "error" in body:
+        raise PredictionError(str(body["error"]))
+    for key in ANSWER_KEYS.values():
+        if key in body:
+            try:
+                return np.asarray(body[key], dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                raise PredictionError(f"answer {key!r} is not numeric: {error}") from None
+    raise PredictionError(f"answer has neither 'predictions' nor 'outputs': {sorted(body)}")
+
+
+def error_message(body: bytes | str) -> str:
+    """The message of an error answer ({"error": ...} from either server), else the raw text."""
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and "error" in data:
+            return str(data["error"])
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        pass
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    return text.strip()[:200]
+
+
+def matches_reference(
+    outputs: np.ndarray, reference: np.ndarray, tolerance: float
+) -> tuple[bool, str]:
+    """Same argmax for every row and within `tolerance`: the check every answer gets."""
+    if outputs.shape != reference.shape:
+        return False, f"shape {outputs.shape} != expected {reference.shape}"
+    if not np.array_equal(outputs.argmax(axis=1), reference.argmax(axis=1)):
+        return False, "top-1 class differs from the reference"
+    diff = float(np.max(np.abs(outputs - reference)))
+    if not diff <= tolerance:
+        return False, f"max abs diff {diff:.3g} > {tolerance:g}"
+    return True, ""

@@ -1,0 +1,92 @@
+"""Server processes started natively: launched in their own session, recorded, stopped by group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+
+@dataclass
+class ProcessRecord:
+    """Enough to stop exactly the process group we started, and nothing else."""
+
+    name: str
+    pid: int
+    create_time: float
+    log: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def alive(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            return process.create_time() == self.create_time and process.is_running() and (
+                process.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
+
+
+def launch(name: str, command: list[str], log: Path, cwd: Path,
+           env: dict[str, str] | None = None) -> tuple[subprocess.Popen, ProcessRecord]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group: stop() takes the workers too
+        )
+    record = ProcessRecord(name, process.pid, psutil.Process(process.pid).create_time(), str(log))
+    return process, record
+
+
+def stop(record: ProcessRecord, grace_seconds: float = 20.0) -> bool:
+    """Stop the process group of `record`; True if something was running."""
+    if not record.alive():
+        return False
+    members = [psutil.Process(record.pid)]
+    try:
+        members += psutil.Process(record.pid).children(recursive=True)
+    except psutil.Error:
+        pass
+    try:
+        os.killpg(record.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    _, still = psutil.wait_procs(members, timeout=grace_seconds)
+    if still:
+        try:
+            os.killpg(record.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for process in still:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(still, timeout=5)
+    return True
+
+
+def log_tail(path: str | Path, lines: int = 5) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,34 @@
+"""Helpers for tests that start real servers on loopback."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+from deploybench.serving.clients import Endpoints
+from deploybench.serving.manager import loopback_endpoints
+
+DEFAULT_PORTS = (8500, 8501, 8080, 8081, 8082)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_offset() -> int:
+    """A shift of the published ports under which every one of them is free."""
+    for _ in range(200):
+        offset = random.randrange(10_000, 40_000, 10)
+        if all(port_free(port + offset) for port in DEFAULT_PORTS):
+            return offset
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+def free_endpoints() -> tuple[int, Endpoints]:
+    offset = free_offset()
+    return offset, loopback_endpoints(offset)

@@ -1,0 +1,195 @@
+"""Real TorchServe, started natively from the exported .mar, through the serve/stop CLI."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from deploybench.errors import DeploybenchError
+from deploybench.manifest import FP32_TOLERANCE, load_manifest
+from deploybench.serving import payload
+from deploybench.serving.clients import TorchServeREST
+from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.settings import load_settings
+from deploybench.zoo.train import Golden
+from tests.conftest import invoke
+from tests.servers import free_endpoints, free_offset, port_free
+
+MODELS = ["digits-mlp", "digits-cnn"]
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory, monkeypatch_module):
+    directory = tmp_path_factory.mktemp("state")
+    monkeypatch_module.setenv("DEPLOYBENCH_STATE_DIR", str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def served(export_root, state_dir, tmp_path_factory):
+    """`deploybench serve --mode native` for both servers; `deploybench stop` afterwards."""
+    offset = free_offset()
+    run_dir = tmp_path_factory.mktemp("serve-run")
+    result = invoke("serve", "--artifacts", str(export_root), "--mode", "native",
+                    "--port-offset", str(offset), "--run-dir", str(run_dir))
+    assert result.exit_code == 0, result.output
+    deployment = Deployment.load()
+    yield deployment, result.output
+    stopped = invoke("stop")
+    assert stopped.exit_code == 0 and "torchserve" in stopped.output
+    assert not any(p.alive() for p in deployment.processes)
+    assert port_free(8080 + offset)
+
+
+@pytest.fixture(scope="module")
+def torchserve_url(served):
+    return served[0].endpoints["torchserve_inference"]
+
+
+def golden(export_root: Path, model: str) -> Golden:
+    return Golden.load(export_root / load_manifest(export_root, model).golden["path"])
+
+
+def post(url: str, model: str, body, content_type: str = "application/json"):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(f"{url}/predictions/{model}", data=data,
+                         headers={"Content-Type": content_type}, timeout=30)
+
+
+def test_serve_reports_tf_serving_unavailable_and_runs_torchserve(served):
+    deployment, output = served
+    assert deployment.mode == "native"
+    assert deployment.status("torchserve").status == "up"
+    tfserving = deployment.status("tfserving")
+    assert tfserving.status == "unavailable"
+    assert "tensorflow_model_server is not on PATH" in tfserving.reason
+    assert "tensorflow_model_server is not on PATH" in output
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("form", ["instances", "inputs"])
+def test_predictions_match_the_reference_in_both_forms(export_root, torchserve_url, model, form):
+    samples = golden(export_root, model)
+    for rows in (slice(0, 1), slice(0, 10)):
+        response = post(torchserve_url, model, payload.encode(samples.inputs[rows], form))
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert set(answer) == {payload.ANSWER_KEYS[form]}
+        outputs = payload.decode(answer)
+        ok, why = payload.matches_reference(outputs, samples.outputs[rows], FP32_TOLERANCE)
+        assert ok, why
+
+
+def test_named_input_forms_are_accepted(export_root, torchserve_url):
+    samples = golden(export_root, "digits-mlp")
+    rows = samples.inputs[:3].tolist()
+    for body in ({"instances": [{"pixels": row} for row in rows]},
+                 {"inputs": {"pixels": rows}}):
+        response = post(torchserve_url, "digits-mlp", body)
+        assert response.status_code == 200, response.text
+        assert np.allclose(payload.decode(response.json()), samples.outputs[:3], atol=1e-4)
+
+
+def test_client_api_predicts_and_reports_readiness(export_root, served):
+    deployment, _ = served
+    endpoints = deployment.endpoints_obj()
+    client = TorchServeREST(endpoints.torchserve_inference, endpoints.torchserve_management,
+                            "digits-cnn")
+    samples = golden(export_root, "digits-cnn")
+    assert client.ready()
+    assert client.metadata()["modelName"] == "digits-cnn"
+    np.testing.assert_allclose(client.predict(samples.inputs[:5]), samples.outputs[:5],
+                               atol=FP32_TOLERANCE)
+    with pytest.raises(payload.PredictionError, match="400.*wrong shape"):
+        client.predict(np.zeros((1, 7), np.float32))
+    client.close()
+
+
+ROW = [0.5] * 64
+BAD_INPUTS = {
+    "malformed JSON": (b'{"instances": [[0.5, ', "malformed JSON"),
+    "not an object": ([1, 2, 3], "JSON object"),
+    "wrong key": ({"rows": [ROW]}, "'instances' or 'inputs'"),
+    "both keys": ({"instances": [ROW], "inputs": [ROW]}, "exactly one"),
+    "wrong shape": ({"instances": [[0.5] * 63]}, "wrong shape"),
+    "missing batch axis": ({"instances": ROW}, "wrong shape"),
+    "ragged rows": ({"instances": [ROW, [0.5] * 10]}, "ragged"),
+    "string values": ({"instances": [["a"] * 64]}, "wrong dtype"),
+    "nested objects": ({"instances": [[{"x": 1}] * 64]}, "wrong dtype"),
+    "nulls": ({"instances": [[None] * 64]}, "wrong dtype"),
+    "NaN": (b'{"instances": [[NaN' + b", 0.5" * 63 + b"]]}", "non-finite"),
+    "Infinity": (b'{"instances": [[Infinity' + b", 0.5" * 63 + b"]]}", "non-finite"),
+    "empty input": ({"instances": []}, "empty input"),
+    "too many rows": ({"instances": [ROW] * 65}, "too many rows"),
+    "unknown input name": ({"inputs": {"image": [ROW]}}, "unknown input name"),
+    "unknown signature": ({"signature_name": "x", "instances": [ROW]}, "signature_name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gets_400_naming_the_problem(export_root, torchserve_url, case):
+    body, expected = BAD_INPUTS[case]
+    response = post(torchserve_url, "digits-mlp", body)
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["error"]
+    # and the server still answers a good request correctly
+    samples = golden(export_root, "digits-mlp")
+    good = post(torchserve_url, "digits-mlp", payload.encode(samples.inputs[:1]))
+    assert good.status_code == 200
+    assert np.allclose(payload.decode(good.content), samples.outputs[:1], atol=FP32_TOLERANCE)
+
+
+def test_wrong_content_type_gets_400(torchserve_url):
+    response = post(torchserve_url, "digits-mlp", json.dumps({"instances": [ROW]}), "text/plain")
+    assert response.status_code == 400
+    assert "Content-Type" in response.json()["error"]
+
+
+def test_serving_refuses_a_tampered_artifact(export_root, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(export_root, copy, symlinks=True)
+    mar = (copy / "digits-mlp" / "digits-mlp.mar").resolve()
+    mar.write_bytes(mar.read_bytes()[:-100])  # truncated
+    with pytest.raises(DeploybenchError, match=r"digits-mlp\.mar.*sha256"):
+        serve(copy, mode="native", models=["digits-mlp"], servers=("torchserve",))
+
+
+def test_batched_bad_request_fails_alone(export_root, tmp_path, monkeypatch):
+    """With batching on, a bad request in a batch gets its own 400; neighbours are answered."""
+    monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
+    _, endpoints = free_endpoints()
+    settings = load_settings(batching=True, max_batch_size=8, batch_timeout_ms=500)
+    deployment = serve(export_root, mode="native", models=["digits-mlp"],
+                       run_dir=tmp_path / "run", endpoints=endpoints, servers=("torchserve",),
+                       settings=settings, log=lambda text: None)
+    try:
+        samples = golden(export_root, "digits-mlp")
+        bodies = [payload.encode(samples.inputs[i : i + 1]) for i in range(8)]
+        bodies[3] = json.dumps({"instances": [[0.5] * 63]}).encode()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(
+                lambda body: post(endpoints.torchserve_inference, "digits-mlp", body), bodies))
+        assert answers[3].status_code == 400
+        assert "wrong shape" in answers[3].json()["error"]
+        for index, answer in enumerate(answers):
+            if index != 3:
+                assert answer.status_code == 200, answer.text
+                assert np.allclose(payload.decode(answer.content),
+                                   samples.outputs[index : index + 1], atol=FP32_TOLERANCE)
+        log = (tmp_path / "run" / "torchserve" / "logs" / "model_log.log").read_text()
+        assert "rejected" in log  # the bad request really shared a batch with good ones
+        assert "batch of 8 requests, 1 rejected" in log or "1 rejected" in log
+    finally:
+        stop(deployment)
