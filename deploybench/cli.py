@@ -147,5 +147,25 @@ def models() -> None:
         console.print(f"{spec.name}\t{spec.description}", highlight=False)
 
 
+@command
+def edge(
+    out: Annotated[Path, typer.Option(help="Run folder; rows are appended to its results.json.")],
+    artifacts: Annotated[Path, typer.Option(help="Export root (`deploybench export --out`).")] = (
+        Path("artifacts")
+    ),
+    model: Annotated[str, typer.Option(help="Exported model name, or 'all'.")] = "all",
+    threads: Annotated[str, typer.Option(help="Thread counts, comma-separated.")] = "1,2",
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per measurement.")] = 1000,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before them.")] = 50,
+    baselines: Annotated[bool, typer.Option(
+        help="Also run the SavedModel in TensorFlow and the TorchScript in torch.")] = True,
+) -> None:
+    """Measure every TFLite variant under LiteRT (XNNPACK on and off) beside in-process
+    TensorFlow and torch: size, load, latency, memory, accuracy and mobile readiness."""
+    from deploybench.edge.bench import parse_threads, run_edge
+
+    run_edge(artifacts, model, parse_threads(threads), runs, warmup, out, console, baselines)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -25,6 +25,9 @@ class Endpoints:
     torchserve_inference: str = "http://127.0.0.1:8080"
     torchserve_management: str = "http://127.0.0.1:8081"
     torchserve_metrics: str = "http://127.0.0.1:8082"
+    # TorchServe always opens its gRPC ports too (there is no switch to turn them off)
+    torchserve_grpc_inference: str = "127.0.0.1:7070"
+    torchserve_grpc_management: str = "127.0.0.1:7071"
 
 
 class PredictClient(Protocol):

@@ -64,7 +64,8 @@ class DeploybenchHandler:
             with torch.inference_mode():
                 logits = self.model(torch.from_numpy(np.concatenate(rows))).numpy()
             start = 0
-            for index, batch, form in zip(owners, rows, forms, strict=True):
+            # no zip(strict=...): the official TorchServe image runs the handler on Python 3.9
+            for index, batch, form in zip(owners, rows, forms):  # noqa: B905
                 part = logits[start : start + len(batch)].tolist()
                 start += len(batch)
                 key = "predictions" if form == "instances" else "outputs"

@@ -99,6 +99,8 @@ def loopback_endpoints(offset: int = 0) -> Endpoints:
         torchserve_inference=f"http://127.0.0.1:{8080 + offset}",
         torchserve_management=f"http://127.0.0.1:{8081 + offset}",
         torchserve_metrics=f"http://127.0.0.1:{8082 + offset}",
+        torchserve_grpc_inference=f"127.0.0.1:{7070 + offset}",
+        torchserve_grpc_management=f"127.0.0.1:{7071 + offset}",
     )
 
 

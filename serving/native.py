@@ -53,14 +53,20 @@ def torchserve_models_json(models: list[str], settings: ServerSettings) -> str:
 
 
 def torchserve_properties(root: Path, models: list[str], settings: ServerSettings,
-                          inference: str, management: str, metrics: str) -> str:
+                          endpoints) -> str:  # noqa: ANN001
     """The compose stack's config.properties with this machine's addresses and model store."""
     properties = read_properties(TORCHSERVE_CONFIG)
     store = (root / layout.MODEL_STORE).resolve()
+    grpc_inference = endpoints.torchserve_grpc_inference.rsplit(":", 1)
+    grpc_management = endpoints.torchserve_grpc_management.rsplit(":", 1)
     properties.update({
-        "inference_address": inference,
-        "management_address": management,
-        "metrics_address": metrics,
+        "inference_address": endpoints.torchserve_inference,
+        "management_address": endpoints.torchserve_management,
+        "metrics_address": endpoints.torchserve_metrics,
+        "grpc_inference_address": grpc_inference[0],
+        "grpc_inference_port": grpc_inference[1],
+        "grpc_management_address": grpc_management[0],
+        "grpc_management_port": grpc_management[1],
         "model_store": str(store),
         "allowed_urls": f"file://{store}/.*",
         "load_models": ",".join(f"{m}.mar" for m in models),
@@ -100,10 +106,7 @@ def torchserve_env(run_dir: Path, settings: ServerSettings) -> dict[str, str]:
 def write_torchserve_config(run_dir: Path, root: Path, models: list[str],
                             settings: ServerSettings, endpoints) -> Path:  # noqa: ANN001
     config = run_dir / "config.properties"
-    atomic_write_text(config, torchserve_properties(
-        root, models, settings, endpoints.torchserve_inference,
-        endpoints.torchserve_management, endpoints.torchserve_metrics,
-    ))
+    atomic_write_text(config, torchserve_properties(root, models, settings, endpoints))
     return config
 
 

@@ -8,7 +8,7 @@ import socket
 from deploybench.serving.clients import Endpoints
 from deploybench.serving.manager import loopback_endpoints
 
-DEFAULT_PORTS = (8500, 8501, 8080, 8081, 8082)
+DEFAULT_PORTS = (8500, 8501, 8080, 8081, 8082, 7070, 7071)
 
 
 def port_free(port: int) -> bool:

@@ -157,7 +157,8 @@ def test_wrong_content_type_gets_400(torchserve_url):
     assert "Content-Type" in response.json()["error"]
 
 
-def test_serving_refuses_a_tampered_artifact(export_root, tmp_path):
+def test_serving_refuses_a_tampered_artifact(export_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
     copy = tmp_path / "export"
     shutil.copytree(export_root, copy, symlinks=True)
     mar = (copy / "digits-mlp" / "digits-mlp.mar").resolve()

@@ -1,0 +1,219 @@
+"""Read a results.json into the figures a report shows: best rate under the latency bound,
+the answer lines, the tables. Every claim is generated from a measured figure."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_BOUND_MS = 100.0
+SERVER_NAMES = {"tfserving": "TF Serving", "torchserve": "TorchServe"}
+FRAMEWORK = {"tfserving": "TensorFlow", "torchserve": "PyTorch"}
+
+
+def server_label(target: str, protocol: str) -> str:
+    return f"{SERVER_NAMES.get(target, target)} {protocol.upper()}"
+
+
+def rows(results: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [m for m in results.get("measurements", []) if m.get("kind") == kind]
+
+
+def latency(row: dict[str, Any], key: str) -> float | None:
+    return (row.get("latency_ms") or {}).get(key)
+
+
+def clean(row: dict[str, Any]) -> bool:
+    """A step counts only if every answer came back right."""
+    return not row.get("failures") and not row.get("wrong_answers") and row.get("requests", 0) > 0
+
+
+@dataclass
+class Best:
+    model: str
+    target: str
+    protocol: str
+    throughput_rps: float | None  # None: nothing stayed under the bound
+    p99_ms: float | None
+    scenario: str | None
+    level: Any
+
+
+def bound_of(results: dict[str, Any]) -> float:
+    for row in rows(results, "load"):
+        if row.get("bound_ms"):
+            return float(row["bound_ms"])
+    return DEFAULT_BOUND_MS
+
+
+def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
+    """Per model, server and protocol: the highest throughput whose p99 stays under the bound,
+    over sweep steps and open-loop rates, counting only steps with no failures."""
+    series: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows(results, "load"):
+        series[(row["model"], row["target"], row["protocol"])].append(row)
+    best: list[Best] = []
+    for (model, target, protocol), steps in sorted(series.items()):
+        passing = [
+            s for s in steps
+            if clean(s) and latency(s, "p99") is not None and latency(s, "p99") <= bound_ms
+        ]
+        top = max(passing, key=lambda s: s.get("throughput_rps", 0), default=None)
+        best.append(Best(
+            model, target, protocol,
+            top["throughput_rps"] if top else None,
+            latency(top, "p99") if top else None,
+            top["scenario"] if top else None,
+            top["level"] if top else None,
+        ))
+    return best
+
+
+def unavailable_servers(results: dict[str, Any]) -> dict[str, str]:
+    return {r["target"]: r.get("reason", "") for r in rows(results, "server")
+            if r.get("status") != "up"}
+
+
+def fmt_rps(value: float) -> str:
+    return f"{value:,.0f} req/s" if value >= 100 else f"{value:,.1f} req/s"
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g} ms" if value < 10 else f"{value:,.1f} ms"
+
+
+def server_lines(results: dict[str, Any]) -> list[str]:
+    bound = bound_of(results)
+    lines = []
+    missing = unavailable_servers(results)
+    by_model: dict[str, list[Best]] = defaultdict(list)
+    for best in best_under_bound(results, bound):
+        by_model[best.model].append(best)
+    for model, bests in sorted(by_model.items()):
+        measured = sorted((b for b in bests if b.throughput_rps),
+                          key=lambda b: b.throughput_rps, reverse=True)
+        head = f"Server, p99 under {bound:g} ms ({model}): "
+        if not measured:
+            lines.append(head + "no server kept p99 under the bound with every answer right.")
+            continue
+        top = measured[0]
+        text = (f"{server_label(top.target, top.protocol)} sustains {fmt_rps(top.throughput_rps)}"
+                f" (p99 {fmt_ms(top.p99_ms)})")
+        for other in measured[1:]:
+            ratio = top.throughput_rps / other.throughput_rps
+            text += (f", {ratio:.2g}x {server_label(other.target, other.protocol)} "
+                     f"({fmt_rps(other.throughput_rps)})")
+        for other in bests:
+            if not other.throughput_rps:
+                text += f"; {server_label(other.target, other.protocol)} never stayed under it"
+        lines.append(head + text + ".")
+    if not by_model:
+        lines.append("Server: no load measurement in this run.")
+    for target, reason in sorted(missing.items()):
+        lines.append(f"{SERVER_NAMES.get(target, target)} could not be measured here: {reason}")
+    return lines
+
+
+def edge_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    edge = [r for r in rows(results, "edge") if r.get("status", "ok") == "ok"]
+    inprocess = [r for r in rows(results, "inprocess") if r.get("status", "ok") == "ok"]
+    for model in sorted({r["model"] for r in edge}):
+        mine = [r for r in edge if r["model"] == model]
+        threads = min(r["threads"] for r in mine)
+        candidates = [r for r in mine if r["threads"] == threads and r.get("edge_ready")]
+        fp32 = next((r for r in mine if r["variant"].endswith("fp32")), None)
+        if not candidates:
+            lines.append(f"Edge ({model}): no variant is edge-ready (builtin ops only).")
+            continue
+        reference = max((r.get("accuracy") or 0 for r in candidates if "fp32" in r["variant"]),
+                        default=None)
+        acceptable = [r for r in candidates if reference is None or r.get("accuracy") is None
+                      or reference - r["accuracy"] <= 0.02]
+        pick = min(acceptable or candidates, key=lambda r: (r["size_bytes"], latency(r, "p50")))
+        text = (f"Edge ({model}, {threads} thread{'s' if threads > 1 else ''}): "
+                f"{pick['variant']} is edge-ready, {pick['size_bytes'] / 1024:,.1f} KiB")
+        if fp32 and fp32 is not pick and pick["size_bytes"]:
+            text += f" ({fp32['size_bytes'] / pick['size_bytes']:.1f}x smaller than fp32)"
+        text += f", p50 {fmt_ms(latency(pick, 'p50'))}"
+        if pick.get("accuracy") is not None:
+            text += f", accuracy {pick['accuracy']:.3f}"
+        elif pick.get("top1_agreement") is not None:
+            text += f", top-1 agreement {pick['top1_agreement']:.3f}"
+        for base in inprocess:
+            if base["model"] == model and base["threads"] == threads:
+                text += (f"; in-process {base['runtime']} ({base['variant']}) "
+                         f"p50 {fmt_ms(latency(base, 'p50'))}")
+        lines.append(text + ". PyTorch's side has no mobile artifact in this kit (TorchScript "
+                     "runs in-process only).")
+    if not edge:
+        lines.append("Edge: no edge measurement in this run.")
+    return lines
+
+
+def parity_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    exports = rows(results, "export")
+    for model in sorted({r["model"] for r in exports}):
+        mine = [r for r in exports if r["model"] == model]
+        failed = [r for r in mine if r["status"] != "ok"]
+        fp32 = [r["max_abs_diff"] for r in mine
+                if not r.get("quantized") and r.get("max_abs_diff") is not None]
+        drops = [(r["accuracy_drop"], r["format"]) for r in mine
+                 if r.get("quantized") and r.get("accuracy_drop") is not None]
+        if failed:
+            names = ", ".join(f"{r['format']} ({r.get('reason')})" for r in failed)
+            lines.append(f"Export and parity ({model}): FAILED: {names}.")
+            continue
+        text = f"Export and parity ({model}): all {len(mine)} artifacts pass"
+        if fp32:
+            tolerance = mine[0].get("tolerance", 1e-4)
+            text += f"; fp32 max abs diff {max(fp32):.2g} (tolerance {tolerance:g})"
+        if drops:
+            drop, fmt = max(drops)
+            text += f"; worst quantized accuracy drop {drop * 100:.1f} points ({fmt})"
+        lines.append(text + ".")
+    if not exports:
+        lines.append("Export and parity: no export in this run.")
+    return lines
+
+
+def answer_lines(results: dict[str, Any]) -> list[str]:
+    return server_lines(results) + edge_lines(results) + parity_lines(results)
+
+
+def verdict_table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model, server and protocol (the report's verdict table)."""
+    bound = bound_of(results)
+    table = []
+    for best in best_under_bound(results, bound):
+        steps = [r for r in rows(results, "load") if (r["model"], r["target"], r["protocol"])
+                 == (best.model, best.target, best.protocol)]
+        requests = sum(r.get("requests", 0) for r in steps)
+        failures = sum(r.get("failures", 0) for r in steps)
+        wrong = sum(r.get("wrong_answers", 0) for r in steps)
+        cpu = [r["server_cpu_s_per_1k"] for r in steps if r.get("server_cpu_s_per_1k") is not None]
+        memory = [r["server_peak_rss_bytes"] for r in steps if r.get("server_peak_rss_bytes")]
+        table.append({
+            "model": best.model,
+            "server": server_label(best.target, best.protocol),
+            "best_rps": best.throughput_rps,
+            "best_p99_ms": best.p99_ms,
+            "levels": [
+                {"scenario": r["scenario"], "level": r["level"],
+                 "throughput_rps": r.get("throughput_rps"),
+                 "p50": latency(r, "p50"), "p99": latency(r, "p99"),
+                 "saturated": r.get("loadgen_saturated")}
+                for r in steps
+            ],
+            "requests": requests,
+            "failure_rate": failures / requests if requests else None,
+            "wrong_rate": wrong / requests if requests else None,
+            "cpu_s_per_1k": sum(cpu) / len(cpu) if cpu else None,
+            "peak_rss_mb": max(memory) / 2**20 if memory else None,
+            "saturated": any(r.get("loadgen_saturated") for r in steps),
+        })
+    return table

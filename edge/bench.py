@@ -1,0 +1,268 @@
+"""The edge stage: every TFLite variant of a model under the LiteRT interpreter, at each thread
+count, with XNNPACK and without, beside the SavedModel in TensorFlow and the TorchScript in
+torch on the same inputs; one row per measurement in RUN_DIR/results.json, and a table.
+
+Each artifact's sha256 is checked against the manifest and each .tflite file's operators are
+read before anything runs; a bad file is a failed row naming the file, and the other variants
+go on. Each measurement runs in its own process (see worker.py), one after another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from deploybench.edge.ops import read_ops
+from deploybench.edge.table import render
+from deploybench.edge.worker import Job
+from deploybench.errors import DeploybenchError, UsageError
+from deploybench.files import size_of
+from deploybench.manifest import Manifest, exported_models, load_manifest, verify_artifacts
+from deploybench.results import Results
+
+log = logging.getLogger(__name__)
+
+EDGE_VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
+BASELINES = (("savedmodel", "tensorflow"), ("torchscript", "torch"))
+WORKER_TIMEOUT_S = 900
+
+# Every row has every field, so a failed row reads like a measured one with blanks.
+FIELDS = (
+    "kind", "model", "variant", "runtime", "threads", "xnnpack", "batch", "status", "error",
+    "path", "size_bytes", "edge_ready", "verdict", "ops", "op_counts", "non_builtin_ops",
+    "runs", "warmup", "import_ms", "import_memory_bytes", "init_ms", "first_ms", "latency_ms",
+    "peak_memory_growth_bytes", "retained_memory_growth_bytes", "memory_method",
+    "samples", "accuracy", "reference_accuracy", "accuracy_drop", "top1_agreement",
+    "max_abs_diff", "finite_outputs", "runtime_threads", "delegate_partitions",
+)
+
+
+class EdgeIncompleteError(DeploybenchError):
+    """Some variant could not be measured (bad file, not edge-ready, runtime failure)."""
+
+    exit_code = 4
+
+
+@dataclass
+class Pending:
+    """A row to write: final already (a failure found before running), or waiting for its job."""
+
+    row: dict[str, Any]
+    job: Job | None = None
+
+
+def new_row(**values: Any) -> dict[str, Any]:
+    row = dict.fromkeys(FIELDS)
+    row["batch"] = 1
+    row.update(values)
+    return row
+
+
+def failed(row: dict[str, Any], error: str, status: str = "failed") -> Pending:
+    return Pending({**row, "status": status, "error": error})
+
+
+def checked_path(root: Path, manifest: Manifest, fmt: str) -> Path:
+    """The artifact's path, once it is known to be exported and unchanged since export."""
+    artifact = manifest.artifact(fmt)
+    if artifact.status != "ok" or not artifact.path:
+        raise DeploybenchError(
+            f"{root / manifest.model}: {fmt} was not exported ({artifact.status}: "
+            f"{artifact.reason})"
+        )
+    verify_artifacts(root, manifest, [fmt])
+    return root / artifact.path
+
+
+def plan_variant(
+    root: Path, manifest: Manifest, variant: str, golden: Path, threads: list[int],
+    runs: int, warmup: int,
+) -> list[Pending]:
+    base = new_row(kind="edge", model=manifest.model, variant=variant, runtime="litert",
+                   runs=runs, warmup=warmup)
+    try:
+        path = checked_path(root, manifest, variant)
+        base["path"] = os.path.relpath(path, root)
+        base["size_bytes"] = size_of(path)
+        report = read_ops(path)
+    except DeploybenchError as error:
+        return [failed(base, str(error))]
+    base.update(edge_ready=report.edge_ready, verdict=report.verdict, ops=report.ops,
+                op_counts=report.op_counts, non_builtin_ops=report.non_builtin_ops)
+    if not report.edge_ready:  # never run: a Flex model fails at allocation anyway
+        return [failed(base, f"{path}: {report.verdict}", status="not-edge-ready")]
+    return [
+        Pending(
+            {**base, "threads": n, "xnnpack": xnnpack},
+            Job(manifest.model, variant, "litert", str(path), str(golden), n, xnnpack,
+                runs, warmup),
+        )
+        for n in threads
+        for xnnpack in (True, False)
+    ]
+
+
+def plan_baseline(
+    root: Path, manifest: Manifest, fmt: str, runtime: str, golden: Path,
+    threads: list[int], runs: int, warmup: int,
+) -> list[Pending]:
+    base = new_row(kind="inprocess", model=manifest.model, variant=fmt, runtime=runtime,
+                   runs=runs, warmup=warmup)
+    try:
+        path = checked_path(root, manifest, fmt)
+    except DeploybenchError as error:
+        return [failed(base, str(error))]
+    base.update(path=os.path.relpath(path, root), size_bytes=size_of(path))
+    return [
+        Pending({**base, "threads": n},
+                Job(manifest.model, fmt, runtime, str(path), str(golden), n, None, runs, warmup))
+        for n in threads
+    ]
+
+
+def plan_model(
+    root: Path, model: str, threads: list[int], runs: int, warmup: int, baselines: bool
+) -> list[Pending]:
+    try:
+        manifest = load_manifest(root, model)
+    except DeploybenchError as error:
+        return [failed(new_row(kind="edge", model=model, runs=runs, warmup=warmup), str(error))]
+    golden = root / manifest.golden["path"]
+    pending: list[Pending] = []
+    for variant in EDGE_VARIANTS:
+        pending += plan_variant(root, manifest, variant, golden, threads, runs, warmup)
+    if baselines:
+        for fmt, runtime in BASELINES:
+            pending += plan_baseline(root, manifest, fmt, runtime, golden, threads, runs, warmup)
+    return pending
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def run_worker(job: Job, timeout: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
+    """Run one job in a fresh interpreter process and return its result fields."""
+    with tempfile.TemporaryDirectory(prefix="deploybench-edge-") as tmp:
+        job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_file.write_text(json.dumps(job.to_dict()))
+        command = [sys.executable, "-m", "deploybench.edge.worker", str(job_file),
+                   str(result_file)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  env=env, check=False)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed",
+                    "error": f"{job.path}: {job.runtime} measurement timed out after {timeout} s"}
+        if done.returncode == 0 and result_file.is_file():
+            return json.loads(result_file.read_text())
+        log.error("edge worker for %s failed (%s):\n%s", job.path,
+                  _exit_reason(done.returncode), done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        last = f" ({lines[-1].strip()})" if lines else ""
+        return {"status": "failed", "error": f"{job.path}: {job.runtime} measurement process "
+                                             f"died with {_exit_reason(done.returncode)}{last}"}
+
+
+def resolve_models(root: Path, name: str) -> list[str]:
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such export folder; run `deploybench export --out {root}`")
+    if name != "all":
+        return [name]
+    models = exported_models(root)
+    if not models:
+        raise UsageError(f"{root}: no exported models; run `deploybench export --out {root}`")
+    return models
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(n < 1 for n in counts):
+        raise UsageError(f"--threads: expected positive thread counts like 1,2 (got {text!r})")
+    return list(dict.fromkeys(counts))
+
+
+def describe(row: dict[str, Any]) -> str:
+    parts = [row["model"], row["variant"] or "", row["runtime"] or ""]
+    if row["threads"] is not None:
+        parts.append(f"{row['threads']} thread{'s' if row['threads'] > 1 else ''}")
+    if row["xnnpack"] is not None:
+        parts.append("XNNPACK" if row["xnnpack"] else "no XNNPACK")
+    return " ".join(p for p in parts if p)
+
+
+def run_edge(
+    root: Path, model: str, threads: list[int], runs: int, warmup: int, out: Path,
+    console: Console, baselines: bool = True,
+) -> list[dict[str, Any]]:
+    """Measure, append every row to OUT/results.json, print the tables; raise if any row
+    is not ok (after everything is written)."""
+    models = resolve_models(root, model)
+    results = Results(out)
+    try:
+        results.save()
+    except OSError as error:
+        raise UsageError(f"cannot write to run folder {out}: {error.strerror}") from error
+    extra: dict[str, Any] = {"edge": {
+        "runner": "in-process, one fresh process per measurement, one at a time",
+        "artifacts": str(root), "threads": threads, "runs": runs, "warmup": warmup,
+        "batch": 1, "baselines": baselines,
+    }}
+    if "mode" not in results.data["environment"]:
+        extra["mode"] = "in-process"
+    results.set_environment(**extra)
+    cpus = results.data["environment"]["cpus_available"]
+    if max(threads) > cpus:
+        results.note(f"edge: {max(threads)} threads requested on {cpus} available CPUs; "
+                     "those figures are oversubscribed")
+    results.data["partial"] = True
+    results.save()
+
+    pending = [p for name in models for p in plan_model(root, name, threads, runs, warmup,
+                                                        baselines)]
+    rows: list[dict[str, Any]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("edge", total=len(pending))
+        for item in pending:
+            progress.update(task, description=f"measuring {describe(item.row)}")
+            row = item.row
+            if item.job is not None:
+                row = {**row, **run_worker(item.job)}
+            rows.append(row)
+            results.add(row)
+            results.save()  # a killed run keeps what it measured (partial stays true)
+            progress.advance(task)
+    results.data["partial"] = False
+    results.save()
+
+    render(rows, console)
+    console.print(f"results: {results.path}")
+    problems = [f"{describe(r)}: {r['error']}" for r in rows if r["status"] != "ok"]
+    if problems:
+        raise EdgeIncompleteError(
+            f"edge run incomplete ({len(problems)} of {len(rows)} not measured): "
+            + "; ".join(problems)
+        )
+    return rows

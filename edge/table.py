@@ -1,0 +1,140 @@
+"""The edge tables, per model: speed and memory per measurement; size, accuracy and mobile
+readiness per artifact; then each TFLite variant's operators and any errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+STATUS_STYLE = {"ok": "green", "failed": "red", "not-edge-ready": "yellow"}
+BASELINE_LABELS = {"tensorflow": "tf", "torch": "torch"}
+LEGEND = (
+    "fp32..int8: TFLite variants under LiteRT (xnn: XNNPACK delegate on/off); tf: SavedModel "
+    "in TensorFlow; torch: TorchScript in torch. init: load + allocate; p50..p99: the "
+    "inference call alone; peak MiB: peak RSS growth over load and runs."
+)
+
+
+def label(row: dict[str, Any]) -> str:
+    """A short name for the row's artifact: the TFLite variant, or the baseline's runtime."""
+    if row["kind"] == "inprocess":
+        return BASELINE_LABELS.get(row["runtime"], row["runtime"] or "-")
+    variant = row["variant"]
+    if variant is None:
+        return "-"
+    return variant.removeprefix("tflite-").replace("dynamic-", "dyn-")
+
+
+def styled(row: dict[str, Any]) -> str:
+    text = escape(label(row))
+    if row["status"] == "ok":
+        return text
+    style = STATUS_STYLE.get(row["status"] or "", "red")
+    return f"[{style}]{text}[/{style}]"
+
+
+def us(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    value = ms * 1000
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def ms_(ms: float | None) -> str:
+    return "-" if ms is None else (f"{ms:.2f}" if ms < 100 else f"{ms:.0f}")
+
+
+def mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / (1 << 20):.1f}"
+
+
+def kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f}"
+
+
+def span(values: list[float], spec: str) -> str:
+    """One figure, or min-max where XNNPACK or threads changed it."""
+    if not values:
+        return "-"
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}-{high}"
+
+
+def new_table(title: str, columns: list[str], left: int) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i < left else "right")
+    return table
+
+
+def speed_table(model: str, rows: list[dict[str, Any]]) -> Table:
+    table = new_table(
+        f"{model}: speed and memory, batch 1",
+        ["model", "thr", "xnn", "init ms", "first ms", "p50 µs", "p90 µs", "p99 µs",
+         "peak MiB"],
+        left=3,
+    )
+    for r in rows:
+        latency = r["latency_ms"] or {}
+        table.add_row(
+            styled(r), "-" if r["threads"] is None else str(r["threads"]),
+            "-" if r["xnnpack"] is None else ("on" if r["xnnpack"] else "off"),
+            ms_(r["init_ms"]), ms_(r["first_ms"]),
+            us(latency.get("p50")), us(latency.get("p90")), us(latency.get("p99")),
+            mib(r["peak_memory_growth_bytes"]),
+        )
+    return table
+
+
+def quality_table(model: str, rows: list[dict[str, Any]]) -> Table:
+    reference = next((r["reference_accuracy"] for r in rows if r["reference_accuracy"]), None)
+    title = f"{model}: size, accuracy and readiness"
+    if reference is not None:
+        title += f" (reference accuracy {reference:.4f})"
+    table = new_table(title, ["model", "KiB", "accuracy", "top-1 agr", "max abs diff",
+                              "edge-ready"], left=1)
+    groups: dict[tuple[str | None, str | None], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["runtime"]), []).append(r)
+    for group in groups.values():
+        ok = [r for r in group if r["status"] == "ok"]
+        ready = group[0]["edge_ready"]
+        table.add_row(
+            styled(group[0]), kib(group[0]["size_bytes"]),
+            span([r["accuracy"] for r in ok], ".4f"),
+            span([r["top1_agreement"] for r in ok], ".4f"),
+            span([r["max_abs_diff"] for r in ok if r["max_abs_diff"] is not None], ".1e"),
+            "-" if ready is None else ("[green]yes[/green]" if ready else "[yellow]NO[/yellow]"),
+        )
+    return table
+
+
+def op_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines: dict[str, str] = {}
+    for r in rows:
+        if r["kind"] == "edge" and r["op_counts"] and r["variant"] not in lines:
+            ops = ", ".join(f"{name} x{n}" if n > 1 else name
+                            for name, n in r["op_counts"].items())
+            lines[r["variant"]] = f"{escape(label(r))} ops: {escape(ops)}"
+    return list(lines.values())
+
+
+def render(rows: list[dict[str, Any]], console: Console) -> None:
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        console.print(speed_table(model, mine))
+        console.print(quality_table(model, mine))
+        console.print(LEGEND, soft_wrap=True, highlight=False, style="dim")
+        for line in op_lines(mine):
+            console.print(line, soft_wrap=True, highlight=False)
+        for r in mine:
+            if r["status"] != "ok":
+                what = " ".join(str(x) for x in (r["variant"] or model, r["runtime"] or "",
+                                                 r["threads"] or "") if x)
+                console.print(f"[red]{escape(what)}[/red]: {escape(r['error'] or '')}",
+                              soft_wrap=True, highlight=False)
+        console.print()

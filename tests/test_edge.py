@@ -1,0 +1,256 @@
+"""The edge stage, with the real LiteRT interpreter, TensorFlow and torch on real exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deploybench import runtimes
+from deploybench.edge.bench import EDGE_VARIANTS, FIELDS
+from deploybench.edge.ops import read_ops
+from deploybench.files import tree_sha256
+from deploybench.manifest import FP32_TOLERANCE, MAX_ACCURACY_DROP, load_manifest
+from deploybench.results import Results
+from tests.conftest import invoke
+
+MODELS = ["digits-mlp", "digits-cnn"]
+REQUIRED = (
+    "kind", "model", "variant", "runtime", "threads", "xnnpack", "size_bytes", "init_ms",
+    "first_ms", "latency_ms", "accuracy", "top1_agreement", "max_abs_diff", "edge_ready",
+    "ops", "runs", "status", "error",
+)
+QUICK = ("--threads", "1", "--runs", "20", "--warmup", "2")
+
+
+def rows_of(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "results.json").read_text())["measurements"]
+
+
+@pytest.fixture(scope="module")
+def edge_run(export_root, tmp_path_factory) -> tuple[Path, list[dict], str]:
+    """One real edge run over both exported models, with baselines, kept short."""
+    run_dir = tmp_path_factory.mktemp("edge-run")
+    result = invoke("edge", "--artifacts", str(export_root), "--model", "all", *QUICK,
+                    "--out", str(run_dir))
+    assert result.exit_code == 0, result.output
+    return run_dir, rows_of(run_dir), result.output
+
+
+@pytest.fixture
+def export_copy(export_root, tmp_path) -> Path:
+    """A private copy of the export, to break on purpose."""
+    root = tmp_path / "export"
+    shutil.copytree(export_root, root, symlinks=True)
+    return root
+
+
+def reseal(root: Path, model: str, fmt: str) -> None:
+    """Record an artifact's current sha256 in the manifest, as if export had written it."""
+    path = root / model / "manifest.json"
+    data = json.loads(path.read_text())
+    for artifact in data["artifacts"]:
+        if artifact["format"] == fmt:
+            artifact["sha256"] = tree_sha256(root / artifact["path"])
+    path.write_text(json.dumps(data))
+
+
+def flex_model(path: Path) -> Path:
+    """A model whose only op (matrix determinant) has no TFLite builtin: it needs Flex."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 3, 3], tf.float32)])
+    def determinant(x):
+        return tf.linalg.det(x)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [determinant.get_concrete_function()], determinant
+    )
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    path.write_bytes(converter.convert())
+    return path
+
+
+# --- a full run ---------------------------------------------------------------------------
+
+
+def test_every_row_has_the_required_fields(edge_run):
+    run_dir, rows, _ = edge_run
+    data = json.loads((run_dir / "results.json").read_text())
+    assert data["partial"] is False
+    assert data["environment"]["edge"]["runs"] == 20
+    assert data["environment"]["versions"]["ai-edge-litert"]
+    assert rows
+    for row in rows:
+        assert set(REQUIRED) <= set(row) and list(row) == list(FIELDS), row
+        assert row["status"] == "ok", row
+        assert row["error"] is None
+        assert row["runs"] == 20 and row["threads"] == 1 and row["batch"] == 1
+        latency = row["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+        assert row["init_ms"] > 0 and row["first_ms"] > 0
+        assert row["peak_memory_growth_bytes"] >= 0
+        assert row["size_bytes"] > 0
+
+
+def test_each_variant_runs_with_and_without_xnnpack_beside_both_baselines(edge_run):
+    _, rows, _ = edge_run
+    for model in MODELS:
+        mine = [r for r in rows if r["model"] == model]
+        edge = {(r["variant"], r["xnnpack"]) for r in mine if r["kind"] == "edge"}
+        assert edge == {(v, x) for v in EDGE_VARIANTS for x in (True, False)}
+        assert all(r["runtime"] == "litert" for r in mine if r["kind"] == "edge")
+        baselines = {(r["variant"], r["runtime"]) for r in mine if r["kind"] == "inprocess"}
+        assert baselines == {("savedmodel", "tensorflow"), ("torchscript", "torch")}
+        for r in mine:
+            if r["kind"] == "edge" and r["xnnpack"]:
+                assert r["delegate_partitions"] >= 1  # XNNPACK really took part
+            elif r["kind"] == "edge":
+                assert r["delegate_partitions"] == 0
+            else:  # the framework reports the thread count it really used
+                assert r["runtime_threads"]["intra_op"] == 1
+
+
+def test_accuracy_stays_within_the_export_bounds(edge_run, export_root):
+    _, rows, _ = edge_run
+    for row in rows:
+        manifest = load_manifest(export_root, row["model"])
+        reference = manifest.golden["reference_accuracy"]
+        assert row["reference_accuracy"] == pytest.approx(reference)
+        assert row["samples"] == manifest.golden["samples"]
+        if manifest.artifact(row["variant"]).quantized:
+            assert reference - row["accuracy"] <= MAX_ACCURACY_DROP, row
+            assert row["top1_agreement"] >= 0.95, row
+        else:
+            assert row["max_abs_diff"] <= FP32_TOLERANCE, row
+            assert row["top1_agreement"] == 1.0, row
+
+
+def test_full_int8_is_at_least_3x_smaller_than_fp32(edge_run):
+    _, rows, _ = edge_run
+    size = {r["variant"]: r["size_bytes"] for r in rows if r["model"] == "digits-cnn"}
+    assert size["tflite-fp32"] >= 3 * size["tflite-int8"], size
+
+
+def test_exported_variants_are_edge_ready_with_their_ops_listed(edge_run):
+    _, rows, output = edge_run
+    for row in rows:
+        if row["kind"] == "edge":
+            assert row["edge_ready"] is True and row["non_builtin_ops"] == []
+            assert "FULLY_CONNECTED" in row["ops"]
+            assert sum(row["op_counts"].values()) >= len(row["ops"])
+        else:
+            assert row["edge_ready"] is None and row["ops"] is None
+    cnn = next(r for r in rows if r["model"] == "digits-cnn" and r["kind"] == "edge")
+    assert "CONV_2D" in cnn["ops"]
+    assert "digits-cnn: speed and memory" in output and "int8 ops:" in output
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def test_bad_files_are_named_errors_and_the_other_variants_still_measure(export_copy, tmp_path):
+    tflite = export_copy / "digits-mlp" / "tflite"
+    truncated = tflite / "int8.tflite"
+    truncated.write_bytes(truncated.read_bytes()[:1000])  # sha256 no longer matches
+    garbage = tflite / "fp16.tflite"
+    garbage.write_bytes(b"this is not a flatbuffer at all")
+    reseal(export_copy, "digits-mlp", "tflite-fp16")  # matching sha256: must fail on content
+    missing = tflite / "dynamic-int8.tflite"
+    missing.unlink()
+
+    run_dir = tmp_path / "run"
+    earlier = Results(run_dir)  # another stage's row in the same run file is kept
+    earlier.add({"kind": "load", "server": "elsewhere"})
+    earlier.save()
+    result = invoke("edge", "--artifacts", str(export_copy), "--model", "digits-mlp", *QUICK,
+                    "--no-baselines", "--out", str(run_dir))
+    assert result.exit_code == 4, result.output
+    rows = rows_of(run_dir)
+    assert rows[0] == {"kind": "load", "server": "elsewhere"}
+    by_variant = {r["variant"]: r for r in rows[1:]}
+
+    assert by_variant["tflite-int8"]["status"] == "failed"
+    assert str(truncated) in by_variant["tflite-int8"]["error"]
+    assert "sha256 does not match" in by_variant["tflite-int8"]["error"]
+    assert str(garbage) in by_variant["tflite-fp16"]["error"]
+    assert "not a TFLite model" in by_variant["tflite-fp16"]["error"]
+    assert str(missing) in by_variant["tflite-dynamic-int8"]["error"]
+    assert "missing" in by_variant["tflite-dynamic-int8"]["error"]
+
+    fp32 = [r for r in rows[1:] if r["variant"] == "tflite-fp32"]
+    assert len(fp32) == 2 and all(r["status"] == "ok" for r in fp32)
+    assert all(r["accuracy"] > 0.9 for r in fp32)
+    assert str(truncated) in result.output  # named on the console too, after the table
+    assert "speed and memory" in result.output
+
+
+def test_corrupt_flatbuffer_with_a_valid_header_is_a_named_error(export_root, tmp_path):
+    source = export_root / "digits-cnn" / "tflite" / "fp32.tflite"
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(source.read_bytes()[:4096])  # keeps the TFL3 identifier
+    with pytest.raises(runtimes.ArtifactError, match="corrupt TFLite model") as info:
+        read_ops(broken)
+    assert str(broken) in str(info.value)
+    with pytest.raises(runtimes.ArtifactError, match="no such TFLite file"):
+        read_ops(tmp_path / "absent.tflite")
+
+
+# --- mobile readiness ---------------------------------------------------------------------
+
+
+def test_a_flex_model_is_not_edge_ready_and_its_op_is_named(tmp_path):
+    path = flex_model(tmp_path / "flex.tflite")
+    report = read_ops(path)
+    assert report.flex_ops == ["FlexMatrixDeterminant"]
+    assert report.ops == ["FlexMatrixDeterminant"]
+    assert report.edge_ready is False
+    assert "FlexMatrixDeterminant" in report.verdict
+    # it really is a Flex model: the plain LiteRT interpreter refuses it at allocation
+    with pytest.raises(runtimes.ArtifactError, match="Select TensorFlow op"):
+        runtimes.TFLiteModel(path)
+
+
+def test_edge_flags_a_flex_variant_without_running_it(export_copy, tmp_path):
+    flex_model(export_copy / "digits-mlp" / "tflite" / "fp16.tflite")
+    reseal(export_copy, "digits-mlp", "tflite-fp16")
+    run_dir = tmp_path / "run"
+    result = invoke("edge", "--artifacts", str(export_copy), "--model", "digits-mlp", *QUICK,
+                    "--no-baselines", "--out", str(run_dir))
+    assert result.exit_code == 4, result.output
+    rows = rows_of(run_dir)
+    (flex,) = [r for r in rows if r["variant"] == "tflite-fp16"]
+    assert flex["status"] == "not-edge-ready" and flex["edge_ready"] is False
+    assert flex["non_builtin_ops"] == ["FlexMatrixDeterminant"]
+    assert "FlexMatrixDeterminant" in flex["error"] and flex["latency_ms"] is None
+    others = [r for r in rows if r["variant"] != "tflite-fp16"]
+    assert len(others) == 6 and all(r["status"] == "ok" for r in others)
+    assert "FlexMatrixDeterminant" in result.output
+
+
+# --- usage --------------------------------------------------------------------------------
+
+
+def test_bad_thread_list_is_a_usage_error(export_root, tmp_path):
+    result = invoke("edge", "--artifacts", str(export_root), "--threads", "1,zero",
+                    "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert "--threads" in result.output
+
+
+def test_missing_export_folder_is_a_usage_error(tmp_path):
+    result = invoke("edge", "--artifacts", str(tmp_path / "nowhere"), "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert "nowhere" in result.output and "deploybench export" in result.output
+
+
+def test_unexported_model_is_a_failed_row_naming_the_manifest(export_root, tmp_path):
+    result = invoke("edge", "--artifacts", str(export_root), "--model", "mobilenet-v2",
+                    *QUICK, "--out", str(tmp_path))
+    assert result.exit_code == 4
+    (row,) = rows_of(tmp_path)
+    assert row["status"] == "failed" and "manifest.json" in row["error"]
