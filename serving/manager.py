@@ -206,9 +206,8 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
                 command = native.torchserve_command(config, root, deployment.models)
                 env = native.torchserve_env(folder, settings)
             else:
-                command = native.tfserving_command(
+                command, env = native.tfserving_command(
                     folder, root, deployment.models, settings, endpoints)
-                env = {}
         except native.ServerUnavailable as error:
             reason = f"{no_docker}, and {error}" if no_docker else str(error)
             deployment.servers.append(ServerStatus(server, "unavailable", reason))

@@ -21,6 +21,7 @@ CONFIG_DIR = REPO_ROOT / "serving" / "config"
 TORCHSERVE_CONFIG = CONFIG_DIR / "config.properties"
 BATCHING_CONFIG = CONFIG_DIR / "batching.config"
 MONITORING_CONFIG = CONFIG_DIR / "monitoring.config"
+TFSERVING_ENTRYPOINT = REPO_ROOT / "docker" / "tfserving" / "entrypoint.sh"
 
 
 class ServerUnavailable(Exception):
@@ -111,10 +112,10 @@ def write_torchserve_config(run_dir: Path, root: Path, models: list[str],
 
 
 def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: ServerSettings,
-                      endpoints) -> list[str]:  # noqa: ANN001
-    """`tensorflow_model_server` with the compose stack's flags and host paths."""
-    binary = shutil.which("tensorflow_model_server")
-    if binary is None:
+                      endpoints) -> tuple[list[str], dict[str, str]]:  # noqa: ANN001
+    """The compose service's entrypoint and flags, with host paths: the same script adds the
+    batching flags and renders the batching file from .env's values."""
+    if shutil.which("tensorflow_model_server") is None:
         raise ServerUnavailable(
             "tensorflow_model_server is not on PATH: TF Serving has no PyPI or Debian package; "
             "run it with Docker (`docker compose up tfserving`), or install the binary from "
@@ -124,14 +125,20 @@ def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: Se
     atomic_write_text(config, layout.models_config_text(models, root.resolve()))
     rest_port = urlparse(endpoints.tfserving_rest).port
     grpc_port = endpoints.tfserving_grpc.rsplit(":", 1)[1]
-    return [
-        binary,
+    command = [
+        "bash", str(TFSERVING_ENTRYPOINT),
         f"--port={grpc_port}",
         f"--rest_api_port={rest_port}",
         f"--model_config_file={config}",
         f"--monitoring_config_file={MONITORING_CONFIG}",
-        f"--enable_batching={'true' if settings.batching else 'false'}",
-        f"--batching_parameters_file={BATCHING_CONFIG}",
         f"--tensorflow_intra_op_parallelism={settings.intra_op_threads}",
         f"--tensorflow_inter_op_parallelism={settings.inter_op_threads}",
     ]
+    env = {
+        "BATCHING": "true" if settings.batching else "false",
+        "MAX_BATCH_SIZE": str(settings.max_batch_size),
+        "BATCH_TIMEOUT_MS": str(settings.batch_timeout_ms),
+        "DEPLOYBENCH_BATCHING_TEMPLATE": str(BATCHING_CONFIG),
+        "DEPLOYBENCH_BATCHING_FILE": str(run_dir / "batching.config"),
+    }
+    return command, env
