@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/deploybench export --model all --out artifacts
+	$(BIN)/deploybench run
 
 test: setup
 	$(BIN)/ruff check .

@@ -167,5 +167,126 @@ def edge(
     run_edge(artifacts, model, parse_threads(threads), runs, warmup, out, console, baselines)
 
 
+@command
+def load(
+    out: Annotated[Path, typer.Option(help="Run folder: results.json and locust's files.")],
+    target: Annotated[str, typer.Option(help="torchserve, tfserving or all.")] = "all",
+    protocol: Annotated[str | None, typer.Option(
+        help="rest or grpc (default: every protocol the target speaks).")] = None,
+    scenario: Annotated[str, typer.Option(
+        help="sweep (closed loop), rate (open-loop SLO search), or a JSON/YAML file.")] = "sweep",
+    users: Annotated[str | None, typer.Option(
+        help="Sweep levels, comma-separated users, e.g. 1,4,16.")] = None,
+    rates: Annotated[str | None, typer.Option(
+        help="Open loop: fixed rates (requests/s) instead of the search, e.g. 50,100.")] = None,
+    step_seconds: Annotated[float | None, typer.Option(help="Measured seconds per step.")] = None,
+    warmup_seconds: Annotated[float | None, typer.Option(
+        help="Seconds per step left out of every figure.")] = None,
+    rate_bound_ms: Annotated[float | None, typer.Option(
+        help="Open loop: the p99 bound a rate must meet (default 100).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Golden rows per request.")] = None,
+    artifacts: Annotated[Path | None, typer.Option(
+        help="Export root (default: what `deploybench serve` serves, else artifacts).")] = None,
+    model: Annotated[str, typer.Option(help="Model to load-test, or 'all' served.")] = "all",
+    port_offset: Annotated[int | None, typer.Option(
+        help="Servers on the published ports shifted by N (default: the running "
+             "deployment's endpoints).")] = None,
+) -> None:
+    """Load-test the servers with locust (one headless process per step), answers checked."""
+    from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable, plan_pairs
+    from deploybench.loadtest.runner import resolve_models as load_models
+    from deploybench.loadtest.scenarios import load_scenario
+    from deploybench.serving.manager import Deployment, loopback_endpoints
+
+    chosen = load_scenario(
+        scenario,
+        levels=parse_list(users, int) if users else (parse_list(rates, float) if rates else None),
+        step_seconds=step_seconds, warmup_seconds=warmup_seconds, rate_bound_ms=rate_bound_ms,
+        batch_size=batch_size,
+    )
+    if users and chosen.kind != "closed" or rates and chosen.kind != "open":
+        raise DeploybenchError("--users is for a closed-loop sweep, --rates for an open-loop "
+                               f"scenario; {chosen.name} is {chosen.kind}")
+    pairs = plan_pairs(target, protocol)
+    deployment = Deployment.load() if port_offset is None else None
+    if deployment is not None and deployment.up():
+        endpoints, mode = deployment.endpoints_obj(), deployment.mode
+        root = artifacts or Path(deployment.root)
+        served = deployment.models
+    else:
+        endpoints, mode = loopback_endpoints(port_offset or 0), "external"
+        root, served = artifacts or Path("artifacts"), None
+    root = root.resolve()
+    plan = LoadPlan(pairs, load_models(root, model, served), root, endpoints, chosen,
+                    out.resolve(), mode)
+    if deployment is not None and deployment.up():
+        plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
+    check_reachable(plan, skip_unreachable=target == "all")
+    run = LoadRun(plan, console)
+    measurements = run.run()
+    console.print(f"results: {plan.run_dir / 'results.json'}", highlight=False)
+    if run.failed_steps:
+        raise DeploybenchError(f"{run.failed_steps} of {len(measurements)} load steps failed "
+                               f"(see {plan.run_dir / 'results.json'})")
+
+
+@command
+def run(
+    model: Annotated[str, typer.Option(help="Model from the zoo, or 'all' (the digits models)."
+                                       )] = "all",
+    artifacts: Annotated[Path, typer.Option(help="Export root.")] = Path("artifacts"),
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<timestamp>).")
+                   ] = None,
+    mode: Annotated[str | None, typer.Option(
+        help="docker or native (default: docker when a Docker engine answers).")] = None,
+    servers: Annotated[str, typer.Option(help="Comma-separated servers.")] = "tfserving,torchserve",
+    users: Annotated[str, typer.Option(help="Closed-loop sweep levels.")] = "1,2,4,8",
+    step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 5.0,
+    warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds per step.")] = 2.0,
+    rate_search: Annotated[bool, typer.Option(
+        help="Also search the highest open-loop rate under the p99 bound.")] = True,
+    rate_bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
+    edge_threads: Annotated[str, typer.Option(help="Edge thread counts.")] = "1,2",
+    edge_runs: Annotated[int, typer.Option(min=1, help="Timed runs per edge measurement.")] = 300,
+    export: Annotated[bool, typer.Option(help="Export first (else reuse the export root).")
+                      ] = True,
+    port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
+) -> None:
+    """The main job: export -> serve -> load -> edge -> report, in one run folder."""
+    from deploybench.pipeline import RunOptions
+    from deploybench.pipeline import run as run_pipeline
+    from deploybench.serving.clients import TARGETS
+    from deploybench.serving.manager import loopback_endpoints
+    from deploybench.zoo import all_specs
+
+    chosen = tuple(parse_list(servers))
+    unknown = set(chosen) - set(TARGETS)
+    if unknown:
+        raise DeploybenchError(f"unknown server(s) {sorted(unknown)}; known: {', '.join(TARGETS)}")
+    if model == "all":  # the quick default: the digits models (larger models by name)
+        specs = [spec for name, spec in all_specs().items() if name.startswith("digits-")]
+    else:
+        specs = resolve_models(model)
+    options = RunOptions(
+        specs=specs, artifacts=artifacts, run_dir=out, mode=mode, servers=chosen,
+        users=tuple(parse_list(users, int)), step_seconds=step_seconds,
+        warmup_seconds=warmup_seconds, rate_search=rate_search, rate_bound_ms=rate_bound_ms,
+        edge_threads=tuple(parse_list(edge_threads, int)), edge_runs=edge_runs, export=export,
+        endpoints=loopback_endpoints(port_offset),
+    )
+    run_pipeline(options, console)
+
+
+@command
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder holding results.json.")],
+) -> None:
+    """Rebuild report.html and report.md from a run's results.json alone."""
+    from deploybench.report import write_reports
+
+    html, markdown = write_reports(run_dir)
+    console.print(f"report: {html} and {markdown}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -1,0 +1,165 @@
+"""`deploybench run`: export -> serve -> load -> edge -> report, with the servers always stopped
+and whatever was measured kept (and marked partial) when something fails or Ctrl-C arrives."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.rule import Rule
+
+from deploybench.errors import DeploybenchError
+from deploybench.manifest import FP32_TOLERANCE, exported_models, load_manifest
+from deploybench.results import Results
+from deploybench.serving.clients import Endpoints
+from deploybench.zoo.spec import ModelSpec
+
+
+@dataclass
+class RunOptions:
+    specs: list[ModelSpec]
+    artifacts: Path = Path("artifacts")
+    run_dir: Path | None = None
+    mode: str | None = None  # docker | native | None: docker when an engine answers
+    servers: tuple[str, ...] = ("tfserving", "torchserve")
+    users: tuple[int, ...] = (1, 2, 4, 8)
+    step_seconds: float = 5.0
+    warmup_seconds: float = 2.0
+    rate_search: bool = True
+    rate_bound_ms: float = 100.0
+    edge_threads: tuple[int, ...] = (1, 2)
+    edge_runs: int = 300
+    export: bool = True
+    endpoints: Endpoints | None = None
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+
+
+def export_rows(root: Path, models: list[str]) -> list[dict]:
+    """The parity matrix: one row per artifact, from each model's manifest."""
+    rows = []
+    for model in models:
+        manifest = load_manifest(root, model)
+        for artifact in manifest.artifacts:
+            rows.append({"kind": "export", "model": model, "tolerance": FP32_TOLERANCE,
+                         "reference_accuracy": manifest.golden["reference_accuracy"],
+                         **{k: v for k, v in vars(artifact).items() if k != "sha256"}})
+    return rows
+
+
+def _append(run_dir: Path, rows: list[dict]) -> None:
+    results = Results(run_dir)  # re-read: the stages append to the same file
+    results.add(*rows)
+    results.save()
+
+
+def _note(run_dir: Path, text: str, partial: bool | None = None) -> None:
+    results = Results(run_dir)
+    results.note(text)
+    if partial is not None:
+        results.data["partial"] = partial
+    results.save()
+
+
+def run(options: RunOptions, console: Console) -> Path:
+    """Run every stage into one run folder and write the reports; returns the run folder."""
+    from deploybench.report import write_reports
+
+    run_dir = (options.run_dir or default_run_dir()).resolve()
+    artifacts = options.artifacts.resolve()
+    results = Results(run_dir)
+    results.data["partial"] = True
+    results.set_environment(run={
+        "models": [s.name for s in options.specs], "servers": list(options.servers),
+        "users": list(options.users), "step_seconds": options.step_seconds,
+        "warmup_seconds": options.warmup_seconds, "rate_bound_ms": options.rate_bound_ms,
+        "edge_threads": list(options.edge_threads), "edge_runs": options.edge_runs,
+    })
+    results.save()
+    started = time.perf_counter()
+    deployment = None
+    stage = "export"
+    failure: BaseException | None = None
+    try:
+        console.print(Rule("1/5 export"))
+        models = [s.name for s in options.specs]
+        if options.export or any(m not in exported_models(artifacts) for m in models):
+            from deploybench.export.exporter import export
+
+            export(options.specs, artifacts, console)
+        _append(run_dir, export_rows(artifacts, models))
+
+        stage = "serve"
+        console.print(Rule("2/5 serve"))
+        from deploybench.serving.manager import serve, stop
+
+        deployment = serve(artifacts, options.mode, models, run_dir / "serving",
+                           endpoints=options.endpoints, servers=options.servers,
+                           log=lambda text: console.print(text, highlight=False))
+        results = Results(run_dir)
+        results.set_environment(mode=deployment.mode, deployment=deployment.settings)
+        results.add(*({"kind": "server", "target": s.name, "status": s.status,
+                       "reason": s.reason, "mode": deployment.mode}
+                      for s in deployment.servers))
+        results.save()
+
+        stage = "load"
+        console.print(Rule("3/5 load"))
+        if deployment.up():
+            _load(options, deployment, artifacts, run_dir, console)
+        else:
+            console.print("no server is up: load skipped (reasons above)")
+        stop(deployment)
+        deployment = None
+
+        stage = "edge"
+        console.print(Rule("4/5 edge"))
+        from deploybench.edge.bench import run_edge
+
+        try:
+            run_edge(artifacts, "all" if len(models) > 1 else models[0],
+                     list(options.edge_threads), options.edge_runs, 20, run_dir, console)
+        except DeploybenchError as error:  # rows that failed are in the results already
+            _note(run_dir, f"edge: {error}")
+        _note(run_dir, f"all stages ran in {time.perf_counter() - started:.0f} s",
+              partial=False)
+    except (Exception, KeyboardInterrupt) as error:
+        failure = error
+        why = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else str(error)
+        _note(run_dir, f"partial run: stopped during {stage}: {why}", partial=True)
+    finally:
+        if deployment is not None:
+            from deploybench.serving.manager import stop
+
+            stop(deployment)
+        console.print(Rule("5/5 report"))
+        html, markdown = write_reports(run_dir)
+        console.print(f"report: {html} and {markdown}", highlight=False)
+    if failure is not None:
+        raise failure
+    return run_dir
+
+
+def _load(options: RunOptions, deployment, artifacts: Path, run_dir: Path,  # noqa: ANN001
+          console: Console) -> None:
+    from deploybench.loadtest.runner import LoadPlan, LoadRun
+    from deploybench.loadtest.scenarios import load_scenario
+    from deploybench.serving.clients import PROTOCOLS
+
+    pairs = [(target, protocol) for target in deployment.up() for protocol in PROTOCOLS[target]]
+    scenarios = [load_scenario("sweep", levels=options.users, step_seconds=options.step_seconds,
+                               warmup_seconds=options.warmup_seconds)]
+    if options.rate_search:
+        scenarios.append(load_scenario("rate", step_seconds=options.step_seconds,
+                                       warmup_seconds=options.warmup_seconds,
+                                       rate_bound_ms=options.rate_bound_ms))
+    for scenario in scenarios:
+        plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
+                        scenario, run_dir, deployment.mode)
+        plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
+        LoadRun(plan, console).run()

@@ -1,0 +1,284 @@
+"""How much load can one locust process generate here, and is that enough for TorchServe?
+
+    .venv/bin/python -m deploybench.loadtest.bench_locust --artifacts artifacts --out runs/bench
+
+1. Capacity: the very locustfile and user class the kit measures TorchServe with (same golden
+   bodies, same answer check per response), pointed at a trivially fast local endpoint: a
+   replay server (asyncio, its own process) that answers each golden request with its golden
+   answer from a table. The highest goodput over a user sweep is what one locust process
+   sustains on this machine.
+2. TorchServe's highest throughput in the same run: a closed-loop sweep against real TorchServe
+   (started natively on free ports, or the one at --torchserve-url).
+3. Verdict: if TorchServe's peak comes near locust's capacity (over half of it), or locust
+   flagged itself saturated while measuring TorchServe, the load generator could be the
+   bottleneck and its figures are a lower bound on the server.
+
+Prints a table and writes OUT/results.json (kinds "loadgen-capacity", "load", "loadgen-check").
+A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from deploybench.loadtest import measurement as measure
+from deploybench.loadtest.process import LocustRun, run_locust
+from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable, load_generator
+from deploybench.loadtest.samples import golden_arrays
+from deploybench.results import Results
+from deploybench.serving import payload
+from deploybench.serving.clients import Endpoints
+
+BOTTLENECK_SHARE = 0.5  # a server peak above half of locust's capacity: locust may limit it
+
+
+# -- the replay endpoint ---------------------------------------------------------------------------
+
+def replay_table(root: Path, model: str) -> dict[bytes, bytes]:
+    """Each golden request body -> a complete HTTP answer carrying its golden output."""
+    inputs, outputs = golden_arrays(root, model)
+    table = {}
+    for index in range(len(inputs)):
+        body = json.dumps({"predictions": outputs[index:index + 1].tolist()}).encode()
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        table[payload.encode(inputs[index:index + 1])] = head + body
+    return table
+
+
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+class Replay(asyncio.Protocol):
+    table: dict[bytes, bytes] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            length = 0
+            start = head.find(b"content-length:")
+            if start >= 0:
+                line_end = head.find(b"\r\n", start)
+                length = int(head[start + 15:line_end if line_end >= 0 else None])
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            body, self.buffer = self.buffer[end + 4:total], self.buffer[total:]
+            self.transport.write(self.table.get(body, NOT_FOUND))  # type: ignore[attr-defined]
+
+
+def serve_replay(port: int, root: Path, model: str) -> None:
+    Replay.table = replay_table(root, model)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Replay, "127.0.0.1", port)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_replay(root: Path, model: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploybench.loadtest.bench_locust", "replay", "--port",
+         str(port), "--artifacts", str(root), "--model", model],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    line = process.stdout.readline() if process.stdout else b""
+    if b"ready" not in line:
+        process.kill()
+        raise RuntimeError(f"the replay endpoint did not start: {line!r}")
+    return process, f"http://127.0.0.1:{port}"
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+def capacity_steps(root: Path, model: str, url: str, users: list[int], seconds: float,
+                   run_dir: Path, console: Console) -> list[dict[str, Any]]:
+    steps = []
+    for count in users:
+        run = LocustRun(target="torchserve", protocol="rest", model=model, export_root=root,
+                        endpoints=Endpoints(torchserve_inference=url), users=count,
+                        warmup_seconds=1.0, measure_seconds=seconds,
+                        prefix=run_dir / "locust" / f"capacity-{model}-{count}u")
+        output = run_locust(run)
+        step = measure.build(run, output, "capacity", count, "users", run_dir, url)
+        step.update(kind="loadgen-capacity", target="replay-endpoint",
+                    note="the kit's TorchServe user class against a local replay endpoint")
+        steps.append(step)
+        if step["status"] == "ok":
+            console.print(f"locust capacity, {count} users: {step['throughput_rps']:.0f} rps, "
+                          f"locust CPU {step['loadgen_cpu_percent']} %, failures "
+                          f"{step['failures']}", highlight=False)
+        else:
+            console.print(f"[red]capacity step failed[/red]: {step['reason']}", highlight=False)
+    return steps
+
+
+def torchserve_steps(root: Path, model: str, port_offset: int | None, users: list[int],
+                     seconds: float, run_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """A closed-loop sweep against TorchServe: one already running on the published ports
+    shifted by `port_offset`, else one started here on free ports."""
+    from deploybench.loadtest.scenarios import load_scenario
+    from deploybench.serving.manager import loopback_endpoints, serve
+
+    deployment = None
+    if port_offset is None:
+        os.environ["DEPLOYBENCH_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
+        endpoints = loopback_endpoints(random.randrange(10_000, 40_000, 10))
+        deployment = serve(root, mode="native", models=[model], run_dir=run_dir / "serve",
+                           endpoints=endpoints, servers=("torchserve",), log=lambda text: None)
+        origin = "native TorchServe started by this benchmark"
+    else:
+        endpoints = loopback_endpoints(port_offset)
+        origin = f"TorchServe at {endpoints.torchserve_inference}"
+    try:
+        plan = LoadPlan([("torchserve", "rest")], [model], root, endpoints,
+                        load_scenario("sweep", levels=users, step_seconds=seconds,
+                                      warmup_seconds=1.0),
+                        run_dir, "native" if deployment else "external")
+        if deployment is not None:
+            plan.server_pids = [record.pid for record in deployment.processes]
+        check_reachable(plan, skip_unreachable=False)
+        steps = LoadRun(plan, Console(file=io.StringIO())).run()
+    finally:
+        if deployment is not None:
+            from deploybench.serving.manager import stop
+
+            stop(deployment)
+    return steps, origin
+
+
+def verdict(capacity: list[dict[str, Any]], server: list[dict[str, Any]]) -> dict[str, Any]:
+    ok_capacity = [s for s in capacity if s["status"] == "ok"]
+    ok_server = [s for s in server if s["status"] == "ok"]
+    best_capacity = max(ok_capacity, key=lambda s: s["throughput_rps"], default=None)
+    best_server = max(ok_server, key=lambda s: s["throughput_rps"], default=None)
+    locust_rps = best_capacity["throughput_rps"] if best_capacity else None
+    server_rps = best_server["throughput_rps"] if best_server else None
+    share = server_rps / locust_rps if locust_rps and server_rps else None
+    saturated = any(s["loadgen_saturated"] for s in ok_server)
+    could_limit = bool(saturated or (share is not None and share > BOTTLENECK_SHARE))
+    if share is None:
+        text = "no comparison: a side has no figures"
+    elif could_limit:
+        text = (f"the load generator COULD be the bottleneck: TorchServe's peak is "
+                f"{share:.0%} of what one locust process sustains"
+                + (", and locust flagged itself saturated" if saturated else "")
+                + "; add locust workers (--master/--worker) before trusting the peak")
+    else:
+        text = (f"the load generator is not the bottleneck: TorchServe's peak is {share:.0%} "
+                f"of what one locust process sustains, and locust never passed 90 % CPU")
+    peak_cpu = best_server["loadgen_cpu_percent"] if best_server else None
+    if peak_cpu is not None and share is not None:
+        text += (f" (at that peak locust itself used {peak_cpu:g} % of one core, CPU the "
+                 f"server shares when both run on this {os.cpu_count()}-core machine)")
+    return {
+        "kind": "loadgen-check", "locust_capacity_rps": locust_rps,
+        "locust_capacity_users": best_capacity["level"] if best_capacity else None,
+        "torchserve_peak_rps": server_rps,
+        "torchserve_peak_users": best_server["level"] if best_server else None,
+        "share": round(share, 3) if share is not None else None,
+        "loadgen_saturated_on_server": saturated, "could_be_bottleneck": could_limit,
+        "locust_cpu_percent_at_peak": peak_cpu,
+        "verdict": text, "threshold_share": BOTTLENECK_SHARE,
+    }
+
+
+def table(capacity: list[dict[str, Any]], server: list[dict[str, Any]]) -> Table:
+    out = Table(title="one locust process vs TorchServe (closed loop, same user class; "
+                      "CPU in % of one core)")
+    for column in ("endpoint", "users", "rps", "p50 ms", "p99 ms", "locust %", "other %",
+                   "saturated"):
+        out.add_column(column, justify="left" if column == "endpoint" else "right")
+    for label, steps in (("replay", capacity), ("TorchServe", server)):
+        for s in steps:
+            if s["status"] != "ok":
+                out.add_row(label, f"{s['level']:g}", "failed", *[""] * 5)
+                continue
+            other = (s.get("cpu") or {}).get("other_percent")
+            out.add_row(label, f"{s['level']:g}", f"{s['throughput_rps']:.0f}",
+                        f"{s['latency_ms']['p50']:.2f}", f"{s['latency_ms']['p99']:.2f}",
+                        f"{s['loadgen_cpu_percent']}", "-" if other is None else f"{other}",
+                        "yes" if s["loadgen_saturated"] else "no")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    replay = sub.add_parser("replay", help="(internal) run the replay endpoint")
+    replay.add_argument("--port", type=int, required=True)
+    for p in (parser, replay):
+        p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+        p.add_argument("--model", default="digits-mlp")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench-locust")
+    parser.add_argument("--capacity-users", default="1,4,16,64")
+    parser.add_argument("--torchserve-users", default="1,2,4,8,16")
+    parser.add_argument("--step-seconds", type=float, default=5.0)
+    parser.add_argument("--port-offset", type=int, default=None,
+                        help="Use the TorchServe running on the published ports shifted by N "
+                             "(default: start one natively on free ports)")
+    args = parser.parse_args(argv)
+    if args.command == "replay":
+        serve_replay(args.port, args.artifacts.resolve(), args.model)
+        return 0
+    console = Console()
+    root, run_dir = args.artifacts.resolve(), args.out.resolve()
+    results = Results(run_dir)
+    results.set_environment(mode="benchmark", load_generator=load_generator())
+    process, url = start_replay(root, args.model)
+    try:
+        capacity = capacity_steps(root, args.model, url,
+                                  [int(u) for u in args.capacity_users.split(",")],
+                                  args.step_seconds, run_dir, console)
+    finally:
+        process.terminate()
+        process.wait(10)
+    console.print("TorchServe sweep ...")
+    server, origin = torchserve_steps(root, args.model, args.port_offset,
+                                      [int(u) for u in args.torchserve_users.split(",")],
+                                      args.step_seconds, run_dir)
+    check = verdict(capacity, server)
+    check["torchserve"] = origin
+    results = Results(run_dir)  # the sweep saved its steps; add ours beside them
+    results.add(*capacity, check)
+    results.note("bench_locust: locust capacity against a replay endpoint beside TorchServe")
+    results.save()
+    console.print(table(capacity, server))
+    console.print(check["verdict"], highlight=False)
+    console.print(f"results: {run_dir / 'results.json'}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""deploybench's locustfile: the same golden requests to TF Serving (REST, gRPC) and TorchServe.
+
+Run it as is:
+
+    locust -f loadtest/locustfile.py --class-picker                      # web UI, pick a target
+    locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s TorchServeRESTUser
+
+Options (also environment variables, a locust.conf, or the web UI's custom parameters):
+--export-root/--model pick the golden samples (golden.npz, path from the model's manifest.json);
+--torchserve-url, --tfserving-rest-url, --tfserving-grpc-target say where the servers are;
+--warmup-seconds is left out of every figure; --measure-seconds ends the run after the window;
+--rate-per-user > 0 turns each user into an open-loop Poisson arrival process (latency from
+the scheduled send time, coordinated-omission safe); --summary-file receives exact latencies
+(HDR histograms), wrong answers and the load generator's CPU when the test stops.
+
+Every answer is checked against the golden output of its sample: a wrong answer is a failure
+("WrongAnswer: ..."), so "fast but wrong" never looks good. This process imports numpy,
+locust, grpc and hdrhistogram only: never TensorFlow or torch (gevent and their runtimes do not
+mix, and the load generator must stay light).
+
+Distributed (`--master` / `--worker`, e.g. the compose services locust-master/locust-worker):
+options given to the master reach the workers; each worker loads the golden samples itself
+(--export-root must exist on the workers, not on the master), records its own window, and
+ships what it recorded since its last report (HDR histogram, counts, wrong answers, its CPU)
+with locust's own stats report; the master adds them up exactly and writes the summary.
+--rate-per-user is per user, on whichever worker that user runs.
+
+Without an installed deploybench (a plain locust image), mount the repo's deploybench/,
+serving/ and loadtest/ folders side by side and point -f at loadtest/locustfile.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.pool
+import grpc
+import grpc.experimental.gevent
+from locust import FastHttpUser, User, constant, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
+
+
+def _import_from_checkout() -> None:
+    """Without an installed deploybench (the locust image with the repo's deploybench/,
+    serving/ and loadtest/ folders mounted side by side), import them from the checkout this
+    file sits in, mapped as pyproject's package-dir does (deploybench.serving -> serving/)."""
+    try:
+        import deploybench.loadtest  # noqa: F401
+    except ImportError:
+        checkout = Path(__file__).resolve().parent.parent
+        if not (checkout / "deploybench" / "__init__.py").is_file():
+            raise
+        sys.modules.pop("deploybench", None)
+        sys.path.insert(0, str(checkout))
+        import deploybench
+
+        deploybench.__path__.append(str(checkout))
+
+
+_import_from_checkout()
+
+from deploybench.errors import DeploybenchError  # noqa: E402
+from deploybench.loadtest.recorder import Recorder, write_json  # noqa: E402
+from deploybench.loadtest.samples import (  # noqa: E402
+    Samples,
+    WrongAnswer,
+    grpc_outputs,
+    load_samples,
+)
+from deploybench.serving.payload import PredictionError, error_message  # noqa: E402
+
+grpc.experimental.gevent.init_gevent()  # grpc's own threads would block gevent's loop
+
+log = logging.getLogger("deploybench.locust")
+RECORDER = Recorder()
+JSON_HEADERS = {"Content-Type": "application/json"}
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+_state: dict[str, Any] = {"environment": None, "samples": {}, "window": None, "error": None}
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser  # its own add_argument: custom options show in the web UI
+    group.add_argument("--export-root", env_var="DEPLOYBENCH_ARTIFACTS", default="artifacts",
+                       help="Export root holding <model>/manifest.json and golden.npz")
+    group.add_argument("--model", env_var="DEPLOYBENCH_MODEL", default="digits-mlp",
+                       help="Model to load-test (its golden samples are the requests)")
+    group.add_argument("--batch-size", env_var="DEPLOYBENCH_BATCH_SIZE", type=int, default=1,
+                       help="Golden rows per request")
+    group.add_argument("--torchserve-url", env_var="DEPLOYBENCH_TORCHSERVE_REST",
+                       default="http://127.0.0.1:8080", help="TorchServe inference API")
+    group.add_argument("--tfserving-rest-url", env_var="DEPLOYBENCH_TFSERVING_REST",
+                       default="http://127.0.0.1:8501", help="TF Serving REST API")
+    group.add_argument("--tfserving-grpc-target", env_var="DEPLOYBENCH_TFSERVING_GRPC",
+                       default="127.0.0.1:8500", help="TF Serving gRPC host:port")
+    group.add_argument("--warmup-seconds", env_var="DEPLOYBENCH_WARMUP_SECONDS", type=float,
+                       default=0.0, help="Seconds after the start left out of every figure")
+    group.add_argument("--measure-seconds", env_var="DEPLOYBENCH_MEASURE_SECONDS", type=float,
+                       default=0.0,
+                       help="Seconds measured after the warm-up, then the run ends (0: until "
+                            "stopped)")
+    group.add_argument("--rate-per-user", env_var="DEPLOYBENCH_RATE_PER_USER", type=float,
+                       default=0.0,
+                       help="Open loop: Poisson arrivals per second per user, latency from the "
+                            "scheduled send time (0: closed loop, each user waits for its "
+                            "answer)")
+    group.add_argument("--max-in-flight", env_var="DEPLOYBENCH_MAX_IN_FLIGHT", type=int,
+                       default=256, help="Open loop: requests one user keeps in flight at most")
+    group.add_argument("--request-timeout", env_var="DEPLOYBENCH_REQUEST_TIMEOUT", type=float,
+                       default=30.0, help="Seconds before a request counts as failed")
+    group.add_argument("--summary-file", env_var="DEPLOYBENCH_SUMMARY_FILE", default="",
+                       include_in_web_ui=False,
+                       help="Write exact latencies and answer checks here (JSON) at the end")
+
+
+# -- the users ---------------------------------------------------------------------------------
+
+class _PredictUser(User):
+    """Sends golden requests, checks every answer. Closed loop by default; open loop (Poisson
+    arrivals, each request on its own greenlet) when --rate-per-user > 0."""
+
+    abstract = True
+    wait_time = constant(0)
+    target = ""
+    protocol = ""
+    request_type = ""
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        samples = _state["samples"].get(_samples_key(options))
+        if samples is None:
+            log.error("no request samples: %s", _state["error"] or "not loaded")
+            raise StopUser()
+        self.samples: Samples = samples
+        self.model = options.model
+        self.request_name = f"{self.target}/{self.protocol} {self.model}"
+        self.timeout = float(options.request_timeout)
+        self.rate = float(options.rate_per_user)
+        self.max_in_flight = max(int(options.max_in_flight), 1)
+        self.index = random.randrange(len(samples))
+        RECORDER.describe(self.request_name, target=self.target, protocol=self.protocol,
+                          model=self.model, open_loop=self.rate > 0)
+
+    def next_index(self) -> int:
+        self.index = (self.index + 1) % len(self.samples)
+        return self.index
+
+    @task
+    def predict(self) -> None:
+        if self.rate > 0:
+            self.open_loop()
+        else:
+            self.send(self.next_index(), None)
+
+    def open_loop(self) -> None:
+        """Arrivals on a Poisson clock, whatever the answers do: a slow answer never delays the
+        next send (no coordinated omission), and its latency counts from its scheduled time."""
+        pool = gevent.pool.Pool(self.max_in_flight)
+        clock = random.Random()
+        due = time.perf_counter()
+        try:
+            while True:
+                due += clock.expovariate(self.rate)
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    gevent.sleep(delay)
+                RECORDER.scheduled(self.request_name)
+                if pool.full():
+                    RECORDER.in_flight_limit_hits += 1  # late sends still count from `due`
+                pool.spawn(self.send, self.next_index(), due)
+        finally:
+            pool.kill(block=False)
+
+    def send(self, index: int, due: float | None) -> None:
+        raise NotImplementedError
+
+    def report(self, response_time: float, exception: BaseException | None,
+               service_ms: float | None) -> None:
+        RECORDER.completed(self.request_name, response_time, exception, service_ms,
+                           wrong=isinstance(exception, WrongAnswer))
+
+
+class _RESTUser(_PredictUser, FastHttpUser):
+    abstract = True
+    protocol = "rest"
+    concurrency = 256  # connections one user may open: the open loop keeps many in flight
+
+    def path(self) -> str:
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.predict_path = self.path()
+
+    def send(self, index: int, due: float | None) -> None:
+        lag_ms = 0.0 if due is None else (time.perf_counter() - due) * 1000.0
+        RECORDER.sent(self.request_name)
+        with self.client.post(self.predict_path, data=self.samples.rest_bodies[index],
+                              headers=JSON_HEADERS, name=self.request_name,
+                              catch_response=True, context={}) as response:
+            service_ms = float(response.request_meta["response_time"])
+            if due is not None:  # what the caller waited, counted from the scheduled time
+                response.request_meta["response_time"] = lag_ms + service_ms
+            exception = self.check(response, index)
+            if exception is not None:
+                response.failure(exception)
+            else:
+                response.success()
+        self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
+
+    def check(self, response: Any, index: int) -> Exception | None:
+        if response.status_code == 0 or response.status_code is None:
+            return ConnectionError(f"no answer from {self.host}: {response.error}")
+        if response.status_code != 200:
+            return PredictionError(f"HTTP {response.status_code}: "
+                                   f"{error_message(response.content or b'')}")
+        try:
+            self.samples.check_rest(index, response.content)
+        except (WrongAnswer, PredictionError) as error:
+            return error
+        return None
+
+
+class TorchServeRESTUser(_RESTUser):
+    """TorchServe's inference API: POST /predictions/<model>, TF Serving's JSON body."""
+
+    target = "torchserve"
+    host = "http://127.0.0.1:8080"
+
+    def path(self) -> str:
+        return f"/predictions/{self.model}"
+
+
+class TFServingRESTUser(_RESTUser):
+    """TF Serving's REST API: POST /v1/models/<model>:predict, the same bytes."""
+
+    target = "tfserving"
+    host = "http://127.0.0.1:8501"
+
+    def path(self) -> str:
+        return f"/v1/models/{self.model}:predict"
+
+
+class TFServingGRPCUser(_PredictUser):
+    """TF Serving's gRPC PredictionService/Predict: one channel per user, requests serialized
+    once, the request event fired here with the measured response time."""
+
+    target = "tfserving"
+    protocol = "grpc"
+
+    def on_start(self) -> None:
+        super().on_start()
+        options = self.environment.parsed_options
+        self.address = options.tfserving_grpc_target
+        if self.samples.grpc_bodies is None:
+            raise StopUser()
+        self.channel = grpc.insecure_channel(self.address)
+        # bytes in, bytes out: the request is serialized once, the answer parsed after timing
+        self.call = self.channel.unary_unary(PREDICT_METHOD, request_serializer=None,
+                                             response_deserializer=None)
+
+    def on_stop(self) -> None:
+        channel = getattr(self, "channel", None)
+        if channel is not None:
+            channel.close()
+
+    def send(self, index: int, due: float | None) -> None:
+        body = self.samples.grpc_bodies[index]  # type: ignore[index]
+        RECORDER.sent(self.request_name)
+        start = time.perf_counter()
+        lag_ms = 0.0 if due is None else (start - due) * 1000.0
+        exception: Exception | None = None
+        answer = b""
+        try:
+            answer = self.call(body, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code = error.code()
+            exception = PredictionError(f"gRPC {code.name if code else 'error'}: "
+                                        f"{error.details()}")
+        service_ms = (time.perf_counter() - start) * 1000.0
+        if exception is None:
+            try:
+                self.samples.check(index, grpc_outputs(answer, self.samples.output_name))
+            except (WrongAnswer, PredictionError) as error:
+                exception = error
+        self.environment.events.request.fire(
+            request_type="gRPC", name=self.request_name, response_time=lag_ms + service_ms,
+            response_length=len(answer), exception=exception, context={},
+            url=f"grpc://{self.address}{PREDICT_METHOD}", start_time=time.time(),
+        )
+        self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
+
+
+HTTP_USERS: dict[str, type[_RESTUser]] = {
+    "torchserve": TorchServeRESTUser, "tfserving": TFServingRESTUser,
+}
+
+
+# -- the test's life: samples, hosts, the measurement window, the summary ------------------------
+
+def _samples_key(options: Any) -> tuple[str, str, int]:
+    return (str(Path(options.export_root).resolve()), options.model, int(options.batch_size))
+
+
+def _prepare(environment: Environment) -> None:
+    """Load the golden requests (once per model) and point the HTTP users at their servers."""
+    options = environment.parsed_options
+    key = _samples_key(options)
+    _state["error"] = None
+    if key not in _state["samples"]:
+        try:
+            _state["samples"][key] = load_samples(Path(options.export_root), options.model,
+                                                  int(options.batch_size), grpc=True)
+        except (DeploybenchError, OSError, KeyError, ValueError) as error:
+            _state["error"] = str(error)
+            log.error("cannot load the golden requests: %s", error)
+            environment.process_exit_code = 2
+            if environment.parsed_options.headless and environment.runner is not None:
+                gevent.spawn(environment.runner.quit)  # nothing worth measuring
+            return
+    for user_class in HTTP_USERS.values():  # read when a user is created
+        user_class.network_timeout = user_class.connection_timeout = options.request_timeout
+    _apply_hosts(options)
+
+
+def _apply_hosts(options: Any) -> None:
+    """Point the HTTP users at the servers the options name, when those options changed (a
+    host edited per class in the web UI, or --host, is left alone otherwise)."""
+    wanted = {TorchServeRESTUser: options.torchserve_url, TFServingRESTUser:
+              options.tfserving_rest_url}
+    applied = _state.setdefault("hosts", {})
+    for user_class, url in wanted.items():
+        url = url.rstrip("/")
+        if applied.get(user_class) != url:
+            user_class.host = applied[user_class] = url
+
+
+def _window(environment: Environment) -> None:
+    """Warm-up, then the measurement window; ends the run after --measure-seconds."""
+    options = environment.parsed_options
+    if options.warmup_seconds > 0:
+        gevent.sleep(options.warmup_seconds)
+    RECORDER.open_window()
+    runner = environment.runner
+    if runner is not None and not isinstance(runner, WorkerRunner):
+        runner.stats.reset_all()  # locust's own CSV/HTML leave the warm-up out too
+    if options.measure_seconds > 0:
+        gevent.sleep(options.measure_seconds)
+        RECORDER.close_window()
+        if options.headless and runner is not None and not isinstance(runner, WorkerRunner):
+            log.info("measurement window over, stopping")
+            runner.quit()
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    _state["environment"] = environment
+    if environment.parsed_options is not None:  # so the web UI shows the real hosts
+        _apply_hosts(environment.parsed_options)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_: Any) -> None:
+    if _state["window"] is not None:
+        _state["window"].kill(block=False)
+    RECORDER.reset()
+    if not isinstance(environment.runner, MasterRunner):
+        _prepare(environment)
+    _state["window"] = gevent.spawn(_window, environment)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    window = _state["window"]
+    if window is not None and window is not gevent.getcurrent():
+        window.kill(block=False)
+    RECORDER.close_window()
+    write_summary(environment)
+
+
+@events.quit.add_listener
+def _on_quit(**_: Any) -> None:
+    # after the master's last worker reports: the final word
+    if _state["environment"] is not None:
+        write_summary(_state["environment"])
+
+
+@events.reset_stats.add_listener
+def _on_reset_stats(**_: Any) -> None:
+    RECORDER.clear()
+
+
+@events.cpu_warning.add_listener
+def _on_cpu_warning(**_: Any) -> None:
+    RECORDER.cpu_warnings += 1
+
+
+@events.report_to_master.add_listener
+def _on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    data["deploybench"] = RECORDER.take_delta()
+
+
+@events.worker_report.add_listener
+def _on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    RECORDER.add_delta(client_id, data.get("deploybench"))
+
+
+def write_summary(environment: Environment) -> None:
+    """The figures locust does not keep, as JSON, for `deploybench load` (local or master)."""
+    options = environment.parsed_options
+    runner = environment.runner
+    if options is None or not options.summary_file or isinstance(runner, WorkerRunner):
+        return
+    role = "master" if isinstance(runner, MasterRunner) else "local"
+    summary = RECORDER.summary(
+        role=role,
+        options={key: getattr(options, key) for key in (
+            "export_root", "model", "batch_size", "warmup_seconds", "measure_seconds",
+            "rate_per_user", "max_in_flight")},
+        locust_cpu_warning=bool(runner and (runner.cpu_warning_emitted
+                                            or runner.worker_cpu_warning_emitted)),
+        samples_error=_state["error"],
+    )
+    try:
+        write_json(Path(options.summary_file), summary)
+    except OSError as error:
+        log.error("cannot write the summary %s: %s", options.summary_file, error)

@@ -1,0 +1,153 @@
+"""One headless locust run as its own process (never inside a TensorFlow/torch process: gevent
+and their runtimes do not mix), with every file it writes kept in the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploybench.serving.clients import Endpoints
+
+LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+USER_CLASSES = {
+    ("torchserve", "rest"): "TorchServeRESTUser",
+    ("tfserving", "rest"): "TFServingRESTUser",
+    ("tfserving", "grpc"): "TFServingGRPCUser",
+}
+STARTUP_ALLOWANCE_S = 90.0  # locust's start, the users' spawn and its reports, at most
+CPU_WARNING_TEXT = "CPU usage above"  # locust's own warning when its process passes 90 %
+
+
+@dataclass
+class LocustRun:
+    """The arguments of one measurement step."""
+
+    target: str
+    protocol: str
+    model: str
+    export_root: Path
+    endpoints: Endpoints
+    users: int
+    warmup_seconds: float
+    measure_seconds: float
+    prefix: Path  # every file of this step: <prefix>_stats.csv, <prefix>.html, ...
+    rate_per_user: float = 0.0
+    batch_size: int = 1
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def user_class(self) -> str:
+        return USER_CLASSES[(self.target, self.protocol)]
+
+    def files(self) -> dict[str, Path]:
+        base = str(self.prefix)
+        return {
+            "csv_stats": Path(f"{base}_stats.csv"),
+            "csv_history": Path(f"{base}_stats_history.csv"),
+            "csv_failures": Path(f"{base}_failures.csv"),
+            "csv_exceptions": Path(f"{base}_exceptions.csv"),
+            "html": Path(f"{base}.html"),
+            "json": Path(f"{base}.json"),
+            "log": Path(f"{base}.log"),
+            "summary": Path(f"{base}.summary.json"),
+        }
+
+    def command(self) -> list[str]:
+        files = self.files()
+        backstop = math.ceil(self.warmup_seconds + self.measure_seconds + 30)
+        return [
+            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+            "--headless", "--only-summary",
+            "--users", str(self.users), "--spawn-rate", str(self.users),
+            "--run-time", f"{backstop}s",  # a backstop: the locustfile ends the run itself
+            "--exit-code-on-error", "0",  # failures are figures here, not a crash
+            "--csv", str(self.prefix), "--html", str(files["html"]),
+            "--json-file", str(self.prefix),
+            "--export-root", str(self.export_root), "--model", self.model,
+            "--batch-size", str(self.batch_size),
+            "--torchserve-url", self.endpoints.torchserve_inference,
+            "--tfserving-rest-url", self.endpoints.tfserving_rest,
+            "--tfserving-grpc-target", self.endpoints.tfserving_grpc,
+            "--warmup-seconds", f"{self.warmup_seconds:g}",
+            "--measure-seconds", f"{self.measure_seconds:g}",
+            "--rate-per-user", f"{self.rate_per_user:g}",
+            "--summary-file", str(files["summary"]),
+            *self.extra_args,
+            self.user_class,
+        ]
+
+
+@dataclass
+class LocustOutput:
+    returncode: int
+    summary: dict[str, Any] | None
+    log_text: str
+    seconds: float
+    files: dict[str, Path]
+
+    @property
+    def cpu_warning_logged(self) -> bool:
+        return CPU_WARNING_TEXT in self.log_text
+
+    def log_tail(self, lines: int = 5) -> str:
+        return " | ".join(self.log_text.strip().splitlines()[-lines:])
+
+
+def run_locust(run: LocustRun, tick: Callable[[float], None] | None = None,
+               poll_seconds: float = 0.2) -> LocustOutput:
+    """Run locust headless and wait for it; `tick(elapsed_seconds)` while it runs."""
+    files = run.files()
+    run.prefix.parent.mkdir(parents=True, exist_ok=True)
+    for path in files.values():
+        path.unlink(missing_ok=True)
+    limit = run.warmup_seconds + run.measure_seconds + STARTUP_ALLOWANCE_S
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.monotonic()
+    with files["log"].open("wb") as log:
+        process = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            while process.poll() is None:
+                elapsed = time.monotonic() - start
+                if elapsed > limit:
+                    _stop(process)
+                    break
+                if tick is not None:
+                    tick(elapsed)
+                time.sleep(poll_seconds)
+        except BaseException:  # interrupted: never leave a locust behind
+            _stop(process)
+            raise
+    returncode = process.wait()
+    summary = None
+    if files["summary"].is_file():
+        try:
+            summary = json.loads(files["summary"].read_text())
+        except json.JSONDecodeError:
+            summary = None
+    log_text = files["log"].read_text(errors="replace")
+    return LocustOutput(returncode, summary, log_text, time.monotonic() - start, files)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop the locust we started (its own process group), politely first."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,295 @@
+"""`deploybench load`: run a scenario against the servers, one headless locust process per step,
+and append one measurement per step to RUN_DIR/results.json.
+
+Why one locust process per step rather than one LoadTestShape run: each level gets fresh
+connections, fresh locust stats (its own CSV and HTML report, directly comparable with the
+measurement), its own CPU-saturation verdict (locust's flag is per run), and a crash or a
+stuck server spoils one step, not the sweep. The cost is about a second of locust start-up per
+step, outside every measurement window.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deploybench.errors import DeploybenchError, UsageError
+from deploybench.loadtest import measurement as measure
+from deploybench.loadtest.cpu import CpuSampler
+from deploybench.loadtest.process import LocustRun, run_locust
+from deploybench.loadtest.scenarios import Scenario, search_rate
+from deploybench.manifest import exported_models, load_manifest
+from deploybench.results import Results
+from deploybench.serving.clients import PROTOCOLS, TARGETS, Endpoints, make_client
+
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class LoadPlan:
+    pairs: list[tuple[str, str]]  # (target, protocol)
+    models: list[str]
+    root: Path
+    endpoints: Endpoints
+    scenario: Scenario
+    run_dir: Path
+    mode: str  # how the servers run: docker | native | external (not started by us)
+    skipped: list[str] = field(default_factory=list)
+    server_pids: list[int] = field(default_factory=list)  # native servers: CPU accounting
+
+
+def plan_pairs(target: str, protocol: str | None) -> list[tuple[str, str]]:
+    if target != "all" and target not in TARGETS:
+        raise UsageError(f"unknown target {target!r}: {', '.join(TARGETS)} or all")
+    known_protocols = sorted({p for t in TARGETS for p in PROTOCOLS[t]})
+    if protocol is not None and protocol not in known_protocols:
+        raise UsageError(f"unknown protocol {protocol!r}: {', '.join(known_protocols)}")
+    targets = TARGETS if target == "all" else (target,)
+    pairs = [(t, p) for t in targets for p in PROTOCOLS[t] if protocol in (None, p)]
+    if not pairs:
+        raise UsageError(f"{target} does not speak {protocol}; it speaks "
+                         f"{', '.join(PROTOCOLS[target])}")
+    return pairs
+
+
+def endpoint_url(target: str, protocol: str, endpoints: Endpoints) -> str:
+    if target == "torchserve":
+        return endpoints.torchserve_inference
+    return endpoints.tfserving_grpc if protocol == "grpc" else endpoints.tfserving_rest
+
+
+def probe(target: str, protocol: str, model: str, endpoints: Endpoints) -> str | None:
+    """None when the server answers and `model` is ready; else why not, in a few words."""
+    address = endpoint_url(target, protocol, endpoints)
+    parsed = urlparse(address if "://" in address else f"//{address}")
+    host, port = parsed.hostname or "127.0.0.1", parsed.port
+    try:
+        with socket.create_connection((host, port or 80), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as error:
+        return f"nothing answers at {host}:{port} ({error.strerror or error})"
+    client = make_client(target, protocol, model, endpoints, timeout=PROBE_TIMEOUT_S)
+    try:
+        ready = client.ready()
+    finally:
+        client.close()
+    if not ready:
+        return f"{host}:{port} answers, but model {model} is not ready there"
+    return None
+
+
+def check_reachable(plan: LoadPlan, skip_unreachable: bool) -> None:
+    """Before any load: every (target, protocol, model) answers, or the run stops with one
+    line. With --target all, an unreachable target is skipped (and noted) instead."""
+    reachable = []
+    for target, protocol in plan.pairs:
+        reasons = [why for model in plan.models
+                   if (why := probe(target, protocol, model, plan.endpoints))]
+        if not reasons:
+            reachable.append((target, protocol))
+            continue
+        message = f"{target}/{protocol} is not reachable: {reasons[0]}"
+        if not skip_unreachable:
+            raise DeploybenchError(
+                f"{message}; start it with `deploybench serve` (or pass --port-offset)")
+        plan.skipped.append(message)
+    if not reachable:
+        raise DeploybenchError("no target is reachable: " + "; ".join(plan.skipped)
+                               + "; start the servers with `deploybench serve`")
+    plan.pairs = reachable
+
+
+def resolve_models(root: Path, model: str, served: list[str] | None) -> list[str]:
+    if model != "all":
+        load_manifest(root, model)  # a clear error when it was never exported
+        return [model]
+    models = served or exported_models(root)
+    if not models:
+        raise DeploybenchError(f"{root}: no exported models; run `deploybench export` first")
+    return models
+
+
+def _prefix(plan: LoadPlan, target: str, protocol: str, model: str, level: float) -> Path:
+    label = f"{level:g}{'u' if plan.scenario.kind == 'closed' else 'rps'}"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_",
+                  f"{target}-{protocol}-{model}-{plan.scenario.name}-{label}")
+    return plan.run_dir / "locust" / name
+
+
+class LoadRun:
+    """Runs a plan step by step, saving results.json after every step."""
+
+    def __init__(self, plan: LoadPlan, console: Console) -> None:
+        self.plan = plan
+        self.console = console
+        self.results = Results(plan.run_dir)
+        self.measurements: list[dict[str, Any]] = []
+        self.failed_steps = 0
+
+    def run(self) -> list[dict[str, Any]]:
+        plan = self.plan
+        self.results.set_environment(mode=plan.mode, load_generator=load_generator())
+        for note in plan.skipped:
+            self.results.note(f"load: skipped {note}")
+            self.console.print(f"[yellow]skipped[/yellow] {note}", highlight=False)
+        self.results.save()
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            self.progress = progress
+            for target, protocol in plan.pairs:
+                for model in plan.models:
+                    if plan.scenario.kind == "closed":
+                        for users in plan.scenario.levels:
+                            self.step(target, protocol, model, users, int(users), 0.0)
+                    else:
+                        self.open_loop(target, protocol, model)
+        for table in summary_tables(self.measurements):
+            self.console.print(table)
+        return self.measurements
+
+    def open_loop(self, target: str, protocol: str, model: str) -> None:
+        scenario = self.plan.scenario
+        users = max(scenario.open_loop_users, 1)
+
+        def passes(rate: float) -> bool:
+            step = self.step(target, protocol, model, rate, users, rate / users)
+            ok, why = measure.rate_passes(step, scenario.rate_bound_ms,
+                                          scenario.min_completed_ratio)
+            step.update(passed=ok, verdict=why, rate_bound_ms=scenario.rate_bound_ms)
+            self.results.save()
+            return ok
+
+        if scenario.search is None:
+            tried = [(rate, passes(rate)) for rate in scenario.levels]
+            best = max((rate for rate, ok in tried if ok), default=None)
+            stopped_by = "fixed rates"
+        else:
+            outcome = search_rate(scenario.search, passes)
+            tried, best, stopped_by = outcome.tried, outcome.best_rps, outcome.stopped_by
+        steps = [m for m in self.measurements if m.get("scenario") == scenario.name
+                 and (m["target"], m["protocol"], m["model"]) == (target, protocol, model)]
+        best_step = next((m for m in steps if m.get("passed") and m["level"] == best), None)
+        result = {
+            "kind": "load-slo", "target": target, "protocol": protocol, "model": model,
+            "scenario": scenario.name, "rate_bound_ms": scenario.rate_bound_ms,
+            "max_rate_rps": best, "tried": [{"rps": rate, "passed": ok} for rate, ok in tried],
+            "stopped_by": stopped_by,
+            "p99_ms_at_max": best_step["latency_ms"]["p99"] if best_step else None,
+            "loadgen_saturated": any(m.get("loadgen_saturated") for m in steps),
+        }
+        self.results.add(result)
+        self.results.save()
+        shown = f"{best:g} rps" if best is not None else "none"
+        self.console.print(
+            f"{target}/{protocol} {model}: highest rate with p99 <= "
+            f"{scenario.rate_bound_ms:g} ms: [bold]{shown}[/bold] ({stopped_by})",
+            highlight=False)
+
+    def step(self, target: str, protocol: str, model: str, level: float, users: int,
+             rate_per_user: float) -> dict[str, Any]:
+        plan, scenario = self.plan, self.plan.scenario
+        run = LocustRun(
+            target=target, protocol=protocol, model=model, export_root=plan.root,
+            endpoints=plan.endpoints, users=users, warmup_seconds=scenario.warmup_seconds,
+            measure_seconds=scenario.step_seconds,
+            prefix=_prefix(plan, target, protocol, model, level),
+            rate_per_user=rate_per_user, batch_size=scenario.batch_size,
+        )
+        unit = scenario.level_unit
+        total = scenario.warmup_seconds + scenario.step_seconds
+        task = self.progress.add_task(
+            f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}", total=total)
+        with CpuSampler(plan.server_pids) as sampler:
+            output = run_locust(run, tick=lambda elapsed: self.progress.update(
+                task, completed=min(elapsed, total)))
+        self.progress.remove_task(task)
+        result = measure.build(run, output, scenario.name, level, unit, plan.run_dir,
+                               endpoint_url(target, protocol, plan.endpoints))
+        if result["status"] == "ok" and output.summary:
+            window = output.summary["window"]
+            cpu = sampler.window(window["start"], window["end"], result["loadgen_cpu_percent"])
+            result["cpu"] = cpu
+            # the verdict table's cost figures: server CPU per 1,000 answers, peak memory
+            if cpu and cpu["server_cpu_seconds"] is not None and result["requests"]:
+                result["server_cpu_s_per_1k"] = round(
+                    cpu["server_cpu_seconds"] / result["requests"] * 1000, 4)
+            result["server_peak_rss_bytes"] = cpu["server_peak_rss_bytes"] if cpu else None
+        self.measurements.append(result)
+        self.results.add(result)
+        self.results.save()
+        self.console.print(step_line(result), highlight=False)
+        if result["status"] != "ok":
+            self.failed_steps += 1
+        return result
+
+
+def load_generator() -> dict[str, Any]:
+    try:
+        version = metadata.version("locust")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"tool": "locust", "version": version, "processes": 1,
+            "per_step": "one headless locust process per step",
+            "latency": "HDR histogram, microsecond resolution, 3 significant digits"}
+
+
+def step_line(m: dict[str, Any]) -> str:
+    head = f"{m['target']}/{m['protocol']} {m['model']} {m['level']:g} {m['level_unit']}"
+    if m["status"] != "ok":
+        return f"[red]failed[/red] {head}: {m['reason']}"
+    lat = m["latency_ms"]
+    text = (f"{head}: {m['throughput_rps']:.1f} rps, p50 {_ms(lat['p50'])}, p99 "
+            f"{_ms(lat['p99'])}, p99.9 {_ms(lat['p99_9'])}, {m['failures']} failures "
+            f"({m['wrong_answers']} wrong answers)")
+    if "scheduled_rps" in m:
+        text += f", scheduled {m['scheduled_rps']} / completed {m['completed_rps']} rps"
+    if m["loadgen_saturated"]:
+        text += " [yellow]load generator saturated[/yellow]"
+    return text
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def summary_tables(measurements: list[dict[str, Any]]) -> list[Table]:
+    """One table per target, protocol and model (fits an 80-column terminal)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for m in measurements:
+        groups.setdefault(f"{m['target']}/{m['protocol']} {m['model']} ({m['scenario']})",
+                          []).append(m)
+    tables = []
+    for title, rows in groups.items():
+        table = Table(title=f"{title}: latency in ms, exact (HDR)")
+        for column in ("level", "rps", "p50", "p90", "p99", "p99.9", "fail", "wrong",
+                       "loadgen"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for m in rows:
+            unit = "users" if m["level_unit"] == "users" else "rps"
+            if m["status"] != "ok":
+                table.add_row(f"{m['level']:g} {unit}", "failed", *[""] * 7)
+                continue
+            lat = m["latency_ms"]
+            verdict = "" if "passed" not in m else (" ok" if m["passed"] else " over")
+            table.add_row(
+                f"{m['level']:g} {unit}", f"{m['throughput_rps']:.1f}",
+                *[_num(lat[k]) for k in ("p50", "p90")], _num(lat["p99"]) + verdict,
+                _num(lat["p99_9"]), str(m["failures"]), str(m["wrong_answers"]),
+                "SATURATED" if m["loadgen_saturated"] else "ok",
+            )
+        tables.append(table)
+    return tables
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

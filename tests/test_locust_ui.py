@@ -1,0 +1,127 @@
+"""The locust web UI in headless Chromium: pick the TorchServe user class, start a swarm against
+real native TorchServe, watch the request count rise, stop it; a screenshot is kept."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from deploybench.loadtest.process import LOCUSTFILE
+from deploybench.serving.manager import Deployment, serve, stop
+from tests.browser import chromium_page
+from tests.servers import free_endpoints
+
+pytestmark = pytest.mark.slow
+
+REQUEST_NAME = "torchserve/rest digits-mlp"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def torchserve(export_root: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Deployment]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path_factory.mktemp("ui-state")))
+        _, endpoints = free_endpoints()
+        deployment = serve(export_root, mode="native", models=["digits-mlp"],
+                           run_dir=tmp_path_factory.mktemp("ui-serve"), endpoints=endpoints,
+                           servers=("torchserve",), log=lambda text: None)
+        try:
+            yield deployment
+        finally:
+            stop(deployment)
+
+
+@pytest.fixture
+def locust_ui(torchserve: Deployment, export_root: Path, tmp_path: Path) -> Iterator[str]:
+    """`locust -f loadtest/locustfile.py --class-picker` on 127.0.0.1, a free web port."""
+    port = free_port()
+    log = (tmp_path / "locust.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--class-picker",
+         "--web-host", "127.0.0.1", "--web-port", str(port),
+         "--export-root", str(export_root), "--model", "digits-mlp",
+         "--torchserve-url", torchserve.endpoints["torchserve_inference"]],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def answers() -> bool:
+        assert process.poll() is None, (tmp_path / "locust.log").read_text()[-2000:]
+        try:
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(answers, 30, "the locust web UI answers")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def request_count(page: Any) -> int:
+    row = page.get_by_role("row", name=REQUEST_NAME)
+    if row.count() == 0:
+        return 0
+    cells = row.first.locator("td")
+    return int(cells.nth(2).inner_text().strip() or 0)
+
+
+def test_pick_torchserve_swarm_and_stop_in_the_web_ui(locust_ui: str,
+                                                      test_artifacts: Path) -> None:
+    with chromium_page() as page:
+        page.goto(locust_ui)
+        # the class picker: every class is ticked at first; keep TorchServe only
+        page.get_by_role("row").first.locator("input[type=checkbox]").uncheck()
+        torchserve = page.get_by_role("row", name="TorchServeRESTUser")
+        torchserve.locator("input[type=checkbox]").check()
+        for name in ("TFServingRESTUser", "TFServingGRPCUser"):
+            assert not page.get_by_role("row", name=name).locator(
+                "input[type=checkbox]").is_checked()
+        page.fill("input[name=userCount]", "2")
+        page.fill("input[name=spawnRate]", "2")
+        page.get_by_role("button", name="Start").click()
+
+        first = wait_for(lambda: request_count(page), 30, "requests are counted")
+        wait_for(lambda: request_count(page) > first, 30, "the request count rises")
+        row = page.get_by_role("row", name=REQUEST_NAME).first
+        assert row.locator("td").nth(3).inner_text().strip() == "0"  # no failures
+        body = page.inner_text("body")
+        assert "RUNNING" in body and "tfserving" not in body
+        page.screenshot(path=str(test_artifacts / "locust-ui-torchserve-swarm.png"),
+                        full_page=True)
+
+        page.get_by_role("button", name="Stop").click()
+        wait_for(lambda: "STOPPED" in page.inner_text("body"), 20, "the swarm stops")
+        stopped_at = request_count(page)
+        time.sleep(1.5)
+        assert request_count(page) == stopped_at  # nothing is sent any more

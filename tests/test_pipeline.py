@@ -1,0 +1,125 @@
+"""`deploybench run` end to end in native mode with short durations, and its report."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deploybench.report import write_reports
+from tests.browser import chromium_page
+from tests.conftest import invoke
+from tests.servers import free_offset
+
+
+@pytest.fixture(scope="module")
+def run_dir(export_root, tmp_path_factory):
+    """One real run: reuses the session's export, serves natively, loads, measures the edge."""
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    out = tmp_path_factory.mktemp("run")
+    result = invoke(
+        "run", "--artifacts", str(export_root), "--no-export", "--mode", "native",
+        "--model", "digits-mlp", "--users", "1,2", "--step-seconds", "2",
+        "--warmup-seconds", "1", "--rate-bound-ms", "100", "--edge-runs", "50",
+        "--edge-threads", "1", "--port-offset", str(free_offset()), "--out", str(out),
+    )
+    monkeypatch.undo()
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def results_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_results_hold_load_edge_and_inprocess_measurements(run_dir):
+    results = results_of(run_dir)
+    kinds = {m["kind"] for m in results["measurements"]}
+    assert {"export", "server", "load", "edge", "inprocess"} <= kinds
+    assert results["partial"] is False
+    load = [m for m in results["measurements"] if m["kind"] == "load"]
+    assert {m["scenario"] for m in load} == {"sweep", "rate"}
+    for step in load:
+        assert step["target"] == "torchserve" and step["wrong_answers"] == 0
+        assert step["throughput_rps"] > 0
+        assert step["server_cpu_s_per_1k"] > 0 and step["server_peak_rss_bytes"] > 0
+        # closed-loop steps must be clean; the rate search probes past capacity, where
+        # TorchServe sheds load (503) and the step is marked failed, not hidden
+        if step["scenario"] == "sweep" or step["passed"]:
+            assert step["failures"] == 0
+    assert results["environment"]["mode"] == "native"
+    assert results["environment"]["limits"]["intra_op_threads"] >= 1
+
+
+def test_tf_serving_appears_with_its_reason(run_dir):
+    servers = {m["target"]: m for m in results_of(run_dir)["measurements"]
+               if m["kind"] == "server"}
+    assert servers["torchserve"]["status"] == "up"
+    assert servers["tfserving"]["status"] == "unavailable"
+    assert "tensorflow_model_server is not on PATH" in servers["tfserving"]["reason"]
+    for report in ("report.md", "report.html"):
+        text = (run_dir / report).read_text()
+        assert "TF Serving could not be measured here" in text
+        assert "tensorflow_model_server is not on PATH" in text
+
+
+def test_reports_carry_the_measured_numbers(run_dir):
+    results = results_of(run_dir)
+    markdown = (run_dir / "report.md").read_text()
+    html = (run_dir / "report.html").read_text()
+    sweep = [m for m in results["measurements"]
+             if m["kind"] == "load" and m["scenario"] == "sweep"]
+    for step in sweep:
+        requests = f"{step['requests']:,}"
+        assert requests in markdown and requests in html
+    answer = re.search(r"TorchServe REST sustains ([\d,.]+) req/s", markdown)
+    assert answer, markdown[:2000]
+    best = max(m["throughput_rps"] for m in results["measurements"]
+               if m["kind"] == "load" and m["scenario"] == "rate" and m["passed"]
+               and m["latency_ms"]["p99"] <= 100)
+    assert float(answer.group(1).replace(",", "")) == pytest.approx(best, rel=0.01)
+    assert "Edge (digits-mlp" in markdown and "Export and parity (digits-mlp)" in markdown
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+
+
+def test_report_command_rebuilds_the_same_report(run_dir, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(run_dir / "results.json", copy / "results.json")
+    result = invoke("report", str(copy))
+    assert result.exit_code == 0, result.output
+    for name in ("report.md", "report.html"):
+        assert (copy / name).read_text() == (run_dir / name).read_text()
+
+
+def test_report_of_a_missing_run_is_a_clear_error(tmp_path):
+    result = invoke("report", str(tmp_path / "nothing-here"))
+    assert result.exit_code != 0
+    assert "no results.json" in result.output
+
+
+def test_report_renders_every_plot_in_chromium(run_dir, test_artifacts):
+    with chromium_page() as page:
+        page.goto((run_dir / "report.html").as_uri())
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth, e.naturalHeight])")
+        page.screenshot(path=str(test_artifacts / "report.png"), full_page=True)
+    assert {alt for alt, *_ in images} == {
+        "throughput vs p99", "latency percentiles", "edge size vs latency vs accuracy"}
+    for alt, complete, width, height in images:
+        assert complete and width > 100 and height > 100, alt
+    assert (test_artifacts / "report.png").stat().st_size > 10_000
+
+
+def test_partial_results_are_reported_as_partial(run_dir, tmp_path):
+    results = results_of(run_dir)
+    results["partial"] = True
+    results["notes"].append("partial run: stopped during load: interrupted (Ctrl-C)")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    write_reports(tmp_path)
+    assert "Partial run" in (tmp_path / "report.md").read_text()
+    assert "stopped during load" in (tmp_path / "report.html").read_text()
