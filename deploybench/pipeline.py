@@ -48,6 +48,7 @@ def export_rows(root: Path, models: list[str]) -> list[dict]:
         for artifact in manifest.artifacts:
             rows.append({"kind": "export", "model": model, "tolerance": FP32_TOLERANCE,
                          "reference_accuracy": manifest.golden["reference_accuracy"],
+                         "min_top1_agreement": manifest.tolerance.get("min_top1_agreement"),
                          **{k: v for k, v in vars(artifact).items() if k != "sha256"}})
     return rows
 
@@ -121,11 +122,12 @@ def run(options: RunOptions, console: Console) -> Path:
         console.print(Rule("4/5 edge"))
         from deploybench.edge.bench import run_edge
 
-        try:
-            run_edge(artifacts, "all" if len(models) > 1 else models[0],
-                     list(options.edge_threads), options.edge_runs, 20, run_dir, console)
-        except DeploybenchError as error:  # rows that failed are in the results already
-            _note(run_dir, f"edge: {error}")
+        for model in models:  # this run's models only, whatever else the export root holds
+            try:
+                run_edge(artifacts, model, list(options.edge_threads), options.edge_runs, 20,
+                         run_dir, console)
+            except DeploybenchError as error:  # failed rows are in the results already
+                _note(run_dir, f"edge: {error}")
         _note(run_dir, f"all stages ran in {time.perf_counter() - started:.0f} s",
               partial=False)
     except (Exception, KeyboardInterrupt) as error:

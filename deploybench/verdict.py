@@ -168,8 +168,11 @@ def parity_lines(results: dict[str, Any]) -> list[str]:
         failed = [r for r in mine if r["status"] != "ok"]
         fp32 = [r["max_abs_diff"] for r in mine
                 if not r.get("quantized") and r.get("max_abs_diff") is not None]
+        seeded = any(r.get("min_top1_agreement") for r in mine)
         drops = [(r["accuracy_drop"], r["format"]) for r in mine
                  if r.get("quantized") and r.get("accuracy_drop") is not None]
+        agreements = [(r["top1_agreement"], r["format"]) for r in mine
+                      if r.get("quantized") and r.get("top1_agreement") is not None]
         if failed:
             names = ", ".join(f"{r['format']} ({r.get('reason')})" for r in failed)
             lines.append(f"Export and parity ({model}): FAILED: {names}.")
@@ -178,7 +181,10 @@ def parity_lines(results: dict[str, Any]) -> list[str]:
         if fp32:
             tolerance = mine[0].get("tolerance", 1e-4)
             text += f"; fp32 max abs diff {max(fp32):.2g} (tolerance {tolerance:g})"
-        if drops:
+        if seeded and agreements:  # seeded weights: accuracy means nothing
+            agreement, fmt = min(agreements)
+            text += f"; lowest quantized top-1 agreement {agreement:.3f} ({fmt})"
+        elif drops:
             drop, fmt = max(drops)
             text += f"; worst quantized accuracy drop {drop * 100:.1f} points ({fmt})"
         lines.append(text + ".")

@@ -1,4 +1,4 @@
-"""Shared fixtures: one real export of every zoo model per test session."""
+"""Shared fixtures: one real export of the digits models per test session."""
 
 from __future__ import annotations
 
