@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from deploybench.errors import DeploybenchError
+from deploybench.errors import DeploybenchError, UsageError
 
 app = typer.Typer(
     help="Compare how one model deploys through TensorFlow Serving, TorchServe and LiteRT.",
@@ -132,10 +132,18 @@ def serve(
 @command
 def stop() -> None:
     """Stop exactly what `deploybench serve` started."""
+    from deploybench.serving.manager import Deployment
     from deploybench.serving.manager import stop as stop_servers
 
-    stopped = stop_servers()
-    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
+    deployment = Deployment.load()
+    stopped = stop_servers(deployment)
+    if stopped:
+        console.print(f"stopped {', '.join(stopped)}")
+    elif deployment is not None:  # e.g. the server was killed: only its record was left
+        console.print(f"nothing was still running; cleared the record of {deployment.run_dir}",
+                      highlight=False)
+    else:
+        console.print("nothing to stop")
 
 
 @command
@@ -267,11 +275,23 @@ def run(
         specs = [spec for name, spec in all_specs().items() if name.startswith("digits-")]
     else:
         specs = resolve_models(model)
+    # every setting is checked here, before a minute of export and serving, not at its stage
+    from deploybench.edge.bench import parse_threads
+    from deploybench.loadtest.scenarios import load_scenario
+
+    if mode not in (None, "docker", "native"):
+        raise UsageError(f"unknown mode {mode!r}: docker or native")
+    levels = tuple(parse_list(users, int))
+    load_scenario("sweep", levels=levels, step_seconds=step_seconds,
+                  warmup_seconds=warmup_seconds)
+    if rate_search:
+        load_scenario("rate", step_seconds=step_seconds, warmup_seconds=warmup_seconds,
+                      rate_bound_ms=rate_bound_ms)
     options = RunOptions(
         specs=specs, artifacts=artifacts, run_dir=out, mode=mode, servers=chosen,
-        users=tuple(parse_list(users, int)), step_seconds=step_seconds,
+        users=levels, step_seconds=step_seconds,
         warmup_seconds=warmup_seconds, rate_search=rate_search, rate_bound_ms=rate_bound_ms,
-        edge_threads=tuple(parse_list(edge_threads, int)), edge_runs=edge_runs, export=export,
+        edge_threads=tuple(parse_threads(edge_threads)), edge_runs=edge_runs, export=export,
         endpoints=loopback_endpoints(port_offset),
     )
     run_pipeline(options, console)
@@ -286,6 +306,29 @@ def report(
 
     html, markdown = write_reports(run_dir)
     console.print(f"report: {html} and {markdown}", highlight=False)
+
+
+@command
+def bench(
+    out: Annotated[Path, typer.Option(help="Run folder for results.json.")],
+    model: Annotated[str, typer.Option(help="Exported model to benchmark.")] = "mobilenet-v2",
+    artifacts: Annotated[Path, typer.Option(help="Export root.")] = Path("artifacts"),
+    server_cpus: Annotated[str, typer.Option(help="CPUs for the servers (taskset list).")] = "1",
+    loadgen_cpus: Annotated[str, typer.Option(help="CPUs for locust (taskset list).")] = "0",
+    step_seconds: Annotated[float, typer.Option(help="Measured seconds per rate step.")] = 8.0,
+    bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
+    max_batch_size: Annotated[int, typer.Option(help="Batching bound, both servers.")] = 8,
+    batch_timeout_ms: Annotated[int, typer.Option(help="Batching wait, both servers.")] = 20,
+    port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
+) -> None:
+    """Serving efficiency: each server's best rate under the p99 bound (batching off and on)
+    against its framework's in-process ceiling on the same cores."""
+    from deploybench.loadtest.bench_serving import BenchOptions, run_bench
+
+    run_bench(BenchOptions(model, artifacts, out, server_cpus, loadgen_cpus,
+                           step_seconds=step_seconds, bound_ms=bound_ms,
+                           max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
+                           port_offset=port_offset), console)
 
 
 def main() -> None:  # pragma: no cover - console entry point

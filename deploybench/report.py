@@ -75,6 +75,8 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
                        key=lambda r: (r["model"], r["kind"], r["variant"], r["threads"],
                                       str(r.get("xnnpack")))),
         "load": rows(results, "load"),
+        "bench": rows(results, "bench"),
+        "ceilings": rows(results, "bench-ceiling"),
         "environment": results.get("environment", {}),
         "partial": results.get("partial", False),
         "notes": results.get("notes", []),

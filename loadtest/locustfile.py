@@ -2,7 +2,7 @@
 
 Run it as is:
 
-    locust -f loadtest/locustfile.py --class-picker                      # web UI, pick a target
+    locust -f loadtest/locustfile.py --class-picker         # web UI on 127.0.0.1, pick a target
     locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s TorchServeRESTUser
 
 Options (also environment variables, a locust.conf, or the web UI's custom parameters):
@@ -88,6 +88,10 @@ _state: dict[str, Any] = {"environment": None, "samples": {}, "window": None, "e
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
+    # Safe by default: the web UI listens on loopback unless --web-host says otherwise (locust's
+    # own default is every interface). The compose service passes --web-host 0.0.0.0 inside its
+    # container and publishes the port on the host's 127.0.0.1 only.
+    parser.set_defaults(web_host="127.0.0.1")
     group = parser  # its own add_argument: custom options show in the web UI
     group.add_argument("--export-root", env_var="DEPLOYBENCH_ARTIFACTS", default="artifacts",
                        help="Export root holding <model>/manifest.json and golden.npz")
@@ -220,8 +224,8 @@ class _RESTUser(_PredictUser, FastHttpUser):
         if response.status_code == 0 or response.status_code is None:
             return ConnectionError(f"no answer from {self.host}: {response.error}")
         if response.status_code != 200:
-            return PredictionError(f"HTTP {response.status_code}: "
-                                   f"{error_message(response.content or b'')}")
+            message = error_message(response.content or b"", response.status_code)
+            return PredictionError(f"HTTP {response.status_code}: {message}")
         try:
             self.samples.check_rest(index, response.content)
         except (WrongAnswer, PredictionError) as error:

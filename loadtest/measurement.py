@@ -131,6 +131,23 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
     return measurement
 
 
+# a step's figures: dropped when its server went away mid-step
+_FIGURES = ("throughput_rps", "latency_ms", "stability", "locust", "loadgen_saturated",
+            "loadgen_cpu_percent", "heavy_modules_in_locust", "scheduled_rps", "completed_rps",
+            "service_latency_ms", "in_flight_at_end", "in_flight_limit_hits", "target_rps")
+
+
+def aborted(measurement: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A step stopped because its server went away: failed, with what was counted before the
+    stop (requests, failures and their reasons) but no latency or throughput figures, which
+    would mix the server's answers with refused connections."""
+    kept = ("requests", "failures", "wrong_answers", "errors", "duration_s")
+    base = {k: v for k, v in measurement.items()
+            if k not in kept and k not in ("status", "reason") and k not in _FIGURES}
+    return {**base, "status": "failed", "reason": reason, "server_gone": True,
+            **{k: measurement[k] for k in kept if k in measurement}}
+
+
 def rate_passes(measurement: dict[str, Any], bound_ms: float, min_completed_ratio: float
                 ) -> tuple[bool, str]:
     """An open-loop step passes when every answer was right, p99 <= the bound, and the server

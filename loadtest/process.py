@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deploybench.serving.clients import Endpoints
+from deploybench.serving.processes import pinned
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 USER_CLASSES = {
@@ -43,6 +44,7 @@ class LocustRun:
     rate_per_user: float = 0.0
     batch_size: int = 1
     extra_args: list[str] = field(default_factory=list)
+    cpus: str | None = None  # taskset CPU list: keep the load generator off the server's cores
 
     @property
     def user_class(self) -> str:
@@ -64,7 +66,7 @@ class LocustRun:
     def command(self) -> list[str]:
         files = self.files()
         backstop = math.ceil(self.warmup_seconds + self.measure_seconds + 30)
-        return [
+        return pinned([
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
             "--headless", "--only-summary",
             "--users", str(self.users), "--spawn-rate", str(self.users),
@@ -83,7 +85,7 @@ class LocustRun:
             "--summary-file", str(files["summary"]),
             *self.extra_args,
             self.user_class,
-        ]
+        ], self.cpus)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class LocustOutput:
     log_text: str
     seconds: float
     files: dict[str, Path]
+    aborted: str | None = None  # why the step was stopped early (the server went away)
 
     @property
     def cpu_warning_logged(self) -> bool:
@@ -103,8 +106,11 @@ class LocustOutput:
 
 
 def run_locust(run: LocustRun, tick: Callable[[float], None] | None = None,
-               poll_seconds: float = 0.2) -> LocustOutput:
-    """Run locust headless and wait for it; `tick(elapsed_seconds)` while it runs."""
+               poll_seconds: float = 0.2,
+               watch: Callable[[], str | None] | None = None) -> LocustOutput:
+    """Run locust headless and wait for it; `tick(elapsed_seconds)` while it runs. When
+    `watch()` returns a reason (the server is gone), locust is stopped at once (it still writes
+    what it measured) and the output carries that reason."""
     files = run.files()
     run.prefix.parent.mkdir(parents=True, exist_ok=True)
     for path in files.values():
@@ -112,6 +118,7 @@ def run_locust(run: LocustRun, tick: Callable[[float], None] | None = None,
     limit = run.warmup_seconds + run.measure_seconds + STARTUP_ALLOWANCE_S
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.monotonic()
+    aborted = None
     with files["log"].open("wb") as log:
         process = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -123,6 +130,10 @@ def run_locust(run: LocustRun, tick: Callable[[float], None] | None = None,
                     break
                 if tick is not None:
                     tick(elapsed)
+                aborted = watch() if watch is not None else None
+                if aborted:
+                    _stop(process)
+                    break
                 time.sleep(poll_seconds)
         except BaseException:  # interrupted: never leave a locust behind
             _stop(process)
@@ -135,7 +146,7 @@ def run_locust(run: LocustRun, tick: Callable[[float], None] | None = None,
         except json.JSONDecodeError:
             summary = None
     log_text = files["log"].read_text(errors="replace")
-    return LocustOutput(returncode, summary, log_text, time.monotonic() - start, files)
+    return LocustOutput(returncode, summary, log_text, time.monotonic() - start, files, aborted)
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,13 @@ from deploybench.results import Results
 from deploybench.serving.clients import PROTOCOLS, TARGETS, Endpoints, make_client
 
 PROBE_TIMEOUT_S = 5.0
+WATCH_INTERVAL_S = 1.0  # how often a running step checks that its server is still there
+WATCH_MISSES = 2  # refused connections in a row that mean the server is gone
+
+
+class ServerGone(DeploybenchError):
+    """The server went away during a load step: the step is failed and the run ends (a dead
+    server's figures would only measure connection refusals)."""
 
 
 @dataclass
@@ -45,6 +53,7 @@ class LoadPlan:
     mode: str  # how the servers run: docker | native | external (not started by us)
     skipped: list[str] = field(default_factory=list)
     server_pids: list[int] = field(default_factory=list)  # native servers: CPU accounting
+    loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
 
 
 def plan_pairs(target: str, protocol: str | None) -> list[tuple[str, str]]:
@@ -67,11 +76,43 @@ def endpoint_url(target: str, protocol: str, endpoints: Endpoints) -> str:
     return endpoints.tfserving_grpc if protocol == "grpc" else endpoints.tfserving_rest
 
 
+def host_port(address: str) -> tuple[str, int | None]:
+    parsed = urlparse(address if "://" in address else f"//{address}")
+    return parsed.hostname or "127.0.0.1", parsed.port
+
+
+class ServerWatch:
+    """Called while a step runs: None while the target's port accepts connections, else why
+    the server is gone. Only a refused connection counts (WATCH_MISSES in a row): a slow or
+    overloaded server is a measurement, not a reason to stop."""
+
+    def __init__(self, address: str, interval: float = WATCH_INTERVAL_S,
+                 misses: int = WATCH_MISSES) -> None:
+        self.host, self.port = host_port(address)
+        self.interval, self.needed = interval, misses
+        self.misses, self.last = 0, time.monotonic()
+
+    def __call__(self) -> str | None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return None
+        self.last = now
+        try:
+            with socket.create_connection((self.host, self.port or 80), timeout=2.0):
+                self.misses = 0
+                return None
+        except ConnectionRefusedError:
+            self.misses += 1
+        except OSError:  # a timeout or a full backlog: busy, not gone
+            return None
+        if self.misses < self.needed:
+            return None
+        return f"nothing answers at {self.host}:{self.port} any more (connection refused)"
+
+
 def probe(target: str, protocol: str, model: str, endpoints: Endpoints) -> str | None:
     """None when the server answers and `model` is ready; else why not, in a few words."""
-    address = endpoint_url(target, protocol, endpoints)
-    parsed = urlparse(address if "://" in address else f"//{address}")
-    host, port = parsed.hostname or "127.0.0.1", parsed.port
+    host, port = host_port(endpoint_url(target, protocol, endpoints))
     try:
         with socket.create_connection((host, port or 80), timeout=PROBE_TIMEOUT_S):
             pass
@@ -204,18 +245,22 @@ class LoadRun:
             measure_seconds=scenario.step_seconds,
             prefix=_prefix(plan, target, protocol, model, level),
             rate_per_user=rate_per_user, batch_size=scenario.batch_size,
+            cpus=plan.loadgen_cpus,
         )
         unit = scenario.level_unit
         total = scenario.warmup_seconds + scenario.step_seconds
         task = self.progress.add_task(
             f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}", total=total)
+        endpoint = endpoint_url(target, protocol, plan.endpoints)
         with CpuSampler(plan.server_pids) as sampler:
             output = run_locust(run, tick=lambda elapsed: self.progress.update(
-                task, completed=min(elapsed, total)))
+                task, completed=min(elapsed, total)), watch=ServerWatch(endpoint))
         self.progress.remove_task(task)
-        result = measure.build(run, output, scenario.name, level, unit, plan.run_dir,
-                               endpoint_url(target, protocol, plan.endpoints))
-        if result["status"] == "ok" and output.summary:
+        result = measure.build(run, output, scenario.name, level, unit, plan.run_dir, endpoint)
+        if output.aborted:
+            result = measure.aborted(result, f"{target} went away during the step: "
+                                             f"{output.aborted}")
+        elif result["status"] == "ok" and output.summary:
             window = output.summary["window"]
             cpu = sampler.window(window["start"], window["end"], result["loadgen_cpu_percent"])
             result["cpu"] = cpu
@@ -230,6 +275,14 @@ class LoadRun:
         self.console.print(step_line(result), highlight=False)
         if result["status"] != "ok":
             self.failed_steps += 1
+        if output.aborted:
+            self.results.note(f"load: stopped: {result['reason']}")
+            self.results.data["partial"] = True
+            self.results.save()
+            raise ServerGone(
+                f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}: "
+                f"{result['reason']}; the step is marked failed, results so far in "
+                f"{self.results.path}")
         return result
 
 

@@ -63,7 +63,8 @@ class _HTTPClient:
         if response.status_code != 200:
             raise PredictionError(
                 f"{self.target} answered {response.status_code}: "
-                f"{payload.error_message(response.content)}", response.status_code,
+                f"{payload.error_message(response.content, response.status_code)}",
+                response.status_code,
             )
         return payload.decode(response.content)
 

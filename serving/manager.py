@@ -148,11 +148,16 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
           run_dir: Path | None = None, endpoints: Endpoints | None = None,
           servers: tuple[str, ...] = ("tfserving", "torchserve"),
           settings: ServerSettings | None = None, timeout: float = READY_TIMEOUT_S,
-          log=print) -> Deployment:  # noqa: ANN001
-    """Start the servers and return once each answers golden samples correctly."""
+          log=print, torchserve_properties: dict[str, str] | None = None,  # noqa: ANN001
+          cpus: str | None = None,
+          ) -> Deployment:
+    """Start the servers and return once each answers golden samples correctly.
+
+    `torchserve_properties` overrides lines of the hardened config.properties, native mode
+    only (e.g. enable_model_api=true to register a new model version on a loopback server)."""
     root = root.resolve()
     existing = Deployment.load()
-    if existing and any(p.alive() for p in existing.processes):
+    if existing and any(processes.group_members(p) for p in existing.processes):
         raise DeploybenchError(
             f"servers from an earlier `deploybench serve` are still running "
             f"({existing.run_dir}); run `deploybench stop` first"
@@ -170,6 +175,10 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
     if mode is None:
         has_engine, no_docker = docker_engine_available()
         mode = "docker" if has_engine else "native"
+    if mode not in ("docker", "native"):  # before anything is written
+        raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
+    if torchserve_properties and mode != "native":
+        raise DeploybenchError("TorchServe property overrides apply to native mode only")
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     run_dir = (run_dir or Path("runs") / f"serve-{stamp}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +189,8 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
         if mode == "docker":
             _serve_docker(deployment, root, servers, timeout, log)
         elif mode == "native":
-            _serve_native(deployment, root, servers, settings, timeout, log, no_docker)
+            _serve_native(deployment, root, servers, settings, timeout, log, no_docker,
+                          torchserve_properties, cpus)
         else:
             raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
     except BaseException:
@@ -192,7 +202,9 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
 
 def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
                   settings: ServerSettings, timeout: float, log,  # noqa: ANN001
-                  no_docker: str = "") -> None:
+                  no_docker: str = "",
+                  torchserve_properties: dict[str, str] | None = None,
+                  cpus: str | None = None) -> None:
     run_dir = Path(deployment.run_dir)
     endpoints = deployment.endpoints_obj()
     started: list[tuple[str, processes.ProcessRecord]] = []
@@ -202,7 +214,7 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
         try:
             if server == "torchserve":
                 config = native.write_torchserve_config(
-                    folder, root, deployment.models, settings, endpoints)
+                    folder, root, deployment.models, settings, endpoints, torchserve_properties)
                 command = native.torchserve_command(config, root, deployment.models)
                 env = native.torchserve_env(folder, settings)
             else:
@@ -213,7 +225,8 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
             deployment.servers.append(ServerStatus(server, "unavailable", reason))
             log(f"{server}: unavailable: {reason}")
             continue
-        _, record = processes.launch(server, command, folder / f"{server}.log", folder, env)
+        _, record = processes.launch(server, processes.pinned(command, cpus),
+                                     folder / f"{server}.log", folder, env)
         deployment.processes.append(record)
         deployment.save()  # recorded at once: `stop` must find it even if we die waiting
         started.append((server, record))

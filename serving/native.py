@@ -54,8 +54,10 @@ def torchserve_models_json(models: list[str], settings: ServerSettings) -> str:
 
 
 def torchserve_properties(root: Path, models: list[str], settings: ServerSettings,
-                          endpoints) -> str:  # noqa: ANN001
-    """The compose stack's config.properties with this machine's addresses and model store."""
+                          endpoints, overrides: dict[str, str] | None = None,  # noqa: ANN001
+                          ) -> str:
+    """The compose stack's config.properties with this machine's addresses and model store;
+    `overrides` last (e.g. enable_model_api=true for a rollover test, never by default)."""
     properties = read_properties(TORCHSERVE_CONFIG)
     store = (root / layout.MODEL_STORE).resolve()
     grpc_inference = endpoints.torchserve_grpc_inference.rsplit(":", 1)
@@ -73,6 +75,7 @@ def torchserve_properties(root: Path, models: list[str], settings: ServerSetting
         "load_models": ",".join(f"{m}.mar" for m in models),
         "models": torchserve_models_json(models, settings),
     })
+    properties.update(overrides or {})
     return "".join(f"{key}={value}\n" for key, value in properties.items())
 
 
@@ -105,9 +108,11 @@ def torchserve_env(run_dir: Path, settings: ServerSettings) -> dict[str, str]:
 
 
 def write_torchserve_config(run_dir: Path, root: Path, models: list[str],
-                            settings: ServerSettings, endpoints) -> Path:  # noqa: ANN001
+                            settings: ServerSettings, endpoints,  # noqa: ANN001
+                            overrides: dict[str, str] | None = None) -> Path:
     config = run_dir / "config.properties"
-    atomic_write_text(config, torchserve_properties(root, models, settings, endpoints))
+    atomic_write_text(config, torchserve_properties(root, models, settings, endpoints,
+                                                    overrides))
     return config
 
 

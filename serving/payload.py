@@ -6,6 +6,7 @@ Load tests and every client encode requests here, so both servers get the same b
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -52,16 +53,36 @@ def decode(body: bytes | str | dict[str, Any]) -> np.ndarray:
     raise PredictionError(f"answer has neither 'predictions' nor 'outputs': {sorted(body)}")
 
 
-def error_message(body: bytes | str) -> str:
-    """The message of an error answer ({"error": ...} from either server), else the raw text."""
+# Said for an error answer that has no body: TorchServe's frontend answers an oversized request
+# (over max_request_size) with a bare 413 before any worker reads it.
+EMPTY_ERROR_HINTS = {
+    413: "request body too large: the server refused it unread (TorchServe: over "
+         "max_request_size, see serving/config/config.properties)",
+}
+
+
+def error_message(body: bytes | str, status: int | None = None) -> str:
+    """The message of an error answer, on one line: {"error": ...} (the handler's and TF
+    Serving's shape), TorchServe's frontend {"code", "type", "message"}, else the raw text; an
+    empty body is described from the HTTP `status`."""
     try:
         data = json.loads(body)
         if isinstance(data, dict) and "error" in data:
             return str(data["error"])
+        if isinstance(data, dict) and "message" in data:
+            kind = data.get("type")
+            return f"{kind}: {data['message']}" if kind else str(data["message"])
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
         pass
     text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
-    return text.strip()[:200]
+    text = " ".join(text.split())[:200]
+    if not text and status is not None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "no message"
+        return f"{phrase}: {EMPTY_ERROR_HINTS[status]}" if status in EMPTY_ERROR_HINTS else phrase
+    return text
 
 
 def matches_reference(

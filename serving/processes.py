@@ -34,6 +34,12 @@ class ProcessRecord:
             return False
 
 
+def pinned(command: list[str], cpus: str | None) -> list[str]:
+    """`command` restricted to the CPUs `cpus` (taskset list, e.g. "1" or "0-1"); children
+    inherit the affinity (TorchServe's JVM and its Python workers alike)."""
+    return ["taskset", "-c", cpus, *command] if cpus else command
+
+
 def launch(name: str, command: list[str], log: Path, cwd: Path,
            env: dict[str, str] | None = None) -> tuple[subprocess.Popen, ProcessRecord]:
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -47,15 +53,39 @@ def launch(name: str, command: list[str], log: Path, cwd: Path,
     return process, record
 
 
-def stop(record: ProcessRecord, grace_seconds: float = 20.0) -> bool:
-    """Stop the process group of `record`; True if something was running."""
-    if not record.alive():
-        return False
-    members = [psutil.Process(record.pid)]
+def group_members(record: ProcessRecord) -> list[psutil.Process]:
+    """Every live process of the group `record` started (its leader's pid is the group id),
+    the leader included while it lives. A group id is never reused while any member lives,
+    and members started after the leader: pid reuse cannot mistake a stranger for ours."""
     try:
-        members += psutil.Process(record.pid).children(recursive=True)
+        if psutil.Process(record.pid).create_time() != record.create_time:
+            return []  # the pid is someone else's now: our group is long gone
     except psutil.Error:
-        pass
+        pass  # the leader is gone; members of its group may not be
+    members = []
+    for process in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if (os.getpgid(process.pid) == record.pid
+                    and process.info["create_time"] >= record.create_time - 0.5
+                    and process.status() != psutil.STATUS_ZOMBIE):
+                members.append(process)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+def stop(record: ProcessRecord, grace_seconds: float = 20.0) -> bool:
+    """Stop the process group of `record`; True if something was running. Also when its
+    leader is gone already (killed, crashed): whatever of the group survived is stopped."""
+    members = group_members(record)
+    if record.alive():
+        try:
+            members += psutil.Process(record.pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    members = list({process.pid: process for process in members}.values())
+    if not members:
+        return False
     try:
         os.killpg(record.pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -157,6 +157,82 @@ def test_wrong_content_type_gets_400(torchserve_url):
     assert "Content-Type" in response.json()["error"]
 
 
+def twenty_megabytes() -> bytes:
+    """A well-formed predict body of about 20 MB: past TorchServe's max_request_size."""
+    row = json.dumps(ROW).encode()
+    return b'{"instances": [' + b", ".join([row] * (20_000_000 // len(row))) + b"]}"
+
+
+# Answered by TorchServe's frontend before the handler sees them: (path under /predictions/,
+# body, status, what the message names). TorchServe answers an oversized body with an empty
+# 413; deploybench's clients and load test describe it (payload.error_message).
+FRONTEND_BAD_INPUTS = {
+    "20 MB body": ("digits-mlp", twenty_megabytes, 413,
+                   ["Too Large", "max_request_size"]),  # 3.13 renames the phrase
+    "unknown model": ("no-such-model", {"instances": [ROW]}, 404,
+                      ["ModelNotFoundException", "no-such-model"]),
+    "unknown version": ("digits-mlp/7", {"instances": [ROW]}, 404,
+                        ["Model version: 7 does not exist for model: digits-mlp"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FRONTEND_BAD_INPUTS))
+def test_frontend_refusals_are_4xx_naming_the_problem(torchserve_url, case):
+    path, body, status, words = FRONTEND_BAD_INPUTS[case]
+    response = post(torchserve_url, path, body() if callable(body) else body)
+    assert response.status_code == status, response.text[:300]
+    message = payload.error_message(response.content, response.status_code)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_client_names_an_oversized_body_and_an_unknown_model(served):
+    deployment, _ = served
+    endpoints = deployment.endpoints_obj()
+    client = TorchServeREST(endpoints.torchserve_inference, endpoints.torchserve_management,
+                            "digits-mlp")
+    with pytest.raises(payload.PredictionError, match="413: .*Too Large") as info:
+        client.predict(np.full((62_500, 64), 0.5, np.float32))  # ~20 MB of JSON
+    assert info.value.status == 413 and "max_request_size" in str(info.value)
+    client.close()
+    unknown = TorchServeREST(endpoints.torchserve_inference, endpoints.torchserve_management,
+                             "no-such-model")
+    with pytest.raises(payload.PredictionError, match="404: .*Model not found: no-such-model"):
+        unknown.predict(np.zeros((1, 64), np.float32))
+    assert not unknown.ready()
+    unknown.close()
+
+
+def test_the_whole_matrix_leaves_the_worker_alive_and_correct(export_root, served):
+    """Every bad input in a row: each refused, and afterwards the same worker process (pid
+    unchanged on the management API) still answers golden samples correctly."""
+    deployment, _ = served
+    endpoints = deployment.endpoints_obj()
+    url = endpoints.torchserve_inference
+
+    def workers() -> list[dict]:
+        answer = requests.get(f"{endpoints.torchserve_management}/models/digits-mlp", timeout=10)
+        return answer.json()[0]["workers"]
+
+    before = workers()
+    assert [w["status"] for w in before] == ["READY"]
+    for body, _ in BAD_INPUTS.values():
+        assert post(url, "digits-mlp", body).status_code == 400
+    assert post(url, "digits-mlp", json.dumps({"instances": [ROW]}), "text/plain"
+                ).status_code == 400
+    for path, body, status, _ in FRONTEND_BAD_INPUTS.values():
+        assert post(url, path, body() if callable(body) else body).status_code == status
+    after = workers()
+    assert [(w["pid"], w["status"]) for w in after] == [(before[0]["pid"], "READY")]
+    samples = golden(export_root, "digits-mlp")
+    good = post(url, "digits-mlp", payload.encode(samples.inputs[:8]))
+    assert good.status_code == 200
+    ok, why = payload.matches_reference(payload.decode(good.content), samples.outputs[:8],
+                                        FP32_TOLERANCE)
+    assert ok, why
+
+
 def test_serving_refuses_a_tampered_artifact(export_root, tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
     copy = tmp_path / "export"

@@ -1,0 +1,208 @@
+"""Serving-efficiency benchmark (a script, not a test): in one run, with the servers and the
+load generator on separate cores,
+  - the ceiling: in-process throughput of the TorchScript (torch) and the SavedModel
+    (TensorFlow) on the server's cores, at batch 1 and at the batching bound;
+  - each available server's highest open-loop rate with p99 under the bound, without and with
+    dynamic batching;
+  - the ratios: server rate / its framework's in-process ceiling ("serving efficiency"; batch 1
+    ceiling without batching, batch-N ceiling with it) and the batching gain.
+
+    deploybench bench --model mobilenet-v2 --out runs/bench
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from deploybench.errors import DeploybenchError
+from deploybench.loadtest.runner import LoadPlan, LoadRun
+from deploybench.loadtest.scenarios import RateSearch, Scenario
+from deploybench.manifest import load_manifest, verify_artifacts
+from deploybench.results import Results
+from deploybench.serving.clients import PROTOCOLS, TARGETS
+from deploybench.serving.manager import loopback_endpoints, serve, stop
+from deploybench.serving.processes import pinned
+from deploybench.settings import load_settings
+from deploybench.verdict import FRAMEWORK, server_label
+
+CEILING_FORMATS = {"torch": "torchscript", "tensorflow": "savedmodel"}
+SERVER_FRAMEWORK = {"torchserve": "torch", "tfserving": "tensorflow"}
+FRAMEWORK_NAME = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+
+
+@dataclass
+class BenchOptions:
+    model: str
+    artifacts: Path
+    out: Path
+    server_cpus: str = "1"  # taskset lists: the server gets these cores ...
+    loadgen_cpus: str = "0"  # ... and locust these, never the same
+    ceiling_seconds: float = 5.0
+    step_seconds: float = 8.0
+    warmup_seconds: float = 3.0
+    bound_ms: float = 100.0
+    max_batch_size: int = 8
+    batch_timeout_ms: int = 20
+    port_offset: int = 0
+
+
+def cpu_count(cpus: str) -> int:
+    count = 0
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
+def measure_ceiling(options: BenchOptions, runtime: str, batch: int) -> dict[str, Any]:
+    """One ceiling figure, in a fresh process pinned to the server's cores."""
+    root = options.artifacts
+    manifest = load_manifest(root, options.model)
+    job = {"runtime": runtime, "path": str(root / manifest.artifact(CEILING_FORMATS[runtime]).path),
+           "golden": str(root / manifest.golden["path"]), "batch": batch,
+           "threads": cpu_count(options.server_cpus), "seconds": options.ceiling_seconds}
+    with tempfile.TemporaryDirectory() as folder:
+        job_file, result_file = Path(folder) / "job.json", Path(folder) / "result.json"
+        job_file.write_text(json.dumps(job))
+        command = pinned([sys.executable, "-m", "deploybench.loadtest.ceiling", str(job_file),
+                          str(result_file)], options.server_cpus)
+        done = subprocess.run(command, capture_output=True, text=True,
+                              timeout=options.ceiling_seconds + 120)
+        if done.returncode != 0 or not result_file.is_file():
+            raise DeploybenchError(f"ceiling {runtime} batch {batch} failed: "
+                                   f"{done.stderr.strip()[-300:]}")
+        result = json.loads(result_file.read_text())
+    return {"kind": "bench-ceiling", "model": options.model, "framework": FRAMEWORK_NAME[runtime],
+            "format": CEILING_FORMATS[runtime], "cpus": options.server_cpus, **result}
+
+
+def rate_scenario(options: BenchOptions, batching: bool, ceiling_rps: float) -> Scenario:
+    # start low (well under the framework's own ceiling) and double until a step fails, then
+    # bisect; a server can pass the batch-1 ceiling only by batching, so allow up to 3x it
+    return Scenario(
+        name=f"bench-batching-{'on' if batching else 'off'}", kind="open",
+        step_seconds=options.step_seconds, warmup_seconds=options.warmup_seconds,
+        rate_bound_ms=options.bound_ms,
+        search=RateSearch(start_rps=min(10.0, max(0.5, round(ceiling_rps * 0.25, 1))),
+                          growth=2.0, max_rps=max(4.0, ceiling_rps * 3), refine_steps=3),
+        open_loop_users=1,
+    )
+
+
+def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
+    root = options.artifacts.resolve()
+    manifest = load_manifest(root, options.model)
+    verify_artifacts(root, manifest)
+    results = Results(options.out)
+    results.set_environment(mode="native", bench=asdict(options) | {
+        "artifacts": str(root), "out": str(options.out)})
+    results.save()
+
+    ceilings: dict[tuple[str, int], float] = {}
+    for runtime in CEILING_FORMATS:
+        for batch in sorted({1, options.max_batch_size}):
+            console.print(f"ceiling: {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
+                          f"{options.server_cpus} ...", highlight=False)
+            row = measure_ceiling(options, runtime, batch)
+            ceilings[(runtime, batch)] = row["inferences_per_s"]
+            results = Results(options.out)
+            results.add(row)
+            results.save()
+
+    threads = cpu_count(options.server_cpus)
+    for batching in (False, True):
+        settings = load_settings(batching=batching, max_batch_size=options.max_batch_size,
+                                 batch_timeout_ms=options.batch_timeout_ms,
+                                 intra_op_threads=threads, inter_op_threads=1,
+                                 cpus=float(threads))
+        deployment = serve(root, "native", [options.model],
+                           options.out / f"serving-batching-{'on' if batching else 'off'}",
+                           loopback_endpoints(options.port_offset), TARGETS, settings,
+                           log=lambda text: console.print(text, highlight=False),
+                           cpus=options.server_cpus)
+        try:
+            results = Results(options.out)
+            results.add(*({"kind": "server", "target": s.name, "status": s.status,
+                           "reason": s.reason, "batching": batching}
+                          for s in deployment.servers))
+            results.save()
+            for target in deployment.up():
+                runtime = SERVER_FRAMEWORK[target]
+                ceiling = ceilings[(runtime, options.max_batch_size if batching else 1)]
+                for protocol in PROTOCOLS[target]:
+                    plan = LoadPlan([(target, protocol)], [options.model], root,
+                                    deployment.endpoints_obj(),
+                                    rate_scenario(options, batching, ceiling), options.out,
+                                    "native")
+                    plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
+                    plan.loadgen_cpus = options.loadgen_cpus
+                    LoadRun(plan, console).run()
+        finally:
+            stop(deployment)
+
+    rows = summarize(Results(options.out).measurements, ceilings, options)
+    results = Results(options.out)
+    results.add(*rows)
+    results.save()
+    console.print(render(rows, options))
+    return rows
+
+
+def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int], float],
+              options: BenchOptions) -> list[dict[str, Any]]:
+    """One row per server, protocol and batching: best rate, ceiling, efficiency, gain."""
+    best: dict[tuple[str, str, bool], float | None] = {}
+    for m in measurements:
+        if m.get("kind") == "load-slo" and m["scenario"].startswith("bench-batching-"):
+            batching = m["scenario"].endswith("-on")
+            best[(m["target"], m["protocol"], batching)] = m.get("max_rate_rps")
+    rows = []
+    for (target, protocol, batching), rate in sorted(best.items()):
+        runtime = SERVER_FRAMEWORK[target]
+        batch = options.max_batch_size if batching else 1
+        ceiling = ceilings.get((runtime, batch))
+        off = best.get((target, protocol, False))
+        rows.append({
+            "kind": "bench", "model": options.model, "target": target, "protocol": protocol,
+            "batching": batching, "max_rate_rps": rate, "bound_ms": options.bound_ms,
+            "ceiling_framework": FRAMEWORK[target], "ceiling_batch": batch,
+            "ceiling_rps": ceiling,
+            "efficiency": round(rate / ceiling, 3) if rate and ceiling else None,
+            "batching_gain": (round(rate / off, 2) if batching and rate and off else None),
+        })
+    for target in TARGETS:
+        if not any(r["target"] == target for r in rows):
+            rows.append({"kind": "bench", "model": options.model, "target": target,
+                         "protocol": None, "batching": None, "max_rate_rps": None,
+                         "reason": "server not available here (see the server rows)"})
+    return rows
+
+
+def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
+    table = Table(title=f"serving efficiency, {options.model}: servers on CPUs "
+                        f"{options.server_cpus}, locust on {options.loadgen_cpus}, "
+                        f"p99 <= {options.bound_ms:g} ms")
+    for column in ("server", "batching", "best rate (req/s)", "ceiling (inf/s)", "efficiency",
+                   "batching gain"):
+        table.add_column(column, justify="left" if column == "server" else "right")
+    for r in rows:
+        if r.get("protocol") is None:
+            table.add_row(r["target"], "-", "not measured", "-", "-", "-")
+            continue
+        table.add_row(
+            server_label(r["target"], r["protocol"]), "on" if r["batching"] else "off",
+            f"{r['max_rate_rps']:.1f}" if r["max_rate_rps"] else "none under bound",
+            f"{r['ceiling_rps']:.1f} (batch {r['ceiling_batch']})" if r["ceiling_rps"] else "-",
+            f"{r['efficiency']:.0%}" if r["efficiency"] else "-",
+            f"{r['batching_gain']:.2f}x" if r["batching_gain"] else "-",
+        )
+    return table
