@@ -224,4 +224,4 @@ def test_mar_declares_the_image_signature(exported):
     with zipfile.ZipFile(exported / manifest.artifact("mar").path) as archive:
         signature = json.loads(archive.read("signature.json"))
     assert signature["input_name"] == "image" and signature["input_shape"] == [224, 224, 3]
-    assert signature["max_rows"] == 8
+    assert signature["max_rows"] == 2

@@ -401,5 +401,7 @@ SPEC = MobileNetV2Spec(
     input_name="image",
     output_name="logits",
     min_accuracy=None,
-    max_rows=8,  # the largest batch; 8 images are 4.8 MB as float32, ~25 MB as JSON
+    # one 224x224x3 image is ~3.1 MB as JSON; TorchServe refuses bodies over max_request_size
+    # (6.5 MB, serving/config/config.properties), so a REST request carries at most 2 images
+    max_rows=2,
 )
