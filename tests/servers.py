@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 from deploybench.serving.clients import Endpoints
 from deploybench.serving.manager import loopback_endpoints
@@ -32,3 +35,15 @@ def free_offset() -> int:
 def free_endpoints() -> tuple[int, Endpoints]:
     offset = free_offset()
     return offset, loopback_endpoints(offset)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.1) -> Any:
+    """The first truthy value of `condition()`, or an AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout:g} s: {what}")

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,13 @@ import requests
 from deploybench.loadtest.process import LOCUSTFILE
 from deploybench.serving.manager import Deployment, serve, stop
 from tests.browser import chromium_page
-from tests.servers import free_endpoints
+from tests.servers import free_endpoints, wait_for
 
 pytestmark = pytest.mark.slow
 
 REQUEST_NAME = "torchserve/rest digits-mlp"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from deploybench.serving.payload import PredictionError, matches_reference
 from deploybench.settings import load_settings
 from deploybench.zoo.train import Golden
 from tests.conftest import invoke
-from tests.servers import free_endpoints, free_offset
+from tests.servers import free_endpoints, free_offset, wait_for
 
 MODEL = "digits-mlp"
 DEPLOYBENCH = [str(Path(sys.executable).with_name("deploybench"))]  # the console script
@@ -51,14 +51,6 @@ def golden(root: Path, model: str = MODEL) -> Golden:
     return Golden.load(root / load_manifest(root, model).golden["path"])
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
 def inference_count(endpoints: Endpoints) -> float:
