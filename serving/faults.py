@@ -208,10 +208,16 @@ class Rollover:
 
 def rollover_torchserve(management_url: str, model: str, mar: str, new_version: str,
                         old_version: str, batch_size: int = 1, max_batch_delay_ms: int = 5,
-                        response_timeout_s: int = 120, timeout: float = 120.0) -> Rollover:
+                        response_timeout_s: int = 120, timeout: float = 120.0,
+                        drain_s: float = 1.0) -> Rollover:
     """Register `mar` (a file in the model store) as `new_version` with one worker, wait until
-    it is READY, make it the default, then unregister `old_version`. TorchServe's model API must
-    be on (enable_model_api=true): the hardened config turns it off, see the README."""
+    it is READY, make it the default, let the old version drain, then unregister it.
+    TorchServe's model API must be on (enable_model_api=true): the hardened config turns it off,
+    see the README.
+
+    TorchServe unregisters a version at once, killing its worker with whatever it is running
+    ("Worker died" for that request), so the old version gets no new work after set-default and
+    is removed only once its queue is empty and `drain_s` has let in-flight requests finish."""
     base = management_url.rstrip("/")
     done = Rollover(model, old_version, new_version, mar, time.time())
     began = time.monotonic()
@@ -230,6 +236,13 @@ def rollover_torchserve(management_url: str, model: str, mar: str, new_version: 
     done.registered_s = round(time.monotonic() - began, 3)
     call("PUT", f"/models/{model}/{new_version}/set-default")
     done.default_s = round(time.monotonic() - began, 3)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = requests.get(f"{base}/models/{model}/{old_version}", timeout=timeout).json()
+        if all(v.get("jobQueueStatus", {}).get("pendingRequests", 0) == 0 for v in described):
+            break
+        time.sleep(0.1)
+    time.sleep(drain_s)
     call("DELETE", f"/models/{model}/{old_version}")
     done.finished_at = time.time()
     return done
