@@ -68,6 +68,14 @@ class _HTTPClient:
             )
         return payload.decode(response.content)
 
+    def _status(self, url: str) -> Any:
+        """The JSON a server describes a model with, or None when it cannot (not up yet)."""
+        try:
+            response = self._request("GET", url)
+        except PredictionError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
     def close(self) -> None:
         self.session.close()
 
@@ -86,13 +94,8 @@ class TFServingREST(_HTTPClient):
         return self._post_predict(self.predict_url, batch)
 
     def ready(self) -> bool:
-        try:
-            response = self._request("GET", self.model_url)
-        except PredictionError:
-            return False
-        if response.status_code != 200:
-            return False
-        states = [v.get("state") for v in response.json().get("model_version_status", [])]
+        status = self._status(self.model_url)
+        states = [v.get("state") for v in (status or {}).get("model_version_status", [])]
         return "AVAILABLE" in states
 
     def metadata(self) -> dict[str, Any]:
@@ -114,15 +117,10 @@ class TorchServeREST(_HTTPClient):
 
     def ready(self) -> bool:
         """A READY worker on the management API (/ping says Healthy before any worker is up)."""
-        try:
-            response = self._request("GET", self.model_url)
-        except PredictionError:
-            return False
-        if response.status_code != 200:
-            return False
         return any(
             worker.get("status") == "READY"
-            for version in response.json() for worker in version.get("workers", [])
+            for version in self._status(self.model_url) or []
+            for worker in version.get("workers", [])
         )
 
     def metadata(self) -> dict[str, Any]:
