@@ -5,11 +5,15 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deploybench.serving.clients import Endpoints
-from deploybench.serving.manager import loopback_endpoints
+from deploybench.serving.manager import Deployment, loopback_endpoints, serve, stop
 
 DEFAULT_PORTS = (8500, 8501, 8080, 8081, 8082, 7070, 7071)
 
@@ -47,3 +51,19 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str,
             return value
         time.sleep(interval)
     raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+@contextmanager
+def native_torchserve(root: Path, models: list[str], state_dir: Path,
+                      run_dir: Path) -> Iterator[Deployment]:
+    """Real TorchServe, natively, on free loopback ports, its state in `state_dir` (where the
+    CLI finds it while the context lasts); stopped afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEPLOYBENCH_STATE_DIR", str(state_dir))
+        _, endpoints = free_endpoints()
+        deployment = serve(root, mode="native", models=models, run_dir=run_dir,
+                           endpoints=endpoints, servers=("torchserve",), log=lambda text: None)
+        try:
+            yield deployment
+        finally:
+            stop(deployment)

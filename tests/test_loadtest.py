@@ -24,9 +24,9 @@ from deploybench.loadtest.process import LOCUSTFILE, LocustOutput, LocustRun
 from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable
 from deploybench.loadtest.scenarios import RateSearch, load_scenario, search_rate
 from deploybench.serving.clients import Endpoints
-from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.serving.manager import Deployment
 from tests.conftest import invoke
-from tests.servers import free_endpoints, free_offset
+from tests.servers import free_offset, native_torchserve
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +40,10 @@ PERCENTILES = ("p50", "p90", "p95", "p99", "p99_9")
 def torchserve(export_root: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Deployment]:
     """Real TorchServe, natively, on free ports; its state where `deploybench load` finds it."""
-    state = tmp_path_factory.mktemp("load-state")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DEPLOYBENCH_STATE_DIR", str(state))
-        _, endpoints = free_endpoints()
-        deployment = serve(export_root, mode="native", models=["digits-mlp", "digits-cnn"],
-                           run_dir=tmp_path_factory.mktemp("load-serve"), endpoints=endpoints,
-                           servers=("torchserve",), log=lambda text: None)
-        try:
-            yield deployment
-        finally:
-            stop(deployment)
+    with native_torchserve(export_root, ["digits-mlp", "digits-cnn"],
+                           tmp_path_factory.mktemp("load-state"),
+                           tmp_path_factory.mktemp("load-serve")) as deployment:
+        yield deployment
 
 
 def results(run_dir: Path) -> dict:

@@ -15,9 +15,9 @@ import pytest
 import requests
 
 from deploybench.loadtest.process import LOCUSTFILE
-from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.serving.manager import Deployment
 from tests.browser import chromium_page
-from tests.servers import free_endpoints, wait_for
+from tests.servers import native_torchserve, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +35,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def torchserve(export_root: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Deployment]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path_factory.mktemp("ui-state")))
-        _, endpoints = free_endpoints()
-        deployment = serve(export_root, mode="native", models=["digits-mlp"],
-                           run_dir=tmp_path_factory.mktemp("ui-serve"), endpoints=endpoints,
-                           servers=("torchserve",), log=lambda text: None)
-        try:
-            yield deployment
-        finally:
-            stop(deployment)
+    with native_torchserve(export_root, ["digits-mlp"], tmp_path_factory.mktemp("ui-state"),
+                           tmp_path_factory.mktemp("ui-serve")) as deployment:
+        yield deployment
 
 
 @pytest.fixture

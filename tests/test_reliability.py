@@ -40,7 +40,7 @@ from deploybench.serving.payload import PredictionError, matches_reference
 from deploybench.settings import load_settings
 from deploybench.zoo.train import Golden
 from tests.conftest import invoke
-from tests.servers import free_endpoints, free_offset, wait_for
+from tests.servers import free_endpoints, free_offset, native_torchserve, wait_for
 
 MODEL = "digits-mlp"
 DEPLOYBENCH = [str(Path(sys.executable).with_name("deploybench"))]  # the console script
@@ -111,16 +111,9 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def torchserve(export_root: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Deployment]:
     """Real TorchServe, natively, with the hardened config, one worker for digits-mlp."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path_factory.mktemp("state")))
-        _, endpoints = free_endpoints()
-        deployment = serve(export_root, mode="native", models=[MODEL],
-                           run_dir=tmp_path_factory.mktemp("serve"), endpoints=endpoints,
-                           servers=("torchserve",), log=lambda text: None)
-        try:
-            yield deployment
-        finally:
-            stop(deployment)
+    with native_torchserve(export_root, [MODEL], tmp_path_factory.mktemp("state"),
+                           tmp_path_factory.mktemp("serve")) as deployment:
+        yield deployment
 
 
 @pytest.mark.slow
