@@ -12,8 +12,11 @@ SERVER_NAMES = {"tfserving": "TF Serving", "torchserve": "TorchServe"}
 FRAMEWORK = {"tfserving": "TensorFlow", "torchserve": "PyTorch"}
 
 
+PROTOCOL_NAMES = {"rest": "REST", "grpc": "gRPC", "npy": "REST .npy"}
+
+
 def server_label(target: str, protocol: str) -> str:
-    return f"{SERVER_NAMES.get(target, target)} {protocol.upper()}"
+    return f"{SERVER_NAMES.get(target, target)} {PROTOCOL_NAMES.get(protocol, protocol)}"
 
 
 def rows(results: dict[str, Any], kind: str) -> list[dict[str, Any]]:

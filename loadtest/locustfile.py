@@ -1,4 +1,5 @@
-"""deploybench's locustfile: the same golden requests to TF Serving (REST, gRPC) and TorchServe.
+"""deploybench's locustfile: the same golden requests to TF Serving (REST, gRPC) and TorchServe
+(REST: JSON, and the binary .npy body).
 
 Run it as is:
 
@@ -75,13 +76,17 @@ from deploybench.loadtest.samples import (  # noqa: E402
     grpc_outputs,
     load_samples,
 )
-from deploybench.serving.payload import PredictionError, error_message  # noqa: E402
+from deploybench.serving.payload import (  # noqa: E402
+    JSON_CONTENT_TYPE,
+    NPY_CONTENT_TYPE,
+    PredictionError,
+    error_message,
+)
 
 grpc.experimental.gevent.init_gevent()  # grpc's own threads would block gevent's loop
 
 log = logging.getLogger("deploybench.locust")
 RECORDER = Recorder()
-JSON_HEADERS = {"Content-Type": "application/json"}
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 _state: dict[str, Any] = {"environment": None, "samples": {}, "window": None, "error": None}
 
@@ -195,20 +200,26 @@ class _PredictUser(User):
 class _RESTUser(_PredictUser, FastHttpUser):
     abstract = True
     protocol = "rest"
+    content_type = JSON_CONTENT_TYPE
     concurrency = 256  # connections one user may open: the open loop keeps many in flight
 
     def path(self) -> str:
         raise NotImplementedError
 
+    def bodies(self) -> list[bytes]:
+        return self.samples.rest_bodies
+
     def on_start(self) -> None:
         super().on_start()
         self.predict_path = self.path()
+        self.request_bodies = self.bodies()
+        self.headers = {"Content-Type": self.content_type}
 
     def send(self, index: int, due: float | None) -> None:
         lag_ms = 0.0 if due is None else (time.perf_counter() - due) * 1000.0
         RECORDER.sent(self.request_name)
-        with self.client.post(self.predict_path, data=self.samples.rest_bodies[index],
-                              headers=JSON_HEADERS, name=self.request_name,
+        with self.client.post(self.predict_path, data=self.request_bodies[index],
+                              headers=self.headers, name=self.request_name,
                               catch_response=True, context={}) as response:
             service_ms = float(response.request_meta["response_time"])
             if due is not None:  # what the caller waited, counted from the scheduled time
@@ -241,6 +252,17 @@ class TorchServeRESTUser(_RESTUser):
 
     def path(self) -> str:
         return f"/predictions/{self.model}"
+
+
+class TorchServeNpyUser(TorchServeRESTUser):
+    """TorchServe's inference API with the binary body: the same float32 rows as an .npy file
+    (its counterpart of TF Serving's gRPC tensor_content); answers are JSON as above."""
+
+    protocol = "npy"
+    content_type = NPY_CONTENT_TYPE
+
+    def bodies(self) -> list[bytes]:
+        return self.samples.npy_bodies
 
 
 class TFServingRESTUser(_RESTUser):
@@ -303,9 +325,7 @@ class TFServingGRPCUser(_PredictUser):
         self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
 
 
-HTTP_USERS: dict[str, type[_RESTUser]] = {
-    "torchserve": TorchServeRESTUser, "tfserving": TFServingRESTUser,
-}
+HTTP_USERS: list[type[_RESTUser]] = [TorchServeRESTUser, TorchServeNpyUser, TFServingRESTUser]
 
 
 # -- the test's life: samples, hosts, the measurement window, the summary ------------------------
@@ -330,7 +350,7 @@ def _prepare(environment: Environment) -> None:
             if environment.parsed_options.headless and environment.runner is not None:
                 gevent.spawn(environment.runner.quit)  # nothing worth measuring
             return
-    for user_class in HTTP_USERS.values():  # read when a user is created
+    for user_class in HTTP_USERS:  # read when a user is created
         user_class.network_timeout = user_class.connection_timeout = options.request_timeout
     _apply_hosts(options)
 
@@ -338,8 +358,8 @@ def _prepare(environment: Environment) -> None:
 def _apply_hosts(options: Any) -> None:
     """Point the HTTP users at the servers the options name, when those options changed (a
     host edited per class in the web UI, or --host, is left alone otherwise)."""
-    wanted = {TorchServeRESTUser: options.torchserve_url, TFServingRESTUser:
-              options.tfserving_rest_url}
+    wanted = {TorchServeRESTUser: options.torchserve_url, TorchServeNpyUser:
+              options.torchserve_url, TFServingRESTUser: options.tfserving_rest_url}
     applied = _state.setdefault("hosts", {})
     for user_class, url in wanted.items():
         url = url.rstrip("/")

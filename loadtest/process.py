@@ -21,6 +21,7 @@ from deploybench.serving.processes import pinned
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 USER_CLASSES = {
     ("torchserve", "rest"): "TorchServeRESTUser",
+    ("torchserve", "npy"): "TorchServeNpyUser",
     ("tfserving", "rest"): "TFServingRESTUser",
     ("tfserving", "grpc"): "TFServingGRPCUser",
 }

@@ -1,7 +1,8 @@
 """Request bodies from a model's golden samples, encoded once, and the check of every answer.
 
-Both REST servers get the very same bytes (`payload.encode`, TF Serving's predict body); the gRPC
-request carries the same float32 rows as a serialized PredictRequest. Every answer is compared
+Both REST servers get the very same bytes (`payload.encode`, TF Serving's predict body); the
+binary forms carry the same float32 rows: TorchServe's .npy body (`payload.encode_npy`) and TF
+Serving's serialized gRPC PredictRequest. Every answer is compared
 with the golden output of the rows it was sent (same argmax, within the manifest's tolerance).
 
 Light on purpose: imported inside the locust process (numpy, the manifest, TF Serving's protos
@@ -34,6 +35,7 @@ class Samples:
     input_name: str
     output_name: str
     rest_bodies: list[bytes]  # identical bytes for TF Serving REST and TorchServe
+    npy_bodies: list[bytes]  # the same rows as .npy files, for TorchServe's binary body
     references: list[np.ndarray]  # golden outputs, one (batch_size, classes) array per body
     grpc_bodies: list[bytes] | None = None  # serialized PredictRequest, when asked for
 
@@ -87,6 +89,7 @@ def load_samples(root: Path, model: str, batch_size: int = 1, grpc: bool = False
         input_name=input_name,
         output_name=output_name,
         rest_bodies=[payload.encode(inputs[rows]) for rows in batches],
+        npy_bodies=[payload.encode_npy(inputs[rows]) for rows in batches],
         references=[outputs[rows] for rows in batches],
         grpc_bodies=grpc_bodies,
     )

@@ -13,7 +13,9 @@ from deploybench.serving import payload
 from deploybench.serving.payload import PredictionError
 
 TARGETS = ("tfserving", "torchserve")
-PROTOCOLS = {"tfserving": ("rest", "grpc"), "torchserve": ("rest",)}
+# "npy": TorchServe's REST API with the binary body (payload.encode_npy), its counterpart of
+# TF Serving's gRPC; "rest" is the JSON body both servers answer
+PROTOCOLS = {"tfserving": ("rest", "grpc"), "torchserve": ("rest", "npy")}
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,12 @@ class _HTTPClient:
             raise PredictionError(f"{self.target} at {url} did not answer in "
                                   f"{self.timeout:g} s") from None
 
-    def _post_predict(self, url: str, batch: np.ndarray) -> np.ndarray:
-        response = self._request(
-            "POST", url, data=payload.encode(batch),
-            headers={"Content-Type": "application/json"},
-        )
+    def _post_predict(self, url: str, batch: np.ndarray, binary: bool = False) -> np.ndarray:
+        if binary:
+            body, content_type = payload.encode_npy(batch), payload.NPY_CONTENT_TYPE
+        else:
+            body, content_type = payload.encode(batch), payload.JSON_CONTENT_TYPE
+        response = self._request("POST", url, data=body, headers={"Content-Type": content_type})
         if response.status_code != 200:
             raise PredictionError(
                 f"{self.target} answered {response.status_code}: "
@@ -113,7 +116,7 @@ class TorchServeREST(_HTTPClient):
         self.model_url = f"{management_url.rstrip('/')}/models/{model}"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._post_predict(self.predict_url, batch)
+        return self._post_predict(self.predict_url, batch, binary=self.protocol == "npy")
 
     def ready(self) -> bool:
         """A READY worker on the management API (/ping says Healthy before any worker is up)."""
@@ -125,6 +128,12 @@ class TorchServeREST(_HTTPClient):
 
     def metadata(self) -> dict[str, Any]:
         return self._request("GET", self.model_url).json()[0]
+
+
+class TorchServeNpy(TorchServeREST):
+    """TorchServe's REST API with the binary .npy request body."""
+
+    protocol = "npy"
 
 
 class TFServingGRPC:
@@ -215,8 +224,9 @@ def make_client(target: str, protocol: str, model: str, endpoints: Endpoints | N
         known = ", ".join(f"{t}/{p}" for t in PROTOCOLS for p in PROTOCOLS[t])
         raise ValueError(f"no client for {target}/{protocol}; known: {known}")
     if target == "torchserve":
-        return TorchServeREST(endpoints.torchserve_inference, endpoints.torchserve_management,
-                              model, timeout)
+        client = TorchServeNpy if protocol == "npy" else TorchServeREST
+        return client(endpoints.torchserve_inference, endpoints.torchserve_management, model,
+                      timeout)
     if protocol == "grpc":
         return TFServingGRPC(endpoints.tfserving_grpc, model, input_name, output_name, timeout)
     return TFServingREST(endpoints.tfserving_rest, model, timeout=timeout)

@@ -5,12 +5,16 @@ deploybench. One payload works against both servers:
   row form      {"instances": [row, ...]}  ->  {"predictions": [[logit, ...], ...]}
   columnar form {"inputs": [row, ...]}     ->  {"outputs": [[logit, ...], ...]}
 A row may also be {"<input name>": row}, and "inputs" may be {"<input name>": [row, ...]}.
+The binary form: Content-Type application/x-npy, the body one .npy file holding a float32 array
+of shape (N, *input shape) -> {"predictions": ...}; no JSON to decode (3 MB for one 224x224x3
+image), no pickles (allow_pickle=False).
 
 Every request of a batch is validated alone: a bad one gets its own HTTP 400 with a JSON error
 naming the problem (TF Serving's {"error": "..."} shape), its neighbours are answered.
 TorchServe loads the only class defined here as the handler, so errors are plain ValueErrors.
 """
 
+import io
 import json
 import logging
 import os
@@ -20,6 +24,7 @@ import torch
 
 SIGNATURE_FILE = "signature.json"
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
+NPY_TYPE = "application/x-npy"  # deploybench.serving.payload.NPY_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +80,12 @@ class DeploybenchHandler:
     def _decode(self, request, context, index):
         body = request.get("body", request.get("data"))
         content_type = _content_type(context, index)
-        if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
-            raise ValueError(
-                f"unsupported Content-Type {content_type!r}: send application/json"
-            )
+        media_type = content_type.split(";")[0].strip().lower()
+        if media_type == NPY_TYPE:
+            return decode_npy_body(body, self.signature), "instances"
+        if media_type not in JSON_TYPES:
+            raise ValueError(f"unsupported Content-Type {content_type!r}: send "
+                             f"application/json or {NPY_TYPE}")
         return decode_predict_body(body, self.signature)
 
 
@@ -121,29 +128,66 @@ def decode_predict_body(body, signature):
     return _to_batch(value, signature), form
 
 
+def decode_npy_body(body, signature):
+    """A validated float32 batch from an .npy body."""
+    if isinstance(body, str):  # a text/* part TorchServe decoded: not ours to re-encode
+        raise ValueError(f"an {NPY_TYPE} body must be binary .npy data")
+    if not body:
+        raise ValueError(f"empty request body: send a float32 .npy array of shape "
+                         f"{_expected(signature)}")
+    stream = io.BytesIO(body)
+    try:
+        array = np.lib.format.read_array(stream, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise ValueError(f"malformed .npy body: {error}") from None
+    if stream.tell() != len(body):
+        raise ValueError(f"malformed .npy body: {len(body) - stream.tell()} bytes after the array")
+    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
+        raise ValueError(f"wrong dtype: the .npy array holds {array.dtype.name}, "
+                         f"expected float32")
+    _check_shape(array.shape, signature)
+    _check_rows(len(array), signature)
+    if not np.all(np.isfinite(array)):
+        row = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise ValueError(f"non-finite value (NaN or Infinity) in row {row}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def _named(mapping, name):
     if set(mapping) != {name}:
         raise ValueError(f"unknown input name(s) {sorted(mapping)}: this model takes {name!r}")
     return mapping[name]
 
 
-def _to_batch(value, signature):
-    shape = tuple(signature["input_shape"])
-    expected = "(N, " + ", ".join(str(d) for d in shape) + ")"
-    if not isinstance(value, list):
-        raise ValueError(f"input must be a list of rows of shape {expected}, got {_kind(value)}")
-    if not value:
+def _expected(signature):
+    return "(N, " + ", ".join(str(d) for d in signature["input_shape"]) + ")"
+
+
+def _check_shape(shape, signature):
+    if len(shape) < 1 or tuple(shape[1:]) != tuple(signature["input_shape"]):
+        got = "(" + ", ".join(str(d) for d in shape) + ")"
+        raise ValueError(f"wrong shape: got {got}, expected {_expected(signature)}")
+
+
+def _check_rows(count, signature):
+    if count == 0:
         raise ValueError("empty input: at least one row is required")
-    if len(value) > signature["max_rows"]:
-        raise ValueError(f"too many rows: {len(value)} > max_rows {signature['max_rows']}")
+    if count > signature["max_rows"]:
+        raise ValueError(f"too many rows: {count} > max_rows {signature['max_rows']}")
+
+
+def _to_batch(value, signature):
+    if not isinstance(value, list):
+        raise ValueError(f"input must be a list of rows of shape {_expected(signature)}, "
+                         f"got {_kind(value)}")
+    _check_rows(len(value), signature)  # before numpy: an oversized list is refused cheaply
     try:
         array = np.asarray(value, dtype=np.float64)
     except (ValueError, TypeError):
         _check_numbers(value)  # names a wrong dtype; past it, the rows can only be ragged
+        shape = tuple(signature["input_shape"])
         raise ValueError(f"ragged rows: every row must have shape {shape}") from None
-    if array.shape[1:] != shape:
-        got = "(" + ", ".join(str(d) for d in array.shape) + ")"
-        raise ValueError(f"wrong shape: got {got}, expected {expected}")
+    _check_shape(array.shape, signature)
     if not np.all(np.isfinite(array)):
         _check_numbers(value)  # a null also turns into NaN: name it
         row = int(np.argwhere(~np.isfinite(array))[0][0])

@@ -1,10 +1,16 @@
-"""The one request format both servers answer: TF Serving's REST predict body.
+"""Request bodies, encoded in one place so every server and client gets the same bytes.
 
-Load tests and every client encode requests here, so both servers get the same bytes.
+- JSON, TF Serving's REST predict body: the one format both REST servers answer.
+- .npy, numpy's self-describing binary array file (dtype, shape, then raw little-endian
+  float32): TorchServe's binary request body (Content-Type NPY_CONTENT_TYPE). A 224x224x3 image
+  is 0.6 MB as .npy and 3 MB as JSON, whose decoding in TorchServe's Python worker costs about
+  4x the model itself; the binary body is to TorchServe what gRPC's tensor_content is to TF
+  Serving. Answers are JSON either way (1000 logits are small).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from http import HTTPStatus
 from typing import Any
@@ -16,6 +22,8 @@ from deploybench.errors import DeploybenchError
 ROW_FORM = "instances"  # {"instances": [row, ...]} -> {"predictions": [...]}
 COLUMNAR_FORM = "inputs"  # {"inputs": [row, ...]} -> {"outputs": [...]}
 ANSWER_KEYS = {ROW_FORM: "predictions", COLUMNAR_FORM: "outputs"}
+JSON_CONTENT_TYPE = "application/json"
+NPY_CONTENT_TYPE = "application/x-npy"  # the handler (serving/handler.py) says it once more
 
 
 class PredictionError(DeploybenchError):
@@ -31,6 +39,13 @@ def encode(batch: np.ndarray, form: str = ROW_FORM) -> bytes:
     if form not in ANSWER_KEYS:
         raise ValueError(f"unknown request form {form!r}")
     return json.dumps({form: np.asarray(batch, dtype=np.float32).tolist()}).encode()
+
+
+def encode_npy(batch: np.ndarray) -> bytes:
+    """A float32 batch as an .npy file (little-endian, C order): TorchServe's binary body."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(batch, dtype="<f4"), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def decode(body: bytes | str | dict[str, Any]) -> np.ndarray:

@@ -100,12 +100,41 @@ def test_sweep_against_real_torchserve(torchserve: Deployment, tmp_path: Path) -
     assert "torchserve/rest digits-mlp" in result.output
 
 
+def test_binary_npy_body_under_load(torchserve: Deployment, tmp_path: Path) -> None:
+    """TorchServe's binary body, through the CLI: every answer checked, none wrong."""
+    run_dir = tmp_path / "run"
+    result = invoke("load", "--target", "torchserve", "--protocol", "npy", "--scenario", "sweep",
+                    "--users", "2", "--step-seconds", "2", "--warmup-seconds", "0.5",
+                    "--model", "digits-cnn", "--out", str(run_dir))
+    assert result.exit_code == 0, result.output
+    (step,) = results(run_dir)["measurements"]
+    assert_sound(step)
+    assert (step["target"], step["protocol"]) == ("torchserve", "npy")
+    assert step["wrong_answers"] == 0
+    assert "torchserve/npy digits-cnn" in (run_dir / step["locust_files"]["html"]).read_text()
+
+
+def test_request_bodies_carry_the_same_rows(export_root: Path) -> None:
+    from deploybench.loadtest.samples import golden_arrays, load_samples
+
+    samples = load_samples(export_root, "digits-cnn", batch_size=3, grpc=True)
+    inputs, _ = golden_arrays(export_root, "digits-cnn")
+    assert len(samples.rest_bodies) == len(samples.npy_bodies) == len(inputs) // 3
+    for index in (0, len(samples) - 1):
+        rows = inputs[index * 3 : (index + 1) * 3]
+        from_json = np.asarray(json.loads(samples.rest_bodies[index])["instances"], np.float32)
+        from_npy = np.load(io.BytesIO(samples.npy_bodies[index]), allow_pickle=False)
+        assert from_npy.dtype == np.float32
+        np.testing.assert_array_equal(from_json, rows)
+        np.testing.assert_array_equal(from_npy, rows)
+
+
 def test_rate_scenario_reports_scheduled_and_completed(torchserve: Deployment,
                                                        tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = invoke("load", "--target", "torchserve", "--scenario", "rate", "--rates", "20,40",
-                    "--step-seconds", "2", "--warmup-seconds", "0.5", "--model", "digits-cnn",
-                    "--rate-bound-ms", "500", "--out", str(run_dir))
+    result = invoke("load", "--target", "torchserve", "--protocol", "rest", "--scenario", "rate",
+                    "--rates", "20,40", "--step-seconds", "2", "--warmup-seconds", "0.5",
+                    "--model", "digits-cnn", "--rate-bound-ms", "500", "--out", str(run_dir))
     assert result.exit_code == 0, result.output
     measurements = results(run_dir)["measurements"]
     steps = [m for m in measurements if m["kind"] == "load"]

@@ -89,7 +89,7 @@ def test_pick_torchserve_swarm_and_stop_in_the_web_ui(locust_ui: str,
         page.get_by_role("row").first.locator("input[type=checkbox]").uncheck()
         torchserve = page.get_by_role("row", name="TorchServeRESTUser")
         torchserve.locator("input[type=checkbox]").check()
-        for name in ("TFServingRESTUser", "TFServingGRPCUser"):
+        for name in ("TorchServeNpyUser", "TFServingRESTUser", "TFServingGRPCUser"):
             assert not page.get_by_role("row", name=name).locator(
                 "input[type=checkbox]").is_checked()
         page.fill("input[name=userCount]", "2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import requests
 from deploybench.errors import DeploybenchError
 from deploybench.manifest import FP32_TOLERANCE, load_manifest
 from deploybench.serving import payload
-from deploybench.serving.clients import TorchServeREST
+from deploybench.serving.clients import Endpoints, TorchServeREST, make_client
 from deploybench.serving.manager import Deployment, serve, stop
 from deploybench.settings import load_settings
 from deploybench.zoo.train import Golden
@@ -92,6 +93,20 @@ def test_predictions_match_the_reference_in_both_forms(export_root, torchserve_u
         assert ok, why
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_npy_body_gets_the_same_answer_as_json(export_root, torchserve_url, model):
+    samples = golden(export_root, model)
+    rows = samples.inputs[:10]
+    binary = post(torchserve_url, model, payload.encode_npy(rows), payload.NPY_CONTENT_TYPE)
+    text = post(torchserve_url, model, payload.encode(rows))
+    assert binary.status_code == 200, binary.text
+    assert set(binary.json()) == {"predictions"}
+    np.testing.assert_array_equal(payload.decode(binary.content), payload.decode(text.content))
+    ok, why = payload.matches_reference(payload.decode(binary.content), samples.outputs[:10],
+                                        FP32_TOLERANCE)
+    assert ok, why
+
+
 def test_named_input_forms_are_accepted(export_root, torchserve_url):
     samples = golden(export_root, "digits-mlp")
     rows = samples.inputs[:3].tolist()
@@ -115,6 +130,15 @@ def test_client_api_predicts_and_reports_readiness(export_root, served):
     with pytest.raises(payload.PredictionError, match="400.*wrong shape"):
         client.predict(np.zeros((1, 7), np.float32))
     client.close()
+    binary = make_client("torchserve", "npy", "digits-cnn", Endpoints(
+        torchserve_inference=endpoints.torchserve_inference,
+        torchserve_management=endpoints.torchserve_management))
+    assert binary.protocol == "npy" and binary.ready()
+    np.testing.assert_allclose(binary.predict(samples.inputs[:5]), samples.outputs[:5],
+                               atol=FP32_TOLERANCE)
+    with pytest.raises(payload.PredictionError, match="400.*wrong shape"):
+        binary.predict(np.zeros((2, 8, 8, 2), np.float32))
+    binary.close()
 
 
 ROW = [0.5] * 64
@@ -138,10 +162,42 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_gets_400_naming_the_problem(export_root, torchserve_url, case):
+def npy(array: np.ndarray) -> bytes:
+    """Any array as an .npy file, whatever its dtype (pickled objects included)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+GOOD_NPY = npy(np.full((1, 64), 0.5, np.float32))
+BAD_NPY_INPUTS = {
+    "npy: empty body": (b"", "empty request body"),
+    "npy: not an .npy file": (b"\x00" * 200, "malformed .npy body"),
+    "npy: truncated": (GOOD_NPY[:-10], "malformed .npy body"),
+    "npy: bytes after the array": (GOOD_NPY + b"xx", "bytes after the array"),
+    "npy: pickled objects": (npy(np.array([{"x": 1}], dtype=object)), "allow_pickle=False"),
+    "npy: float64": (npy(np.zeros((1, 64))), "holds float64, expected float32"),
+    "npy: int": (npy(np.zeros((1, 64), np.int32)), "holds int32, expected float32"),
+    "npy: wrong shape": (npy(np.zeros((1, 63), np.float32)), "wrong shape"),
+    "npy: scalar": (npy(np.float32(1.0)), "wrong shape"),
+    "npy: no rows": (npy(np.zeros((0, 64), np.float32)), "empty input"),
+    "npy: too many rows": (npy(np.zeros((65, 64), np.float32)), "too many rows"),
+    "npy: NaN": (npy(np.array([[0.5] * 63 + [np.nan]], np.float32)), "non-finite"),
+}
+
+
+def bad_request(case: str) -> tuple[bytes, str, str]:
+    """Body, Content-Type and the words the 400 must name, for a case of either matrix."""
+    if case in BAD_NPY_INPUTS:
+        return (*BAD_NPY_INPUTS[case][:1], payload.NPY_CONTENT_TYPE, BAD_NPY_INPUTS[case][1])
     body, expected = BAD_INPUTS[case]
-    response = post(torchserve_url, "digits-mlp", body)
+    return body, payload.JSON_CONTENT_TYPE, expected
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS) + sorted(BAD_NPY_INPUTS))
+def test_bad_input_gets_400_naming_the_problem(export_root, torchserve_url, case):
+    body, content_type, expected = bad_request(case)
+    response = post(torchserve_url, "digits-mlp", body, content_type)
     assert response.status_code == 400, response.text
     assert expected in response.json()["error"]
     # and the server still answers a good request correctly
@@ -217,8 +273,9 @@ def test_the_whole_matrix_leaves_the_worker_alive_and_correct(export_root, serve
 
     before = workers()
     assert [w["status"] for w in before] == ["READY"]
-    for body, _ in BAD_INPUTS.values():
-        assert post(url, "digits-mlp", body).status_code == 400
+    for case in [*BAD_INPUTS, *BAD_NPY_INPUTS]:
+        body, content_type, _ = bad_request(case)
+        assert post(url, "digits-mlp", body, content_type).status_code == 400
     assert post(url, "digits-mlp", json.dumps({"instances": [ROW]}), "text/plain"
                 ).status_code == 400
     for path, body, status, _ in FRONTEND_BAD_INPUTS.values():
@@ -244,7 +301,8 @@ def test_serving_refuses_a_tampered_artifact(export_root, tmp_path, monkeypatch)
 
 
 def test_batched_bad_request_fails_alone(export_root, tmp_path, monkeypatch):
-    """With batching on, a bad request in a batch gets its own 400; neighbours are answered."""
+    """With batching on, a bad request in a batch gets its own 400; neighbours are answered,
+    JSON and .npy bodies alike."""
     monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
     _, endpoints = free_endpoints()
     settings = load_settings(batching=True, max_batch_size=8, batch_timeout_ms=500)
@@ -253,11 +311,16 @@ def test_batched_bad_request_fails_alone(export_root, tmp_path, monkeypatch):
                        settings=settings, log=lambda text: None)
     try:
         samples = golden(export_root, "digits-mlp")
-        bodies = [payload.encode(samples.inputs[i : i + 1]) for i in range(8)]
-        bodies[3] = json.dumps({"instances": [[0.5] * 63]}).encode()
+        requests_ = [(payload.encode(samples.inputs[i : i + 1]), payload.JSON_CONTENT_TYPE)
+                     if i % 2 else
+                     (payload.encode_npy(samples.inputs[i : i + 1]), payload.NPY_CONTENT_TYPE)
+                     for i in range(8)]
+        requests_[3] = (json.dumps({"instances": [[0.5] * 63]}).encode(),
+                        payload.JSON_CONTENT_TYPE)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(
-                lambda body: post(endpoints.torchserve_inference, "digits-mlp", body), bodies))
+                lambda request: post(endpoints.torchserve_inference, "digits-mlp", *request),
+                requests_))
         assert answers[3].status_code == 400
         assert "wrong shape" in answers[3].json()["error"]
         for index, answer in enumerate(answers):
