@@ -56,8 +56,9 @@ def load_torchscript(path: Path | bytes):  # noqa: ANN201
 
 
 class TFLiteModel:
-    """A .tflite file under the LiteRT interpreter; int8 tensors are quantized and dequantized
-    with the tensor's own scale and zero point, so callers always see float32."""
+    """A .tflite file under the LiteRT interpreter. Every exported variant takes and returns
+    float32 (the full-int8 one quantizes and dequantizes inside, as part of the model), so
+    inputs and outputs pass as they are; a file with other input or output types is refused."""
 
     def __init__(self, path: Path, threads: int | None = None, xnnpack: bool = True) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -83,10 +84,12 @@ class TFLiteModel:
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._shape: tuple[int, ...] | None = tuple(self._input["shape"])
-
-    @property
-    def input_dtype(self) -> np.dtype:
-        return np.dtype(self._input["dtype"])
+        for role, detail in (("input", self._input), ("output", self._output)):
+            if np.dtype(detail["dtype"]) != np.float32:
+                raise ArtifactError(
+                    f"{self.path}: {role} is {np.dtype(detail['dtype'])}, not float32 "
+                    "(every artifact takes and returns float32)"
+                )
 
     def _resize(self, shape: tuple[int, ...]) -> None:
         if shape != self._shape:
@@ -98,31 +101,16 @@ class TFLiteModel:
 
     def set_input(self, x: np.ndarray) -> None:
         self._resize(tuple(x.shape))
-        self.interpreter.set_tensor(self._input["index"], quantize(x, self._input))
+        self.interpreter.set_tensor(self._input["index"], x.astype(np.float32, copy=False))
 
     def invoke(self) -> None:
         self.interpreter.invoke()
 
     def get_output(self) -> np.ndarray:
-        return dequantize(self.interpreter.get_tensor(self._output["index"]), self._output)
+        return self.interpreter.get_tensor(self._output["index"])  # a copy
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         self.set_input(x)
         self.invoke()
         return self.get_output()
 
-
-def quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return x.astype(np.float32, copy=False)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
-    if np.dtype(detail["dtype"]) == np.float32:
-        return y.astype(np.float32, copy=True)
-    scale, zero_point = detail["quantization"]
-    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)

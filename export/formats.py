@@ -92,8 +92,9 @@ def _tflite(ctx: ExportContext, variant: str) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_data
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        # Input and output stay float32, the public signature of every artifact: the converter
+        # puts a QUANTIZE after the input and a DEQUANTIZE before the output, and everything in
+        # between runs in int8.
     return converter.convert()
 
 

@@ -64,10 +64,55 @@ def test_each_artifact_reproduces_the_reference_in_its_own_runtime(export_root, 
             assert diff <= FP32_TOLERANCE, artifact.format
 
 
-def test_full_int8_variant_takes_and_returns_int8(export_root):
+TFLITE = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
+
+
+def tensor_types(model) -> dict[str, set[int]]:  # noqa: ANN001 - a flatbuffer ModelT
+    """Tensor type name -> the tensor indices of that type, in the first subgraph."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    types: dict[str, set[int]] = {}
+    for index, tensor in enumerate(model.subgraphs[0].tensors):
+        types.setdefault(flatbuffer_utils.type_to_name(tensor.type), set()).add(index)
+    return types
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_tflite_variant_takes_and_returns_float32_under_its_signature(export_root, model):
+    """The public signature for every artifact, full int8 included."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    manifest = load_manifest(export_root, model)
+    golden = Golden.load(export_root / manifest.golden["path"])
+    for fmt in TFLITE:
+        path = export_root / manifest.artifact(fmt).path
+        interpreter = Interpreter(model_path=str(path))
+        assert interpreter.get_signature_list() == {
+            "serving_default": {"inputs": ["pixels"], "outputs": ["logits"]}
+        }, fmt
+        runner = interpreter.get_signature_runner("serving_default")
+        assert runner.get_input_details()["pixels"]["dtype"] == np.float32, fmt
+        assert runner.get_output_details()["logits"]["dtype"] == np.float32, fmt
+        logits = runner(pixels=golden.inputs[:3])["logits"]
+        np.testing.assert_array_equal(logits, runtimes.TFLiteModel(path).predict(golden.inputs[:3]))
+
+
+def test_full_int8_variant_runs_int8_between_a_quantize_and_a_dequantize(export_root):
+    """float32 only at the edges: the input and the logits; every other tensor is int8, or
+    int32 for biases and shape constants."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from deploybench.edge.ops import read_ops
+
     manifest = load_manifest(export_root, "digits-cnn")
-    model = runtimes.TFLiteModel(export_root / manifest.artifact("tflite-int8").path)
-    assert model.input_dtype == np.int8
+    path = export_root / manifest.artifact("tflite-int8").path
+    parsed = flatbuffer_utils.read_model(str(path))
+    subgraph = parsed.subgraphs[0]
+    types = tensor_types(parsed)
+    assert set(types) == {"FLOAT32", "INT8", "INT32"}
+    assert types["FLOAT32"] == {*subgraph.inputs, *subgraph.outputs}
+    counts = read_ops(path).op_counts
+    assert counts["QUANTIZE"] == 1 and counts["DEQUANTIZE"] == 1
 
 
 def test_savedmodel_has_tf_serving_layout_and_stable_names(export_root):

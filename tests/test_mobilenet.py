@@ -196,14 +196,26 @@ def test_every_tflite_variant_is_edge_ready(exported):
 
 
 @pytest.mark.slow
-def test_full_int8_takes_pixels_minus_128(exported):
-    """Pixels / 255 is the only preprocessing: the int8 input is exactly pixel - 128."""
+def test_full_int8_quantizes_its_float_input_to_exactly_pixel_minus_128(exported):
+    """The full-int8 variant takes float32 pixels / 255 like every artifact; its first op, a
+    QUANTIZE calibrated on [0, 1], maps them losslessly onto int8 pixel - 128."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
     manifest = load_manifest(exported, MODEL)
-    model = runtimes.TFLiteModel(exported / manifest.artifact("tflite-int8").path)
-    detail = model.interpreter.get_input_details()[0]
-    scale, zero_point = detail["quantization"]
-    assert model.input_dtype == np.int8
-    assert scale == pytest.approx(1 / 255) and zero_point == -128
+    path = exported / manifest.artifact("tflite-int8").path
+    model = runtimes.TFLiteModel(path)
+    assert model.interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert model.interpreter.get_output_details()[0]["dtype"] == np.float32
+    parsed = flatbuffer_utils.read_model(str(path))
+    subgraph = parsed.subgraphs[0]
+    (quantize,) = [op for op in subgraph.operators if op.inputs == subgraph.inputs]
+    code = parsed.operatorCodes[quantize.opcodeIndex]
+    assert flatbuffer_utils.get_builtin_code_from_operator_code(code) == (
+        flatbuffer_utils.BuiltinOperator.QUANTIZE)
+    quantized = subgraph.tensors[quantize.outputs[0]]
+    assert flatbuffer_utils.type_to_name(quantized.type) == "INT8"
+    assert quantized.quantization.scale[0] == pytest.approx(1 / 255)
+    assert list(quantized.quantization.zeroPoint) == [-128]
 
 
 def int8_size_ratio(exported: Path) -> float:

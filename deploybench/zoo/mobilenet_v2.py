@@ -15,9 +15,10 @@ are copied by name, not by position. Porting details:
 - Depthwise kernels: (C, 1, 3, 3) -> (3, 3, C, 1), by `torch_to_keras_weights`.
 - Global average pooling, then the classifier: no flatten order to get wrong.
 
-Signature, every artifact: input `image`, float32 (N, 224, 224, 3), channels-last RGB pixels / 255
-in [0, 1] (the only preprocessing; the stem's BatchNorm centres them, so no scaling layer sits in
-front of the network and the full-int8 input is exactly pixel - 128); output `logits`, float32
+Signature, every artifact (the full-int8 TFLite variant included): input `image`, float32
+(N, 224, 224, 3), channels-last RGB pixels / 255 in [0, 1] (the only preprocessing; the stem's
+BatchNorm centres them, so no scaling layer sits in front of the network, and the full-int8
+variant's first op quantizes them losslessly, to exactly pixel - 128); output `logits`, float32
 (N, 1000), no softmax.
 
 Weights (seeded, generator seed 0; no training). Random weights alone give a model unlike a
