@@ -98,11 +98,34 @@ def _tflite(ctx: ExportContext, variant: str) -> bytes:
     return converter.convert()
 
 
+def strip_debug_strings(model: bytes) -> bytes:
+    """The model without its debug strings, as a release build ships it.
+
+    What TFLite's own strip_strings tool removes (tensor names, subgraph names, the model
+    description), but the signature defs are kept: they map the public names (`serving_default`,
+    its input and output) to tensor indices, not to tensor names, so they still work, and a
+    signature runner finds the model's input and output by them. Operators, weights, quantization
+    parameters and the other metadata are rewritten unchanged, so the model computes exactly
+    what it did. Tensor names are the largest part of a .tflite file that is neither weights
+    nor quantization parameters (30 KB, 0.7%, of mobilenet-v2's full-int8 file).
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    signatures = parsed.signatureDefs
+    flatbuffer_utils.strip_strings(parsed)  # also drops the signature defs
+    parsed.signatureDefs = signatures
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
+
+
 def tflite_writer(variant: str) -> Callable[[ExportContext], Path]:
     def write(ctx: ExportContext) -> Path:
+        # every variant is stripped the same way, so their sizes compare fairly; the file
+        # written is the final one (the manifest's sha256 and size, and the parity gate, are
+        # of exactly these bytes)
         path = ctx.build_dir / "tflite" / f"{variant}.tflite"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_tflite(ctx, variant))
+        path.write_bytes(strip_debug_strings(_tflite(ctx, variant)))
         return path
 
     write.__name__ = f"write_tflite_{variant}"

@@ -79,8 +79,9 @@ def tensor_types(model) -> dict[str, set[int]]:  # noqa: ANN001 - a flatbuffer M
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_tflite_variant_takes_and_returns_float32_under_its_signature(export_root, model):
-    """The public signature for every artifact, full int8 included."""
+    """The public signature for every artifact, full int8 included; debug strings stripped."""
     from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
 
     manifest = load_manifest(export_root, model)
     golden = Golden.load(export_root / manifest.golden["path"])
@@ -95,6 +96,9 @@ def test_every_tflite_variant_takes_and_returns_float32_under_its_signature(expo
         assert runner.get_output_details()["logits"]["dtype"] == np.float32, fmt
         logits = runner(pixels=golden.inputs[:3])["logits"]
         np.testing.assert_array_equal(logits, runtimes.TFLiteModel(path).predict(golden.inputs[:3]))
+        parsed = flatbuffer_utils.read_model(str(path))
+        assert not any(t.name for t in parsed.subgraphs[0].tensors), fmt
+        assert not parsed.subgraphs[0].name and not parsed.description, fmt
 
 
 def test_full_int8_variant_runs_int8_between_a_quantize_and_a_dequantize(export_root):
@@ -113,6 +117,32 @@ def test_full_int8_variant_runs_int8_between_a_quantize_and_a_dequantize(export_
     assert types["FLOAT32"] == {*subgraph.inputs, *subgraph.outputs}
     counts = read_ops(path).op_counts
     assert counts["QUANTIZE"] == 1 and counts["DEQUANTIZE"] == 1
+
+
+def test_stripping_debug_strings_changes_no_output(export_root, tmp_path):
+    """The exporter strips every TFLite variant: the stripped file computes exactly the logits
+    of the converter's own output, without its tensor names."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from deploybench.export.formats import ExportContext, _tflite, strip_debug_strings
+    from deploybench.zoo import get_spec
+
+    manifest = load_manifest(export_root, "digits-cnn")
+    golden = Golden.load(export_root / manifest.golden["path"])
+    ctx = ExportContext(get_spec("digits-cnn"), None, None, golden.inputs,
+                        (export_root / "digits-cnn").resolve())
+    for variant in ("fp32", "int8"):
+        full = _tflite(ctx, variant)
+        stripped = strip_debug_strings(full)
+        assert len(stripped) < len(full)
+        names = [t.name for t in
+                 flatbuffer_utils.read_model_from_bytearray(bytearray(full)).subgraphs[0].tensors]
+        assert all(names)  # what was stripped: every tensor had a name
+        outputs = []
+        for name, data in (("full", full), ("stripped", stripped)):
+            (tmp_path / f"{name}.tflite").write_bytes(data)
+            outputs.append(runtimes.TFLiteModel(tmp_path / f"{name}.tflite").predict(golden.inputs))
+        np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
 def test_savedmodel_has_tf_serving_layout_and_stable_names(export_root):
