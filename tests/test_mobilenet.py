@@ -226,9 +226,9 @@ def int8_size_ratio(exported: Path) -> float:
 @pytest.mark.slow
 def test_full_int8_is_much_smaller_than_fp32(exported):
     # weights are 1 byte instead of 4; the per-channel scales (float32) and zero points (int64)
-    # of every weight and bias tensor add 435 KB, 11% of the int8 file (both files are stripped
-    # of tensor names): measured 3.496x
-    assert int8_size_ratio(exported) >= 3.45
+    # of every convolution's weights and bias add about 410 KB, 10% of the int8 file (both files
+    # are stripped of tensor names; the classifier is per tensor): measured 3.517x
+    assert int8_size_ratio(exported) >= 3.5
 
 
 @pytest.mark.slow
