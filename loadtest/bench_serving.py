@@ -3,7 +3,8 @@ load generator on separate cores,
   - the ceiling: in-process throughput of the TorchScript (torch) and the SavedModel
     (TensorFlow) on the server's cores, at batch 1 and at the batching bound;
   - each available server's highest open-loop rate with p99 under the bound, without and with
-    dynamic batching;
+    dynamic batching, and its saturated throughput (a closed loop that keeps it busy: 2 users
+    without batching, 2 x the batching bound with it), whatever the latency;
   - the ratios: server rate / its framework's in-process ceiling ("serving efficiency") and
     the batching gain. Without batching the server runs batch 1, so its ceiling is batch 1;
     with batching it may run any batch up to N, so its ceiling is the better of batch 1 and
@@ -33,9 +34,10 @@ from deploybench.errors import DeploybenchError
 from deploybench.loadtest.runner import LoadPlan, LoadRun
 from deploybench.loadtest.scenarios import RateSearch, Scenario
 from deploybench.manifest import load_manifest, verify_artifacts
+from deploybench.report import write_reports
 from deploybench.results import Results
 from deploybench.serving.clients import PROTOCOLS, TARGETS
-from deploybench.serving.manager import loopback_endpoints, serve, stop
+from deploybench.serving.manager import Deployment, loopback_endpoints, serve, stop
 from deploybench.serving.processes import pinned
 from deploybench.settings import load_settings
 from deploybench.verdict import FRAMEWORK, server_label
@@ -91,17 +93,43 @@ def measure_ceiling(options: BenchOptions, runtime: str, batch: int) -> dict[str
             "format": CEILING_FORMATS[runtime], "cpus": options.server_cpus, **result}
 
 
-def rate_scenario(options: BenchOptions, batching: bool, ceiling_rps: float) -> Scenario:
-    # start low (well under the framework's own ceiling) and double until a step fails, then
-    # bisect; a server can pass the batch-1 ceiling only by batching, so allow up to 3x it
+def rate_scenario(options: BenchOptions, batching: bool, saturated_rps: float | None,
+                  ceiling_rps: float | None) -> Scenario:
+    """The open-loop search, bracketed by what the server sustains when kept busy: the rate
+    under a p99 bound can only be lower, so start at a quarter of it, double, then bisect.
+    Without a saturation figure, start low under the framework's own ceiling instead."""
+    if saturated_rps:
+        start, top = saturated_rps / 4, saturated_rps * 1.2
+    else:
+        start, top = min(10.0, (ceiling_rps or 4.0) / 4), (ceiling_rps or 4.0) * 3
     return Scenario(
         name=f"bench-batching-{'on' if batching else 'off'}", kind="open",
         step_seconds=options.step_seconds, warmup_seconds=options.warmup_seconds,
         rate_bound_ms=options.bound_ms,
-        search=RateSearch(start_rps=min(10.0, max(0.5, round(ceiling_rps * 0.25, 1))),
-                          growth=2.0, max_rps=max(4.0, ceiling_rps * 3), refine_steps=3),
+        search=RateSearch(start_rps=max(0.5, round(start, 1)), growth=2.0,
+                          max_rps=max(1.0, round(top, 1)), refine_steps=3),
         open_loop_users=1,
     )
+
+
+def saturation_scenario(options: BenchOptions, batching: bool) -> Scenario:
+    # enough users that the server never waits for a request: 2 keep one queued behind the one
+    # running; with batching, 2 x the bound keep every batch full
+    users = 2 * options.max_batch_size if batching else 2
+    return Scenario(name=f"bench-saturation-{'on' if batching else 'off'}", kind="closed",
+                    levels=(users,), step_seconds=options.step_seconds,
+                    warmup_seconds=options.warmup_seconds)
+
+
+def measure_load(options: BenchOptions, deployment: Deployment, target: str, protocol: str,
+                 scenario: Scenario, console: Console) -> list[dict[str, Any]]:
+    """One scenario against one server and protocol, locust pinned to the load generator's
+    cores; its measurements are saved into the bench's results.json as they come."""
+    plan = LoadPlan([(target, protocol)], [options.model], options.artifacts.resolve(),
+                    deployment.endpoints_obj(), scenario, options.out, "native")
+    plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
+    plan.loadgen_cpus = options.loadgen_cpus
+    return LoadRun(plan, console).run()
 
 
 def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
@@ -145,13 +173,13 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                 _, ceiling = ceiling_for(ceilings, SERVER_FRAMEWORK[target], batching,
                                          options.max_batch_size)
                 for protocol in PROTOCOLS[target]:
-                    plan = LoadPlan([(target, protocol)], [options.model], root,
-                                    deployment.endpoints_obj(),
-                                    rate_scenario(options, batching, ceiling), options.out,
-                                    "native")
-                    plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
-                    plan.loadgen_cpus = options.loadgen_cpus
-                    LoadRun(plan, console).run()
+                    steps = measure_load(options, deployment, target, protocol,
+                                         saturation_scenario(options, batching), console)
+                    saturated = max((m["throughput_rps"] for m in steps
+                                     if m.get("kind") == "load" and m.get("status") == "ok"),
+                                    default=None)
+                    measure_load(options, deployment, target, protocol,
+                                 rate_scenario(options, batching, saturated, ceiling), console)
         finally:
             stop(deployment)
 
@@ -159,7 +187,10 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
     results = Results(options.out)
     results.add(*rows)
     results.save()
+    write_reports(options.out)
     console.print(render(rows, options))
+    console.print(f"results: {options.out / 'results.json'}, report: "
+                  f"{options.out / 'report.html'}", highlight=False)
     if not any(r.get("max_rate_rps") for r in rows):
         raise DeploybenchError("no server reached a rate under the bound (see the table and "
                                f"{options.out / 'results.json'})")
@@ -179,11 +210,10 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
               options: BenchOptions) -> list[dict[str, Any]]:
     """One row per server, protocol and batching: best rate, ceiling, efficiency, gain."""
     best: dict[tuple[str, str, bool], float | None] = {}
-    peak: dict[tuple[str, str, bool], float] = {}  # correct answers/s at any latency
+    saturation: dict[tuple[str, str, bool], dict[str, Any]] = {}  # the closed-loop step
     for m in measurements:
-        if m.get("kind") == "load" and m.get("scenario", "").startswith("bench-batching-"):
-            key = (m["target"], m["protocol"], m["scenario"].endswith("-on"))
-            peak[key] = max(peak.get(key, 0.0), m.get("throughput_rps") or 0.0)
+        if m.get("kind") == "load" and m.get("scenario", "").startswith("bench-saturation-"):
+            saturation[(m["target"], m["protocol"], m["scenario"].endswith("-on"))] = m
         if m.get("kind") == "load-slo" and m["scenario"].startswith("bench-batching-"):
             batching = m["scenario"].endswith("-on")
             best[(m["target"], m["protocol"], batching)] = m.get("max_rate_rps")
@@ -192,7 +222,8 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
         batch, ceiling = ceiling_for(ceilings, SERVER_FRAMEWORK[target], batching,
                                      options.max_batch_size)
         off = best.get((target, protocol, False))
-        saturated = peak.get((target, protocol, batching))
+        step = saturation.get((target, protocol, batching), {})
+        saturated = step.get("throughput_rps") if step.get("status") == "ok" else None
         rows.append({
             "kind": "bench", "model": options.model, "target": target, "protocol": protocol,
             "batching": batching, "max_rate_rps": rate, "bound_ms": options.bound_ms,
@@ -200,8 +231,11 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
             "ceiling_rps": ceiling,
             "efficiency": round(rate / ceiling, 3) if rate and ceiling else None,
             "batching_gain": (round(rate / off, 2) if batching and rate and off else None),
-            # where nothing meets the bound, what the server sustains at all says how far off
+            # what it sustains kept busy, whatever the latency: the serving overhead alone,
+            # without the queueing that Poisson arrivals and the p99 bound add
             "saturated_rps": saturated,
+            "saturated_users": step.get("level"),
+            "saturated_p99_ms": (step.get("latency_ms") or {}).get("p99"),
             "saturated_efficiency": (round(saturated / ceiling, 3)
                                      if saturated and ceiling else None),
         })
@@ -218,7 +252,7 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
                         f"{options.server_cpus}, locust on {options.loadgen_cpus}, "
                         f"p99 <= {options.bound_ms:g} ms")
     for column in ("server", "batching", "best rate (req/s)", "ceiling (inf/s)", "efficiency",
-                   "batching gain", "peak any latency (req/s)"):
+                   "batching gain", "saturated (req/s, closed loop)"):
         table.add_column(column, justify="left" if column == "server" else "right")
     for r in rows:
         if r.get("protocol") is None:
@@ -230,7 +264,7 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
             f"{r['ceiling_rps']:.1f} (batch {r['ceiling_batch']})" if r["ceiling_rps"] else "-",
             f"{r['efficiency']:.0%}" if r["efficiency"] else "-",
             f"{r['batching_gain']:.2f}x" if r["batching_gain"] else "-",
-            (f"{r['saturated_rps']:.1f} ({r['saturated_efficiency']:.0%} of ceiling)"
-             if r.get("saturated_efficiency") else "-"),
+            (f"{r['saturated_rps']:.1f} = {r['saturated_efficiency']:.0%} (p99 "
+             f"{r['saturated_p99_ms']:.0f} ms)" if r.get("saturated_efficiency") else "-"),
         )
     return table

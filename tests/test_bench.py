@@ -1,0 +1,87 @@
+"""`deploybench bench` end to end on digits-mlp with short steps: the structure and arithmetic
+of its figures (the figures themselves belong to the benchmark's own runs, not to a test)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from deploybench.loadtest.bench_serving import BenchOptions, run_bench
+from deploybench.report import _num
+from tests.servers import free_offset, port_free
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench_run(export_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cpus = sorted(os.sched_getaffinity(0))
+    offset = free_offset()
+    options = BenchOptions(
+        model="digits-mlp", artifacts=export_root, out=tmp_path_factory.mktemp("bench"),
+        server_cpus=str(cpus[-1]), loadgen_cpus=str(cpus[0]), ceiling_seconds=1.0,
+        step_seconds=1.5, warmup_seconds=0.5, max_batch_size=4, batch_timeout_ms=5,
+        port_offset=offset)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path_factory.mktemp("bench-state")))
+        rows = run_bench(options, Console(file=io.StringIO(), width=200))
+    assert port_free(8080 + offset), "bench left TorchServe running"
+    results = json.loads((options.out / "results.json").read_text())
+    return {"rows": rows, "results": results, "out": options.out}
+
+
+def measurements(bench_run: dict, kind: str) -> list[dict]:
+    return [m for m in bench_run["results"]["measurements"] if m["kind"] == kind]
+
+
+def test_ceilings_of_both_frameworks_at_batch_1_and_the_bound(bench_run):
+    ceilings = {(c["framework"], c["batch"]): c for c in measurements(bench_run, "bench-ceiling")}
+    assert set(ceilings) == {(f, b) for f in ("PyTorch", "TensorFlow") for b in (1, 4)}
+    for ceiling in ceilings.values():
+        assert ceiling["inferences_per_s"] > 0 and ceiling["threads"] == 1
+        assert ceiling["inferences_per_s"] == pytest.approx(
+            ceiling["iterations"] * ceiling["batch"] / ceiling["seconds"], rel=0.01)
+
+
+def test_every_torchserve_body_with_and_without_batching(bench_run):
+    ceilings = {c["batch"]: c["inferences_per_s"] for c in measurements(bench_run, "bench-ceiling")
+                if c["framework"] == "PyTorch"}
+    rows = {(r["protocol"], r["batching"]): r for r in bench_run["rows"]
+            if r["target"] == "torchserve"}
+    assert set(rows) == {(p, b) for p in ("rest", "npy") for b in (False, True)}
+    for (_, batching), row in rows.items():
+        # batch 1 without batching; with it, the better of batch 1 and the bound
+        expected = max(ceilings.values()) if batching else ceilings[1]
+        assert row["ceiling_rps"] == expected
+        assert row["max_rate_rps"], row  # digits-mlp meets a 100 ms p99 easily
+        assert row["efficiency"] == round(row["max_rate_rps"] / expected, 3)
+        assert row["saturated_rps"] > 0
+        assert row["saturated_efficiency"] == round(row["saturated_rps"] / expected, 3)
+        assert row["saturated_users"] == (8 if batching else 2)
+    for protocol in ("rest", "npy"):
+        on, off = rows[(protocol, True)], rows[(protocol, False)]
+        assert on["batching_gain"] == round(on["max_rate_rps"] / off["max_rate_rps"], 2)
+    (tfserving,) = [r for r in bench_run["rows"] if r["target"] == "tfserving"]
+    assert tfserving["max_rate_rps"] is None and "not available" in tfserving["reason"]
+
+
+def test_load_steps_are_answered_right_and_the_report_shows_them(bench_run):
+    steps = measurements(bench_run, "load")
+    saturation = [s for s in steps if s["scenario"].startswith("bench-saturation-")]
+    assert len(saturation) == 4 and all(s["level_unit"] == "users" for s in saturation)
+    assert all(s["wrong_answers"] == 0 for s in steps)
+    searches = measurements(bench_run, "load-slo")
+    assert {(s["protocol"], s["scenario"]) for s in searches} == {
+        (p, f"bench-batching-{b}") for p in ("rest", "npy") for b in ("on", "off")}
+    report = (bench_run["out"] / "report.md").read_text()
+    assert "Serving efficiency" in report and "saturated" in report
+    for row in bench_run["rows"]:
+        if row.get("max_rate_rps"):
+            cells = [_num(row[key]) for key in ("max_rate_rps", "ceiling_rps", "efficiency",
+                                                "saturated_rps", "saturated_efficiency")]
+            assert " | ".join(cells[:2]) in report and " | ".join(cells[3:]) in report
