@@ -317,8 +317,8 @@ def bench(
     loadgen_cpus: Annotated[str, typer.Option(help="CPUs for locust (taskset list).")] = "0",
     step_seconds: Annotated[float, typer.Option(help="Measured seconds per rate step.")] = 8.0,
     bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
-    max_batch_size: Annotated[int, typer.Option(help="Batching bound, both servers.")] = 8,
-    batch_timeout_ms: Annotated[int, typer.Option(help="Batching wait, both servers.")] = 20,
+    max_batch_size: Annotated[int, typer.Option(help="Batching bound, both servers.")] = 4,
+    batch_timeout_ms: Annotated[int, typer.Option(help="Batching wait, both servers.")] = 5,
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
 ) -> None:
     """Serving efficiency: each server's best rate under the p99 bound (batching off and on)

@@ -37,9 +37,17 @@ class ServerSettings:
     batching: bool
     max_batch_size: int
     batch_timeout_ms: int
+    malloc_mmap_threshold: str  # glibc allocator settings of both servers' processes (.env)
+    malloc_trim_threshold: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def process_env(self) -> dict[str, str]:
+        """Environment every server process (and the in-process ceiling) gets from .env."""
+        values = {"MALLOC_MMAP_THRESHOLD_": self.malloc_mmap_threshold,
+                  "MALLOC_TRIM_THRESHOLD_": self.malloc_trim_threshold}
+        return {key: value for key, value in values.items() if value}
 
 
 def load_settings(env_file: Path = ENV_FILE, **overrides: Any) -> ServerSettings:
@@ -56,5 +64,7 @@ def load_settings(env_file: Path = ENV_FILE, **overrides: Any) -> ServerSettings
         batching=get("BATCHING", "false").lower() in ("1", "true", "yes", "on"),
         max_batch_size=int(get("MAX_BATCH_SIZE", "8")),
         batch_timeout_ms=int(get("BATCH_TIMEOUT_MS", "5")),
+        malloc_mmap_threshold=get("MALLOC_MMAP_THRESHOLD_", ""),
+        malloc_trim_threshold=get("MALLOC_TRIM_THRESHOLD_", ""),
     )
     return ServerSettings(**{**settings.to_dict(), **overrides})

@@ -1,7 +1,9 @@
 """Serving-efficiency benchmark (a script, not a test): in one run, with the servers and the
 load generator on separate cores,
   - the ceiling: in-process throughput of the TorchScript (torch) and the SavedModel
-    (TensorFlow) on the server's cores, at batch 1 and at the batching bound;
+    (TensorFlow) on the server's cores, at batch 1 and at the batching bound, measured before
+    and after the servers (their mean is the ceiling; their difference, the drift, says how
+    steady the machine was);
   - each available server's highest open-loop rate with p99 under the bound, without and with
     dynamic batching, and its saturated throughput (a closed loop that keeps it busy: 2 users
     without batching, 2 x the batching bound with it), whatever the latency;
@@ -20,6 +22,7 @@ answer) and the binary .npy body.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,8 +61,11 @@ class BenchOptions:
     step_seconds: float = 8.0
     warmup_seconds: float = 3.0
     bound_ms: float = 100.0
-    max_batch_size: int = 8
-    batch_timeout_ms: int = 20
+    # Batching, tuned for one server core and mobilenet-v2: in-process torch runs 60 images/s
+    # at batch 1, 2 or 4 but 45 at batch 8, whose 178 ms alone would break a 100 ms p99; batch 4
+    # (68 ms) fits. A 5 ms wait caps what a lone request pays for a batch that never fills.
+    max_batch_size: int = 4
+    batch_timeout_ms: int = 5
     port_offset: int = 0
 
 
@@ -83,8 +89,11 @@ def measure_ceiling(options: BenchOptions, runtime: str, batch: int) -> dict[str
         job_file.write_text(json.dumps(job))
         command = pinned([sys.executable, "-m", "deploybench.loadtest.ceiling", str(job_file),
                           str(result_file)], options.server_cpus)
+        # the servers' process environment (.env: the allocator setting), so the framework
+        # alone and the framework in a server run alike
         done = subprocess.run(command, capture_output=True, text=True,
-                              timeout=options.ceiling_seconds + 120)
+                              timeout=options.ceiling_seconds + 120,
+                              env={**os.environ, **load_settings().process_env()})
         if done.returncode != 0 or not result_file.is_file():
             raise DeploybenchError(f"ceiling {runtime} batch {batch} failed: "
                                    f"{done.stderr.strip()[-300:]}")
@@ -121,6 +130,30 @@ def saturation_scenario(options: BenchOptions, batching: bool) -> Scenario:
                     warmup_seconds=options.warmup_seconds)
 
 
+def measure_ceilings(options: BenchOptions, when: str, console: Console
+                     ) -> dict[tuple[str, int], float]:
+    """Every ceiling once, saved as it comes; run before and after the servers (`when`)."""
+    ceilings = {}
+    for runtime in CEILING_FORMATS:
+        for batch in sorted({1, options.max_batch_size}):
+            console.print(f"ceiling ({when}): {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
+                          f"{options.server_cpus} ...", highlight=False)
+            row = measure_ceiling(options, runtime, batch) | {"when": when}
+            ceilings[(runtime, batch)] = row["inferences_per_s"]
+            results = Results(options.out)
+            results.add(row)
+            results.save()
+    return ceilings
+
+
+def bracket(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float]
+            ) -> dict[tuple[str, int], float]:
+    """The ceilings the servers are held to: the mean of the measurements taken before and
+    after them, so a machine that speeds up or slows down meanwhile (a shared virtual machine
+    does) moves the ratio less; how far the two differ is reported as the drift."""
+    return {key: round((before[key] + after[key]) / 2, 2) for key in before if key in after}
+
+
 def measure_load(options: BenchOptions, deployment: Deployment, target: str, protocol: str,
                  scenario: Scenario, console: Console) -> list[dict[str, Any]]:
     """One scenario against one server and protocol, locust pinned to the load generator's
@@ -141,16 +174,7 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
         "artifacts": str(root), "out": str(options.out)})
     results.save()
 
-    ceilings: dict[tuple[str, int], float] = {}
-    for runtime in CEILING_FORMATS:
-        for batch in sorted({1, options.max_batch_size}):
-            console.print(f"ceiling: {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
-                          f"{options.server_cpus} ...", highlight=False)
-            row = measure_ceiling(options, runtime, batch)
-            ceilings[(runtime, batch)] = row["inferences_per_s"]
-            results = Results(options.out)
-            results.add(row)
-            results.save()
+    before = measure_ceilings(options, "before", console)
 
     threads = cpu_count(options.server_cpus)
     for batching in (False, True):
@@ -170,7 +194,7 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                           for s in deployment.servers))
             results.save()
             for target in deployment.up():
-                _, ceiling = ceiling_for(ceilings, SERVER_FRAMEWORK[target], batching,
+                _, ceiling = ceiling_for(before, SERVER_FRAMEWORK[target], batching,
                                          options.max_batch_size)
                 for protocol in PROTOCOLS[target]:
                     steps = measure_load(options, deployment, target, protocol,
@@ -183,6 +207,7 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
         finally:
             stop(deployment)
 
+    ceilings = bracket(before, measure_ceilings(options, "after", console))
     rows = summarize(Results(options.out).measurements, ceilings, options)
     results = Results(options.out)
     results.add(*rows)
@@ -211,7 +236,10 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
     """One row per server, protocol and batching: best rate, ceiling, efficiency, gain."""
     best: dict[tuple[str, str, bool], float | None] = {}
     saturation: dict[tuple[str, str, bool], dict[str, Any]] = {}  # the closed-loop step
+    measured: dict[tuple[str, int], list[float]] = {}  # ceilings, before and after
     for m in measurements:
+        if m.get("kind") == "bench-ceiling":
+            measured.setdefault((m["runtime"], m["batch"]), []).append(m["inferences_per_s"])
         if m.get("kind") == "load" and m.get("scenario", "").startswith("bench-saturation-"):
             saturation[(m["target"], m["protocol"], m["scenario"].endswith("-on"))] = m
         if m.get("kind") == "load-slo" and m["scenario"].startswith("bench-batching-"):
@@ -223,12 +251,16 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
                                      options.max_batch_size)
         off = best.get((target, protocol, False))
         step = saturation.get((target, protocol, batching), {})
+        runs = measured.get((SERVER_FRAMEWORK[target], batch), [])
         saturated = step.get("throughput_rps") if step.get("status") == "ok" else None
         rows.append({
             "kind": "bench", "model": options.model, "target": target, "protocol": protocol,
             "batching": batching, "max_rate_rps": rate, "bound_ms": options.bound_ms,
             "ceiling_framework": FRAMEWORK[target], "ceiling_batch": batch,
             "ceiling_rps": ceiling,
+            # how far the ceiling moved between before and after the servers ran
+            "ceiling_drift": (round((max(runs) - min(runs)) / ceiling, 3)
+                              if len(runs) > 1 and ceiling else None),
             "efficiency": round(rate / ceiling, 3) if rate and ceiling else None,
             "batching_gain": (round(rate / off, 2) if batching and rate and off else None),
             # what it sustains kept busy, whatever the latency: the serving overhead alone,
@@ -261,7 +293,8 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
         table.add_row(
             server_label(r["target"], r["protocol"]), "on" if r["batching"] else "off",
             f"{r['max_rate_rps']:.1f}" if r["max_rate_rps"] else "none under bound",
-            f"{r['ceiling_rps']:.1f} (batch {r['ceiling_batch']})" if r["ceiling_rps"] else "-",
+            (f"{r['ceiling_rps']:.1f} (batch {r['ceiling_batch']}, drift "
+             f"{r['ceiling_drift']:.0%})" if r["ceiling_rps"] else "-"),
             f"{r['efficiency']:.0%}" if r["efficiency"] else "-",
             f"{r['batching_gain']:.2f}x" if r["batching_gain"] else "-",
             (f"{r['saturated_rps']:.1f} = {r['saturated_efficiency']:.0%} (p99 "

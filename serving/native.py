@@ -104,6 +104,7 @@ def torchserve_env(run_dir: Path, settings: ServerSettings) -> dict[str, str]:
         "LOG_LOCATION": str(run_dir / "logs"), "METRICS_LOCATION": str(run_dir / "logs"),
         "DEPLOYBENCH_TORCH_THREADS": str(settings.intra_op_threads),
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
+        **settings.process_env(),
     }
 
 
@@ -145,5 +146,6 @@ def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: Se
         "BATCH_TIMEOUT_MS": str(settings.batch_timeout_ms),
         "DEPLOYBENCH_BATCHING_TEMPLATE": str(BATCHING_CONFIG),
         "DEPLOYBENCH_BATCHING_FILE": str(run_dir / "batching.config"),
+        **settings.process_env(),
     }
     return command, env

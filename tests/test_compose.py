@@ -334,6 +334,10 @@ def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any])
     assert f"--tensorflow_inter_op_parallelism={ENV['SERVER_INTER_OP_THREADS']}" in tfs["command"]
     assert str(ts["environment"]["DEPLOYBENCH_TORCH_THREADS"]) == intra
     assert str(ts["environment"]["OMP_NUM_THREADS"]) == intra
+    # one allocator setting for both (glibc keeps freed memory: no page faults per batch)
+    for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        assert int(ENV[key]) > 0
+        assert str(tfs["environment"][key]) == str(ts["environment"][key]) == ENV[key]
 
 
 def test_limits_follow_the_environment(export_root: Path) -> None:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
 
@@ -77,6 +78,22 @@ def test_serve_reports_tf_serving_unavailable_and_runs_torchserve(served):
     assert tfserving.status == "unavailable"
     assert "tensorflow_model_server is not on PATH" in tfserving.reason
     assert "tensorflow_model_server is not on PATH" in output
+
+
+def test_torchserve_worker_gets_the_settings_of_dot_env(served):
+    """Threads and the allocator setting reach the Python worker that runs the model."""
+    deployment, _ = served
+    settings = load_settings()
+    (record,) = deployment.processes
+    workers = [p for p in psutil.Process(record.pid).children(recursive=True)
+               if "model_service_worker" in " ".join(p.cmdline())]
+    assert workers
+    for worker in workers:
+        environment = worker.environ()
+        assert settings.process_env()  # .env sets the allocator ...
+        for key, value in settings.process_env().items():  # ... and the worker has it whole
+            assert environment[key] == value
+        assert environment["DEPLOYBENCH_TORCH_THREADS"] == str(settings.intra_op_threads)
 
 
 @pytest.mark.parametrize("model", MODELS)
