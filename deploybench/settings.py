@@ -34,6 +34,7 @@ class ServerSettings:
     memory: str
     intra_op_threads: int
     inter_op_threads: int
+    rest_threads: int  # TF Serving's --rest_api_num_threads (.env says why)
     batching: bool
     max_batch_size: int
     batch_timeout_ms: int
@@ -61,6 +62,7 @@ def load_settings(env_file: Path = ENV_FILE, **overrides: Any) -> ServerSettings
         memory=get("SERVER_MEMORY", "4g"),
         intra_op_threads=int(get("SERVER_INTRA_OP_THREADS", "2")),
         inter_op_threads=int(get("SERVER_INTER_OP_THREADS", "1")),
+        rest_threads=int(get("SERVER_REST_THREADS", "32")),
         batching=get("BATCHING", "false").lower() in ("1", "true", "yes", "on"),
         max_batch_size=int(get("MAX_BATCH_SIZE", "8")),
         batch_timeout_ms=int(get("BATCH_TIMEOUT_MS", "5")),

@@ -139,6 +139,7 @@ def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: Se
         f"--monitoring_config_file={MONITORING_CONFIG}",
         f"--tensorflow_intra_op_parallelism={settings.intra_op_threads}",
         f"--tensorflow_inter_op_parallelism={settings.inter_op_threads}",
+        f"--rest_api_num_threads={settings.rest_threads}",
     ]
     env = {
         "BATCHING": "true" if settings.batching else "false",

@@ -26,7 +26,9 @@ from google.protobuf import text_format
 
 from deploybench import layout
 from deploybench.manifest import exported_models, load_manifest
-from deploybench.settings import read_env_file
+from deploybench.serving.manager import loopback_endpoints
+from deploybench.serving.native import tfserving_command
+from deploybench.settings import load_settings, read_env_file
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -332,6 +334,12 @@ def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any])
     intra = ENV["SERVER_INTRA_OP_THREADS"]
     assert f"--tensorflow_intra_op_parallelism={intra}" in tfs["command"]
     assert f"--tensorflow_inter_op_parallelism={ENV['SERVER_INTER_OP_THREADS']}" in tfs["command"]
+    # stated, never TF Serving's default (4 per host CPU, blind to the `cpus` limit), and at
+    # least what fills every batching thread's batch
+    assert f"--rest_api_num_threads={ENV['SERVER_REST_THREADS']}" in tfs["command"]
+    batching = parse_batching(CONFIG_DIR / "batching.config")
+    assert int(ENV["SERVER_REST_THREADS"]) >= (
+        batching.num_batch_threads.value * batching.max_execution_batch_size.value)
     assert str(ts["environment"]["DEPLOYBENCH_TORCH_THREADS"]) == intra
     assert str(ts["environment"]["OMP_NUM_THREADS"]) == intra
     # one allocator setting for both (glibc keeps freed memory: no page faults per batch)
@@ -342,11 +350,12 @@ def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any])
 
 def test_limits_follow_the_environment(export_root: Path) -> None:
     services = render(export_root, SERVER_CPUS="1.5", SERVER_MEMORY="3g",
-                      SERVER_INTRA_OP_THREADS="3")["services"]
+                      SERVER_INTRA_OP_THREADS="3", SERVER_REST_THREADS="12")["services"]
     for name in SERVERS:
         assert float(services[name]["cpus"]) == 1.5
         assert size_bytes(services[name]["mem_limit"]) == 3 * 1024**3
     assert "--tensorflow_intra_op_parallelism=3" in services["tfserving"]["command"]
+    assert "--rest_api_num_threads=12" in services["tfserving"]["command"]
     assert str(services["torchserve"]["environment"]["DEPLOYBENCH_TORCH_THREADS"]) == "3"
 
 
@@ -519,6 +528,24 @@ def test_tfserving_entrypoint_adds_batching_only_when_on(
     assert result.returncode == 0, result.stderr
     config = parse_batching(rendered)
     assert config.max_batch_size.value == config.max_execution_batch_size.value == 128
+
+
+def test_native_tfserving_gets_the_compose_flags(
+    services: dict[str, Any], stub_bin: Path, tmp_path: Path, export_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Native mode starts TF Serving with the flags the compose service has, values from .env."""
+    monkeypatch.setenv("PATH", f"{stub_bin}:{os.environ['PATH']}")
+    for key in ENV:
+        monkeypatch.delenv(key, raising=False)  # .env decides
+    command, _ = tfserving_command(tmp_path, export_root, ["digits-mlp"], load_settings(),
+                                   loopback_endpoints())
+    native = dict(flag.split("=", 1) for flag in command if flag.startswith("--"))
+    compose = dict(flag.split("=", 1) for flag in services["tfserving"]["command"])
+    assert native.keys() == compose.keys()
+    for flag in ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism",
+                 "--rest_api_num_threads", "--port", "--rest_api_port"):
+        assert native[flag] == compose[flag], flag
 
 
 @pytest.mark.parametrize(
