@@ -37,6 +37,7 @@ class RateSearch:
     start_rps: float = 25.0
     growth: float = 2.0  # step-up factor until a step fails
     max_rps: float = 3200.0
+    min_rps: float = 0.5  # step down (when the start fails) no lower than this
     refine_steps: int = 3  # bisection steps between the last pass and the first failure
     min_gap: float = 0.05  # stop bisecting once the bracket is this narrow (relative)
 
@@ -70,6 +71,11 @@ class Scenario:
             raise UsageError(f"scenario {self.name!r}: levels must be positive")
         if self.step_seconds <= 0 or self.warmup_seconds < 0:
             raise UsageError(f"scenario {self.name!r}: step seconds > 0, warm-up seconds >= 0")
+        search = self.search
+        if search and not (search.growth > 1 and 0 < search.min_rps <= search.start_rps
+                           <= search.max_rps and search.refine_steps >= 0):
+            raise UsageError(f"scenario {self.name!r}: the search needs growth > 1 and "
+                             "0 < min_rps <= start_rps <= max_rps, refine_steps >= 0")
 
     @property
     def level_unit(self) -> str:
@@ -146,8 +152,9 @@ class SearchOutcome:
 
 
 def search_rate(search: RateSearch, passes: Callable[[float], bool]) -> SearchOutcome:
-    """Step up by `growth` from `start_rps` until a rate fails (or `max_rps`), then bisect
-    between the last passing and the first failing rate."""
+    """Step up by `growth` from `start_rps` until a rate fails (or `max_rps`); when the first
+    rate already fails, step down by `growth` until one passes (or `min_rps`). Then bisect
+    between the highest passing and the lowest failing rate."""
     outcome = SearchOutcome(None, None)
 
     def attempt(rate: float) -> bool:
@@ -156,20 +163,30 @@ def search_rate(search: RateSearch, passes: Callable[[float], bool]) -> SearchOu
         return ok
 
     rate = search.start_rps
-    while True:
-        if attempt(rate):
-            outcome.best_rps = rate
-            if rate >= search.max_rps:
-                outcome.stopped_by = f"reached max_rps {search.max_rps:g}"
-                return outcome
+    if attempt(rate):
+        outcome.best_rps = rate
+        while rate < search.max_rps:
             rate = min(rate * search.growth, search.max_rps)
+            if not attempt(rate):
+                outcome.first_failed_rps = rate
+                break
+            outcome.best_rps = rate
         else:
-            outcome.first_failed_rps = rate
-            break
-    if outcome.best_rps is None:
-        outcome.stopped_by = f"the first rate {search.start_rps:g} rps failed"
-        return outcome
-    low, high = outcome.best_rps, rate
+            outcome.stopped_by = f"reached max_rps {search.max_rps:g}"
+            return outcome
+    else:
+        outcome.first_failed_rps = rate
+        while outcome.best_rps is None:
+            rate = round(rate / search.growth, 2)
+            if rate < search.min_rps:
+                outcome.stopped_by = (f"every rate from {search.start_rps:g} down to "
+                                      f"{outcome.first_failed_rps:g} rps failed")
+                return outcome
+            if attempt(rate):
+                outcome.best_rps = rate
+            else:
+                outcome.first_failed_rps = rate
+    low, high = outcome.best_rps, outcome.first_failed_rps
     for _ in range(search.refine_steps):
         if high / low - 1 < search.min_gap:
             break

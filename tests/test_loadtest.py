@@ -310,6 +310,12 @@ def test_scenarios_are_data(tmp_path: Path) -> None:
         path.write_text(json.dumps(bad))
         with pytest.raises(UsageError):
             load_scenario(str(path))
+    # searches that could never end, or start outside their own range
+    for search in ({"growth": 1}, {"min_rps": 0}, {"start_rps": 100, "max_rps": 50},
+                   {"start_rps": 1, "min_rps": 2}):
+        path.write_text(json.dumps({"kind": "open", "search": search}))
+        with pytest.raises(UsageError, match="growth > 1"):
+            load_scenario(str(path))
     with pytest.raises(UsageError, match="unknown scenario"):
         load_scenario("nonsense")
 
@@ -323,9 +329,21 @@ def test_rate_search_steps_up_then_bisects() -> None:
     assert outcome.first_failed_rps is not None and outcome.best_rps is not None
     assert 100 <= outcome.best_rps <= capacity < outcome.first_failed_rps
     assert len(rates) == 4 + 3
-    assert search_rate(RateSearch(start_rps=25), lambda rate: False).best_rps is None
+    nothing = search_rate(RateSearch(start_rps=25, min_rps=2), lambda rate: False)
+    assert nothing.best_rps is None and "down to 3.12 rps failed" in nothing.stopped_by
+    assert [rate for rate, _ in nothing.tried] == [25, 12.5, 6.25, 3.12]
     capped = search_rate(RateSearch(start_rps=25, max_rps=60), lambda rate: True)
     assert capped.best_rps == 60 and "max_rps" in capped.stopped_by
+
+
+def test_rate_search_steps_down_when_the_start_is_too_high() -> None:
+    capacity = 7.0
+    outcome = search_rate(RateSearch(start_rps=25, growth=2, refine_steps=3),
+                          lambda rate: rate <= capacity)
+    assert [rate for rate, _ in outcome.tried][:3] == [25, 12.5, 6.25]
+    assert 6.25 <= outcome.best_rps <= capacity < outcome.first_failed_rps <= 12.5
+    assert len(outcome.tried) == 3 + 3
+    assert "bracketed" in outcome.stopped_by
 
 
 def test_a_busy_locust_is_flagged_saturated(tmp_path: Path) -> None:
