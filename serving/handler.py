@@ -22,6 +22,11 @@ import os
 import numpy as np
 import torch
 
+try:  # a parser in C: 3-4x faster on a 224x224x3 image (3 MB of JSON) than json's
+    import orjson
+except ImportError:  # not in the official TorchServe image: the standard parser then
+    orjson = None
+
 SIGNATURE_FILE = "signature.json"
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
 NPY_TYPE = "application/x-npy"  # deploybench.serving.payload.NPY_CONTENT_TYPE
@@ -107,10 +112,7 @@ def decode_predict_body(body, signature):
     if body is None:
         raise ValueError("empty request body: send a JSON object with 'instances' or 'inputs'")
     if isinstance(body, (bytes, bytearray)):
-        try:
-            body = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"malformed JSON: {error}") from None
+        body = _parse_json(body)
     if not isinstance(body, dict):
         raise ValueError("request body must be a JSON object with 'instances' or 'inputs'")
     name = signature["input_name"]
@@ -131,6 +133,22 @@ def decode_predict_body(body, signature):
     elif form == "inputs" and isinstance(value, dict):
         value = _named(value, name)
     return _to_batch(value, signature), form
+
+
+def _parse_json(body):
+    """The JSON body as Python objects. TorchServe hands it over undecoded
+    (decode_input_request=false in config.properties), so the fast parser does the work; the
+    standard one takes what orjson refuses: it names the problem as json does, and reads
+    NaN/Infinity, which the checks below then refuse by name."""
+    if orjson is not None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"malformed JSON: {error}") from None
 
 
 def decode_npy_body(body, signature):

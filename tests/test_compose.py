@@ -247,10 +247,17 @@ def test_images_are_pinned_to_the_versions_the_project_uses(services: dict[str, 
     api = version("tensorflow-serving-api").split(".")[:2]
     assert re.fullmatch(r"tensorflow/serving:(\d+)\.(\d+)\.\d+", tfs), tfs
     assert tfs.split(":")[1].split(".")[:2] == api, "TF Serving image != tensorflow-serving-api"
-    assert ts == f"pytorch/torchserve:{version('torchserve')}-cpu"
-    dockerfile = (REPO / services["locust-master"]["build"]["context"] / "Dockerfile").read_text()
-    (base,) = re.findall(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
-    assert base == f"locustio/locust:{version('locust')}"
+    for name, base_image in (("torchserve", f"pytorch/torchserve:{version('torchserve')}-cpu"),
+                             ("locust-master", f"locustio/locust:{version('locust')}")):
+        build = services[name]["build"]["context"]
+        dockerfile = (REPO / build / "Dockerfile").read_text()
+        (base,) = re.findall(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
+        assert base == base_image, name
+        assert services[name]["image"].startswith("deploybench-"), name  # never the base's tag
+    assert ts.endswith(f":{version('torchserve')}-cpu")
+    # the torchserve image adds the handler's JSON parser, in the range the tests run with
+    (spec,) = re.findall(r'"(orjson[^"]*)"', (REPO / "pyproject.toml").read_text())
+    assert f'"{spec}"' in (REPO / "docker/torchserve/Dockerfile").read_text()
     assert services["locust-master"]["image"] == services["locust-worker"]["image"]
 
 

@@ -94,6 +94,8 @@ def test_torchserve_worker_gets_the_settings_of_dot_env(served):
         for key, value in settings.process_env().items():  # ... and the worker has it whole
             assert environment[key] == value
         assert environment["DEPLOYBENCH_TORCH_THREADS"] == str(settings.intra_op_threads)
+        # bodies reach the handler undecoded: it parses JSON with orjson, not TorchServe with json
+        assert environment["TS_DECODE_INPUT_REQUEST"] == "false"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -350,3 +352,35 @@ def test_batched_bad_request_fails_alone(export_root, tmp_path, monkeypatch):
         assert "batch of 8 requests, 1 rejected" in log or "1 rejected" in log
     finally:
         stop(deployment)
+
+
+def test_handler_parses_json_alike_with_and_without_orjson(monkeypatch):
+    """The fast parser and the standard one give the same batch and the same errors."""
+    from deploybench.serving import handler
+
+    assert handler.orjson is not None  # a dependency: the native worker parses with it
+    signature = {"input_name": "pixels", "input_shape": [64], "max_rows": 64}
+    rows = np.random.default_rng(3).random((2, 64), dtype=np.float32)
+    bodies = {
+        "rows": json.dumps({"instances": rows.tolist()}).encode(),
+        "named": json.dumps({"inputs": {"pixels": rows.tolist()}}).encode(),
+        "nan": b'{"instances": [[NaN' + b", 0" * 63 + b"]]}",
+        "malformed": b'{"instances": [[1, 2,]]}',
+        "not utf-8": b'{"instances": "\xff"}',
+    }
+
+    def outcome(body):
+        try:
+            batch, form = handler.decode_predict_body(bytearray(body), signature)
+            return batch.tolist(), form
+        except ValueError as error:
+            return str(error)
+
+    fast = {name: outcome(body) for name, body in bodies.items()}
+    monkeypatch.setattr(handler, "orjson", None)
+    standard = {name: outcome(body) for name, body in bodies.items()}
+    assert fast == standard
+    assert fast["rows"] == (rows.tolist(), "instances")
+    assert fast["nan"] == "non-finite value (NaN or Infinity) in row 0"
+    assert fast["malformed"].startswith("malformed JSON: ")
+
