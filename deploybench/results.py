@@ -27,14 +27,33 @@ SCHEMA = "deploybench.results/1"
 RESULTS_FILE = "results.json"
 
 
-def cpu_model() -> str:
+# Instructions that multiply int8 vectors into int32 sums in one step (x86: VNNI, AMX; Arm:
+# dotprod, i8mm): without them an int8 model runs at about its fp32 speed (XNNPACK widens to
+# 16 bits), so whether full-int8 is faster depends on the CPU more than on the file.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def _cpuinfo() -> list[str]:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        return []
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def cpu_int8_dot_product() -> list[str]:
+    """The int8 dot-product instruction sets this CPU has (x86 `flags`, Arm `Features`)."""
+    flags = set()
+    for line in _cpuinfo():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return [flag for flag in INT8_DOT_PRODUCT_FLAGS if flag in flags]
 
 
 def environment(**extra: Any) -> dict[str, Any]:
@@ -45,6 +64,7 @@ def environment(**extra: Any) -> dict[str, Any]:
         "versions": package_versions(),
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
+        "cpu_int8_dot_product": cpu_int8_dot_product(),
         "cpu_count": os.cpu_count(),
         "cpus_available": len(affinity) if affinity else os.cpu_count(),
         "memory_bytes": psutil.virtual_memory().total,

@@ -158,9 +158,34 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
                          f"p50 {fmt_ms(latency(base, 'p50'))}")
         lines.append(text + ". PyTorch's side has no mobile artifact in this kit (TorchScript "
                      "runs in-process only).")
+        lines += int8_lines(results, model, [r for r in mine if r["threads"] == threads])
     if not edge:
         lines.append("Edge: no edge measurement in this run.")
     return lines
+
+
+def int8_lines(results: dict[str, Any], model: str, rows_: list[dict[str, Any]]) -> list[str]:
+    """Full-int8 against fp32 on the same threads, each at its faster setting (XNNPACK on or
+    off): size, speed and top-1 agreement, and why int8 may not be faster on this CPU."""
+    def fastest(variant: str) -> dict[str, Any] | None:
+        timed = [r for r in rows_ if r["variant"] == variant and latency(r, "p50")]
+        return min(timed, key=lambda r: latency(r, "p50"), default=None)
+
+    int8, fp32 = fastest("tflite-int8"), fastest("tflite-fp32")
+    if not (int8 and fp32 and int8.get("size_bytes")):
+        return []
+    speedup = latency(fp32, "p50") / latency(int8, "p50")
+    text = (f"Full-int8 vs fp32 ({model}, {int8['threads']} thread"
+            f"{'s' if int8['threads'] > 1 else ''}): {fp32['size_bytes'] / int8['size_bytes']:.2f}x"
+            f" smaller, p50 {speedup:.2f}x as fast")
+    agreement = int8.get("top1_agreement")
+    if agreement is not None:
+        text += f", top-1 agreement with fp32's reference {agreement:.3f}"
+    dot_product = results.get("environment", {}).get("cpu_int8_dot_product")
+    if speedup < 1.3 and dot_product == []:
+        text += (". This CPU has no int8 dot-product instructions (VNNI, AMX, Arm dotprod), so "
+                 "int8 runs at about fp32 speed here: time it on the target device")
+    return [text + "."]
 
 
 def parity_lines(results: dict[str, Any]) -> list[str]:

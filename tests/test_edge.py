@@ -254,3 +254,29 @@ def test_unexported_model_is_a_failed_row_naming_the_manifest(export_root, tmp_p
     assert result.exit_code == 4
     (row,) = rows_of(tmp_path)
     assert row["status"] == "failed" and "manifest.json" in row["error"]
+
+
+def test_int8_line_compares_with_fp32_and_names_a_cpu_without_int8_dot_product():
+    from deploybench.results import cpu_int8_dot_product
+    from deploybench.verdict import int8_lines
+
+    assert set(cpu_int8_dot_product()) <= {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp",
+                                            "i8mm"}
+
+    def row(variant, xnnpack, p50, size):
+        return {"kind": "edge", "model": "m", "variant": variant, "threads": 1,
+                "xnnpack": xnnpack, "latency_ms": {"p50": p50}, "size_bytes": size,
+                "top1_agreement": 0.97 if "int8" in variant else 1.0}
+
+    rows = [row("tflite-fp32", True, 8.0, 4000), row("tflite-fp32", False, 30.0, 4000),
+            row("tflite-int8", True, 8.0, 1000), row("tflite-int8", False, 25.0, 1000)]
+    plain = {"environment": {"cpu_int8_dot_product": []}}
+    (line,) = int8_lines(plain, "m", rows)
+    # each at its faster setting: 8 ms against 8 ms
+    assert "4.00x smaller, p50 1.00x as fast, top-1 agreement with fp32's reference 0.970" in line
+    assert "no int8 dot-product instructions" in line
+    vnni = {"environment": {"cpu_int8_dot_product": ["avx512_vnni"]}}
+    rows[2]["latency_ms"]["p50"] = 4.0
+    (line,) = int8_lines(vnni, "m", rows)
+    assert "p50 2.00x as fast" in line and "dot-product" not in line
+    assert int8_lines(plain, "m", rows[:2]) == []  # no int8 variant measured
