@@ -316,6 +316,8 @@ def bench(
     server_cpus: Annotated[str, typer.Option(help="CPUs for the servers (taskset list).")] = "1",
     loadgen_cpus: Annotated[str, typer.Option(help="CPUs for locust (taskset list).")] = "0",
     step_seconds: Annotated[float, typer.Option(help="Measured seconds per rate step.")] = 8.0,
+    min_requests: Annotated[int, typer.Option(
+        min=0, help="A rate step lasts until this many requests (at most 4 x step).")] = 300,
     bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
     max_batch_size: Annotated[int, typer.Option(help="Batching bound, both servers.")] = 4,
     batch_timeout_ms: Annotated[int, typer.Option(help="Batching wait, both servers.")] = 5,
@@ -326,7 +328,8 @@ def bench(
     from deploybench.loadtest.bench_serving import BenchOptions, run_bench
 
     run_bench(BenchOptions(model, artifacts, out, server_cpus, loadgen_cpus,
-                           step_seconds=step_seconds, bound_ms=bound_ms,
+                           step_seconds=step_seconds, min_requests=min_requests,
+                           bound_ms=bound_ms,
                            max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
                            port_offset=port_offset), console)
 

@@ -61,6 +61,9 @@ class BenchOptions:
     step_seconds: float = 8.0
     warmup_seconds: float = 3.0
     bound_ms: float = 100.0
+    # a rate step is measured until about this many requests (at most 4 x step_seconds): a p99
+    # from ~80 requests is the single slowest one, and one stall decides the step
+    min_requests: int = 300
     # Batching, tuned for one server core and mobilenet-v2: in-process torch runs 60 images/s
     # at batch 1, 2 or 4 but 45 at batch 8, whose 178 ms alone would break a 100 ms p99; batch 4
     # (68 ms) fits. A 5 ms wait caps what a lone request pays for a batch that never fills.
@@ -117,7 +120,7 @@ def rate_scenario(options: BenchOptions, batching: bool, saturated_rps: float | 
         rate_bound_ms=options.bound_ms,
         search=RateSearch(start_rps=max(0.5, round(start, 1)), growth=2.0,
                           max_rps=max(1.0, round(top, 1)), refine_steps=3),
-        open_loop_users=1,
+        open_loop_users=1, min_requests=options.min_requests,
     )
 
 

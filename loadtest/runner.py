@@ -242,13 +242,13 @@ class LoadRun:
         run = LocustRun(
             target=target, protocol=protocol, model=model, export_root=plan.root,
             endpoints=plan.endpoints, users=users, warmup_seconds=scenario.warmup_seconds,
-            measure_seconds=scenario.step_seconds,
+            measure_seconds=scenario.measure_seconds(level),
             prefix=_prefix(plan, target, protocol, model, level),
             rate_per_user=rate_per_user, batch_size=scenario.batch_size,
             cpus=plan.loadgen_cpus,
         )
         unit = scenario.level_unit
-        total = scenario.warmup_seconds + scenario.step_seconds
+        total = scenario.warmup_seconds + scenario.measure_seconds(level)
         task = self.progress.add_task(
             f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}", total=total)
         endpoint = endpoint_url(target, protocol, plan.endpoints)

@@ -53,6 +53,9 @@ class Scenario:
     search: RateSearch | None = None  # open: search the highest passing rate
     open_loop_users: int = 1  # open: Poisson processes the rate is split over
     min_completed_ratio: float = 0.95  # open: completed/scheduled below this = fell behind
+    # open: a step lasts until about this many requests are scheduled, so that its p99 rests on
+    # a few of them rather than on the single slowest (at most 4 x step_seconds)
+    min_requests: int = 0
     batch_size: int = 1  # golden rows per request
     notes: str = ""
 
@@ -69,13 +72,20 @@ class Scenario:
                              "(levels) or a search")
         if any(level <= 0 for level in self.levels):
             raise UsageError(f"scenario {self.name!r}: levels must be positive")
-        if self.step_seconds <= 0 or self.warmup_seconds < 0:
-            raise UsageError(f"scenario {self.name!r}: step seconds > 0, warm-up seconds >= 0")
+        if self.step_seconds <= 0 or self.warmup_seconds < 0 or self.min_requests < 0:
+            raise UsageError(f"scenario {self.name!r}: step seconds > 0, warm-up seconds "
+                             ">= 0, min_requests >= 0")
         search = self.search
         if search and not (search.growth > 1 and 0 < search.min_rps <= search.start_rps
                            <= search.max_rps and search.refine_steps >= 0):
             raise UsageError(f"scenario {self.name!r}: the search needs growth > 1 and "
                              "0 < min_rps <= start_rps <= max_rps, refine_steps >= 0")
+
+    def measure_seconds(self, level: float) -> float:
+        """How long the step at `level` is measured (see min_requests)."""
+        if self.kind != "open" or not self.min_requests:
+            return self.step_seconds
+        return min(max(self.step_seconds, self.min_requests / level), 4 * self.step_seconds)
 
     @property
     def level_unit(self) -> str:

@@ -22,7 +22,7 @@ from deploybench.loadtest import histogram
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.process import LOCUSTFILE, LocustOutput, LocustRun
 from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable
-from deploybench.loadtest.scenarios import RateSearch, load_scenario, search_rate
+from deploybench.loadtest.scenarios import RateSearch, Scenario, load_scenario, search_rate
 from deploybench.serving.clients import Endpoints
 from deploybench.serving.manager import Deployment
 from tests.conftest import invoke
@@ -334,6 +334,18 @@ def test_rate_search_steps_up_then_bisects() -> None:
     assert [rate for rate, _ in nothing.tried] == [25, 12.5, 6.25, 3.12]
     capped = search_rate(RateSearch(start_rps=25, max_rps=60), lambda rate: True)
     assert capped.best_rps == 60 and "max_rps" in capped.stopped_by
+
+
+def test_open_loop_steps_last_until_enough_requests_for_a_p99() -> None:
+    scenario = Scenario("s", "open", levels=(5.0,), step_seconds=8, min_requests=300)
+    assert scenario.measure_seconds(100) == 8  # 800 requests in the step anyway
+    assert scenario.measure_seconds(20) == 15  # 300 requests
+    assert scenario.measure_seconds(2) == 32  # at most 4 x step_seconds
+    assert Scenario("s", "open", levels=(5.0,), step_seconds=8).measure_seconds(2) == 8
+    closed = Scenario("c", "closed", levels=(4,), step_seconds=8, min_requests=300)
+    assert closed.measure_seconds(4) == 8  # users, not a rate
+    with pytest.raises(UsageError, match="min_requests"):
+        Scenario("s", "open", levels=(5.0,), min_requests=-1)
 
 
 def test_rate_search_steps_down_when_the_start_is_too_high() -> None:
