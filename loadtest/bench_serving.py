@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploybench.errors import DeploybenchError
+from deploybench.loadtest.queueing import ideal_rate_rps
 from deploybench.loadtest.runner import LoadPlan, LoadRun
 from deploybench.loadtest.scenarios import RateSearch, Scenario
 from deploybench.manifest import load_manifest, verify_artifacts
@@ -234,6 +235,22 @@ def ceiling_for(ceilings: dict[tuple[str, int], float], runtime: str, batching: 
     return max(measured, key=lambda item: item[1], default=(batches[-1], None))
 
 
+def ideal_server_rps(ceilings: dict[tuple[str, int], float], runtime: str, batching: bool,
+                     options: BenchOptions) -> float | None:
+    """The highest rate under the bound for a server with no overhead, given the framework's
+    in-process time per batch (batch 1, and with batching up to the bound)."""
+    batches = (1, options.max_batch_size) if batching else (1,)
+    latency_ms = {batch: batch * 1000 / ceilings[(runtime, batch)] for batch in batches
+                  if ceilings.get((runtime, batch))}
+    if 1 not in latency_ms:
+        return None
+    # with batching, the better of batching and not (a batch dearer per row only hurts)
+    rates = [ideal_rate_rps({1: latency_ms[1]}, options.bound_ms)]
+    if len(latency_ms) > 1:
+        rates.append(ideal_rate_rps(latency_ms, options.bound_ms, options.max_batch_size))
+    return max((rate for rate in rates if rate is not None), default=None)
+
+
 def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int], float],
               options: BenchOptions) -> list[dict[str, Any]]:
     """One row per server, protocol and batching: best rate, ceiling, efficiency, gain."""
@@ -256,6 +273,7 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
         step = saturation.get((target, protocol, batching), {})
         runs = measured.get((SERVER_FRAMEWORK[target], batch), [])
         saturated = step.get("throughput_rps") if step.get("status") == "ok" else None
+        ideal = ideal_server_rps(ceilings, SERVER_FRAMEWORK[target], batching, options)
         rows.append({
             "kind": "bench", "model": options.model, "target": target, "protocol": protocol,
             "batching": batching, "max_rate_rps": rate, "bound_ms": options.bound_ms,
@@ -266,6 +284,10 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
                               if len(runs) > 1 and ceiling else None),
             "efficiency": round(rate / ceiling, 3) if rate and ceiling else None,
             "batching_gain": (round(rate / off, 2) if batching and rate and off else None),
+            # the same bound met by a server with no overhead (queueing.py): what is left of
+            # the gap to the ceiling once Poisson queueing is paid is the server's own doing
+            "ideal_rate_rps": ideal,
+            "bound_efficiency": round(rate / ideal, 3) if rate and ideal else None,
             # what it sustains kept busy, whatever the latency: the serving overhead alone,
             # without the queueing that Poisson arrivals and the p99 bound add
             "saturated_rps": saturated,
@@ -287,11 +309,11 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
                         f"{options.server_cpus}, locust on {options.loadgen_cpus}, "
                         f"p99 <= {options.bound_ms:g} ms")
     for column in ("server", "batching", "best rate (req/s)", "ceiling (inf/s)", "efficiency",
-                   "batching gain", "saturated (req/s, closed loop)"):
+                   "ideal server under bound", "batching gain", "saturated (req/s, closed loop)"):
         table.add_column(column, justify="left" if column == "server" else "right")
     for r in rows:
         if r.get("protocol") is None:
-            table.add_row(r["target"], "-", "not measured", "-", "-", "-", "-")
+            table.add_row(r["target"], "-", "not measured", "-", "-", "-", "-", "-")
             continue
         table.add_row(
             server_label(r["target"], r["protocol"]), "on" if r["batching"] else "off",
@@ -299,6 +321,9 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
             (f"{r['ceiling_rps']:.1f} (batch {r['ceiling_batch']}, drift "
              f"{r['ceiling_drift']:.0%})" if r["ceiling_rps"] else "-"),
             f"{r['efficiency']:.0%}" if r["efficiency"] else "-",
+            (f"{r['ideal_rate_rps']:.1f}" + (f" = {r['bound_efficiency']:.0%}"
+                                              if r["bound_efficiency"] else "")
+             if r["ideal_rate_rps"] else "-"),
             f"{r['batching_gain']:.2f}x" if r["batching_gain"] else "-",
             (f"{r['saturated_rps']:.1f} = {r['saturated_efficiency']:.0%} (p99 "
              f"{r['saturated_p99_ms']:.0f} ms)" if r.get("saturated_efficiency") else "-"),

@@ -74,6 +74,9 @@ def test_every_torchserve_body_with_and_without_batching(bench_run):
         assert row["saturated_rps"] > 0
         assert row["saturated_efficiency"] == round(row["saturated_rps"] / expected, 3)
         assert row["saturated_users"] == (8 if batching else 2)
+        # a server with no overhead under the same bound: below the throughput ceiling
+        assert 0 < row["ideal_rate_rps"] <= row["ceiling_rps"]
+        assert row["bound_efficiency"] == round(row["max_rate_rps"] / row["ideal_rate_rps"], 3)
     for protocol in ("rest", "npy"):
         on, off = rows[(protocol, True)], rows[(protocol, False)]
         assert on["batching_gain"] == round(on["max_rate_rps"] / off["max_rate_rps"], 2)
@@ -91,6 +94,7 @@ def test_load_steps_are_answered_right_and_the_report_shows_them(bench_run):
         (p, f"bench-batching-{b}") for p in ("rest", "npy") for b in ("on", "off")}
     report = (bench_run["out"] / "report.md").read_text()
     assert "Serving efficiency" in report and "saturated" in report
+    assert "ideal server under bound" in report
     for row in bench_run["rows"]:
         if row.get("max_rate_rps"):
             cells = [_num(row[key]) for key in ("max_rate_rps", "ceiling_rps", "efficiency",
