@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from deploybench.errors import DeploybenchError, UsageError
+from deploybench.errors import DeploybenchError, Terminated, UsageError
 
 app = typer.Typer(
     help="Compare how one model deploys through TensorFlow Serving, TorchServe and LiteRT.",
@@ -40,18 +42,37 @@ def setup_logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the clean-up
+    raise Terminated()
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) while a command runs, so its clean-up
+    runs: Python's default would end the process at once and leave TorchServe and locust
+    behind. Returns the handler to restore (None where signals cannot be set: not the main
+    thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
     """A CLI command whose failures are one readable line, with the detail in the log."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         setup_logging()
+        previous = _terminate_as_interrupt()
         try:
             return func(*args, **kwargs)
         except DeploybenchError as error:
             logging.getLogger("deploybench").error("%s", error)
             errors.print(f"[red]error:[/red] {error}", soft_wrap=True, highlight=False)
             raise typer.Exit(error.exit_code) from None
+        except Terminated:
+            errors.print(f"[red]{Terminated.why}[/red]")
+            raise typer.Exit(Terminated.exit_code) from None
         except KeyboardInterrupt:
             errors.print("[red]interrupted[/red]")
             raise typer.Exit(130) from None
@@ -62,6 +83,9 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
                 soft_wrap=True, highlight=False,
             )
             raise typer.Exit(1) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return app.command()(wrapper)
 

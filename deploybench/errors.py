@@ -17,3 +17,12 @@ class ParityError(DeploybenchError):
 
 class IncompleteExportError(DeploybenchError):
     exit_code = 4
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a CI time limit, a container stop): cleaned up as Ctrl-C is, so the
+    servers and load generators a command started are stopped and what it measured is kept."""
+
+    exit_code = 143
+    why = "terminated (SIGTERM)"
+

@@ -132,7 +132,8 @@ def run(options: RunOptions, console: Console) -> Path:
               partial=False)
     except (Exception, KeyboardInterrupt) as error:
         failure = error
-        why = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else str(error)
+        why = (getattr(error, "why", "interrupted (Ctrl-C)")
+               if isinstance(error, KeyboardInterrupt) else str(error))
         _note(run_dir, f"partial run: stopped during {stage}: {why}", partial=True)
     finally:
         if deployment is not None:

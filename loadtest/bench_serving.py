@@ -1,7 +1,7 @@
 """Serving-efficiency benchmark (a script, not a test): in one run, with the servers and the
 load generator on separate cores,
   - the ceiling: in-process throughput of the TorchScript (torch) and the SavedModel
-    (TensorFlow) on the server's cores, at batch 1 and at the batching bound, measured before
+    (TensorFlow) on the server's cores, at batch 1, 8 and the batching bound, measured before
     and after the servers (their mean is the ceiling; their difference, the drift, says how
     steady the machine was);
   - each available server's highest open-loop rate with p99 under the bound, without and with
@@ -49,6 +49,9 @@ from deploybench.verdict import FRAMEWORK, server_label
 CEILING_FORMATS = {"torch": "torchscript", "tensorflow": "savedmodel"}
 SERVER_FRAMEWORK = {"torchserve": "torch", "tfserving": "tensorflow"}
 FRAMEWORK_NAME = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+# ceilings always measured besides batch 1 and the batching bound, for the picture of how each
+# framework scales with the batch (the servers are held to batch 1 and the bound only)
+CEILING_BATCHES = (8,)
 
 
 @dataclass
@@ -139,7 +142,7 @@ def measure_ceilings(options: BenchOptions, when: str, console: Console
     """Every ceiling once, saved as it comes; run before and after the servers (`when`)."""
     ceilings = {}
     for runtime in CEILING_FORMATS:
-        for batch in sorted({1, options.max_batch_size}):
+        for batch in sorted({1, *CEILING_BATCHES, options.max_batch_size}):
             console.print(f"ceiling ({when}): {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
                           f"{options.server_cpus} ...", highlight=False)
             row = measure_ceiling(options, runtime, batch) | {"when": when}

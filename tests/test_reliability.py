@@ -349,6 +349,45 @@ def test_run_keeps_partial_results_when_the_server_dies(export_root: Path, tmp_p
     assert processes.group_members(record) == []
 
 
+@pytest.mark.slow
+def test_run_terminated_stops_its_servers_and_locust_and_keeps_what_it_measured(
+        export_root: Path, tmp_path: Path, state: Path) -> None:
+    """SIGTERM (a CI time limit, `kill`, a container stop) during the load stage: the run
+    stops TorchServe and its locust, ends partial with its report, and exits 143."""
+    run_dir = tmp_path / "run"
+    command = [*DEPLOYBENCH, "run", "--no-export", "--artifacts", str(export_root),
+               "--model", MODEL, "--mode", "native", "--servers", "torchserve",
+               "--users", "1,2", "--step-seconds", "30", "--warmup-seconds", "1",
+               "--no-rate-search", "--edge-runs", "20", "--edge-threads", "1",
+               "--port-offset", str(free_offset()), "--out", str(run_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "DEPLOYBENCH_STATE_DIR": str(state)})
+    try:
+        wait_for((state / STATE_FILE).is_file, 120, "the server is recorded")
+        (record,) = Deployment.load(state).processes
+        wait_for(lambda: list((run_dir / "locust").glob("*.log")), 120, "locust has started")
+        time.sleep(2.0)
+        locusts = [p for p in psutil.Process(process.pid).children(recursive=True)
+                   if "locust" in " ".join(p.cmdline())]
+        assert locusts
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr[-2000:]
+    assert "terminated (SIGTERM)" in stderr
+    psutil.wait_procs(locusts, timeout=10)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in locusts)
+    assert processes.group_members(record) == []
+    assert not (state / STATE_FILE).exists()
+    data = results(run_dir)
+    assert data["partial"] is True
+    assert any("stopped during load: terminated (SIGTERM)" in note for note in data["notes"])
+    assert "Partial run" in (run_dir / "report.md").read_text()
+
+
 # --- model version rollover under load ---------------------------------------------------------
 
 @pytest.mark.slow
