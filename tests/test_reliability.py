@@ -309,6 +309,27 @@ def test_stop_cleans_up_a_group_whose_leader_died(tmp_path: Path, state: Path) -
     assert not (state / STATE_FILE).exists()
 
 
+def start_run(export_root: Path, run_dir: Path, state: Path, step_seconds: float
+              ) -> tuple[subprocess.Popen, processes.ProcessRecord]:
+    """`deploybench run` of the digits model against native TorchServe, once its server is
+    recorded: the process and the server's record."""
+    command = [*DEPLOYBENCH, "run", "--no-export", "--artifacts", str(export_root),
+               "--model", MODEL, "--mode", "native", "--servers", "torchserve",
+               "--users", "1,2", "--step-seconds", str(step_seconds), "--warmup-seconds", "1",
+               "--no-rate-search", "--edge-runs", "20", "--edge-threads", "1",
+               "--port-offset", str(free_offset()), "--out", str(run_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "DEPLOYBENCH_STATE_DIR": str(state)})
+    try:
+        wait_for((state / STATE_FILE).is_file, 120, "the server is recorded")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    (record,) = Deployment.load(state).processes
+    return process, record
+
+
 @pytest.mark.slow
 def test_run_keeps_partial_results_when_the_server_dies(export_root: Path, tmp_path: Path,
                                                         state: Path) -> None:
@@ -316,16 +337,8 @@ def test_run_keeps_partial_results_when_the_server_dies(export_root: Path, tmp_p
     a run full of connection refusals), the run ends partial with its report, and the servers
     are stopped."""
     run_dir = tmp_path / "run"
-    command = [*DEPLOYBENCH, "run", "--no-export", "--artifacts", str(export_root),
-               "--model", MODEL, "--mode", "native", "--servers", "torchserve",
-               "--users", "1,2", "--step-seconds", "20", "--warmup-seconds", "1",
-               "--no-rate-search", "--edge-runs", "20", "--edge-threads", "1",
-               "--port-offset", str(free_offset()), "--out", str(run_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "DEPLOYBENCH_STATE_DIR": str(state)})
+    process, record = start_run(export_root, run_dir, state, step_seconds=20)
     try:
-        wait_for((state / STATE_FILE).is_file, 120, "the server is recorded")
-        (record,) = Deployment.load(state).processes
         killed = kill_when(run_dir / "locust", record, after_s=3.0, timeout=120)
         _, stderr = process.communicate(timeout=120)
         ended_after = time.monotonic() - killed
@@ -355,16 +368,8 @@ def test_run_terminated_stops_its_servers_and_locust_and_keeps_what_it_measured(
     """SIGTERM (a CI time limit, `kill`, a container stop) during the load stage: the run
     stops TorchServe and its locust, ends partial with its report, and exits 143."""
     run_dir = tmp_path / "run"
-    command = [*DEPLOYBENCH, "run", "--no-export", "--artifacts", str(export_root),
-               "--model", MODEL, "--mode", "native", "--servers", "torchserve",
-               "--users", "1,2", "--step-seconds", "30", "--warmup-seconds", "1",
-               "--no-rate-search", "--edge-runs", "20", "--edge-threads", "1",
-               "--port-offset", str(free_offset()), "--out", str(run_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "DEPLOYBENCH_STATE_DIR": str(state)})
+    process, record = start_run(export_root, run_dir, state, step_seconds=30)
     try:
-        wait_for((state / STATE_FILE).is_file, 120, "the server is recorded")
-        (record,) = Deployment.load(state).processes
         wait_for(lambda: list((run_dir / "locust").glob("*.log")), 120, "locust has started")
         time.sleep(2.0)
         locusts = [p for p in psutil.Process(process.pid).children(recursive=True)
