@@ -24,7 +24,7 @@ import torch
 
 try:  # a parser in C: 3-4x faster on a 224x224x3 image (3 MB of JSON) than json's
     import orjson
-except ImportError:  # not in the official TorchServe image: the standard parser then
+except ImportError:  # a TorchServe environment without it (the official image): json then
     orjson = None
 
 SIGNATURE_FILE = "signature.json"
