@@ -145,6 +145,7 @@ def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: Se
         "BATCHING": "true" if settings.batching else "false",
         "MAX_BATCH_SIZE": str(settings.max_batch_size),
         "BATCH_TIMEOUT_MS": str(settings.batch_timeout_ms),
+        "BATCH_THREADS": str(settings.intra_op_threads),
         "DEPLOYBENCH_BATCHING_TEMPLATE": str(BATCHING_CONFIG),
         "DEPLOYBENCH_BATCHING_FILE": str(run_dir / "batching.config"),
         **settings.process_env(),

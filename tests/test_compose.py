@@ -344,6 +344,7 @@ def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any])
     # stated, never TF Serving's default (4 per host CPU, blind to the `cpus` limit), and at
     # least what fills every batching thread's batch
     assert f"--rest_api_num_threads={ENV['SERVER_REST_THREADS']}" in tfs["command"]
+    assert str(tfs["environment"]["BATCH_THREADS"]) == intra  # a batch thread per core
     batching = parse_batching(CONFIG_DIR / "batching.config")
     assert int(ENV["SERVER_REST_THREADS"]) >= (
         batching.num_batch_threads.value * batching.max_execution_batch_size.value)
@@ -426,7 +427,7 @@ def test_batching_config_parses_and_agrees_with_env(export_root: Path) -> None:
     assert config.max_batch_size.value >= config.max_execution_batch_size.value
     for model in exported_models(export_root):
         assert config.max_batch_size.value >= load_manifest(export_root, model).max_rows
-    assert config.num_batch_threads.value >= 1
+    assert config.num_batch_threads.value == int(ENV["SERVER_INTRA_OP_THREADS"])
     assert config.max_enqueued_batches.value >= 1
     assert not config.allowed_batch_sizes
 
@@ -514,7 +515,8 @@ def test_tfserving_entrypoint_adds_batching_only_when_on(
     assert not rendered.exists()
 
     result, calls, rendered = tfserving_entrypoint(
-        stub_bin, tmp_path, export_root, BATCHING="true", MAX_BATCH_SIZE="16", BATCH_TIMEOUT_MS="2"
+        stub_bin, tmp_path, export_root, BATCHING="true", MAX_BATCH_SIZE="16", BATCH_TIMEOUT_MS="2",
+        BATCH_THREADS="3",
     )
     assert result.returncode == 0, result.stderr
     (call,) = calls
@@ -522,9 +524,9 @@ def test_tfserving_entrypoint_adds_batching_only_when_on(
     config = parse_batching(rendered)
     assert config.max_execution_batch_size.value == 16
     assert config.batch_timeout_micros.value == 2000
+    assert config.num_batch_threads.value == 3
     template = parse_batching(CONFIG_DIR / "batching.config")
     assert config.max_batch_size.value == template.max_batch_size.value
-    assert config.num_batch_threads.value == template.num_batch_threads.value
     assert config.max_enqueued_batches.value == template.max_enqueued_batches.value
     assert config.enable_large_batch_splitting.value is True
 
@@ -545,14 +547,16 @@ def test_native_tfserving_gets_the_compose_flags(
     monkeypatch.setenv("PATH", f"{stub_bin}:{os.environ['PATH']}")
     for key in ENV:
         monkeypatch.delenv(key, raising=False)  # .env decides
-    command, _ = tfserving_command(tmp_path, export_root, ["digits-mlp"], load_settings(),
-                                   loopback_endpoints())
+    command, env = tfserving_command(tmp_path, export_root, ["digits-mlp"], load_settings(),
+                                     loopback_endpoints())
     native = dict(flag.split("=", 1) for flag in command if flag.startswith("--"))
     compose = dict(flag.split("=", 1) for flag in services["tfserving"]["command"])
     assert native.keys() == compose.keys()
     for flag in ("--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism",
                  "--rest_api_num_threads", "--port", "--rest_api_port"):
         assert native[flag] == compose[flag], flag
+    for key in ("BATCHING", "MAX_BATCH_SIZE", "BATCH_TIMEOUT_MS", "BATCH_THREADS"):
+        assert env[key] == str(services["tfserving"]["environment"][key]).lower(), key
 
 
 @pytest.mark.parametrize(
@@ -561,6 +565,7 @@ def test_native_tfserving_gets_the_compose_flags(
         ({"BATCHING": "maybe"}, "BATCHING must be true or false"),
         ({"BATCHING": "true", "MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE must be a positive"),
         ({"BATCHING": "true", "BATCH_TIMEOUT_MS": "1.5"}, "BATCH_TIMEOUT_MS must be whole"),
+        ({"BATCHING": "true", "BATCH_THREADS": "0"}, "BATCH_THREADS must be a positive"),
     ],
 )
 def test_tfserving_entrypoint_refuses_bad_settings(

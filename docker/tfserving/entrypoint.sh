@@ -5,10 +5,12 @@
 #
 # Why a script: TF Serving refuses to start when --batching_parameters_file is given without
 # --enable_batching, so the batching flags cannot sit in compose's `command:` unconditionally.
-# And MAX_BATCH_SIZE / BATCH_TIMEOUT_MS from .env are written over the matching lines of
-# serving/config/batching.config, so TF Serving and TorchServe batch with the same bound and wait.
+# And MAX_BATCH_SIZE / BATCH_TIMEOUT_MS / BATCH_THREADS from .env are written over the matching
+# lines of serving/config/batching.config, so TF Serving and TorchServe batch with the same bound
+# and wait, with as many batches at once as the server has cores.
 #
-# Environment: BATCHING (true|false), MAX_BATCH_SIZE (rows), BATCH_TIMEOUT_MS,
+# Environment: BATCHING (true|false), MAX_BATCH_SIZE (rows), BATCH_TIMEOUT_MS, BATCH_THREADS
+# (batches run at once: the server's cores, .env SERVER_INTRA_OP_THREADS),
 # DEPLOYBENCH_BATCHING_TEMPLATE (serving/config/batching.config as mounted),
 # DEPLOYBENCH_BATCHING_FILE (where the rendered copy goes; a tmpfs in the container).
 set -euo pipefail
@@ -36,6 +38,8 @@ case "${BATCHING:-false}" in
     wait_ms=${BATCH_TIMEOUT_MS:-5}
     [[ $rows =~ ^[1-9][0-9]*$ ]] || die "MAX_BATCH_SIZE must be a positive integer, got '$rows'"
     [[ $wait_ms =~ ^[0-9]+$ ]] || die "BATCH_TIMEOUT_MS must be whole milliseconds, got '$wait_ms'"
+    threads=${BATCH_THREADS:-$(sed -n 's/^num_batch_threads { value: \([0-9]*\) }.*/\1/p' "$template")}
+    [[ $threads =~ ^[1-9][0-9]*$ ]] || die "BATCH_THREADS must be a positive integer, got '$threads'"
     [[ -r $template ]] || die "$template: batching parameters file not readable"
     largest=$(sed -n 's/^max_batch_size { value: \([0-9]*\) }.*/\1/p' "$template")
     [[ -n $largest ]] || die "$template has no 'max_batch_size { value: N }' line"
@@ -44,9 +48,11 @@ case "${BATCHING:-false}" in
     sed -e "s/^max_execution_batch_size .*/max_execution_batch_size { value: $rows }/" \
       -e "s/^max_batch_size .*/max_batch_size { value: $largest }/" \
       -e "s/^batch_timeout_micros .*/batch_timeout_micros { value: $((wait_ms * 1000)) }/" \
+      -e "s/^num_batch_threads .*/num_batch_threads { value: $threads }/" \
       "$template" >"$rendered"
     batching_args=(--enable_batching=true "--batching_parameters_file=$rendered")
-    echo "tfserving: batching on: up to $rows rows per batch, waiting at most $wait_ms ms"
+    echo "tfserving: batching on: up to $rows rows per batch, waiting at most $wait_ms ms," \
+      "$threads batches at once"
     ;;
   false | False | FALSE | 0 | no | off | "")
     echo "tfserving: batching off"
