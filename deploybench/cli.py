@@ -285,8 +285,8 @@ def run(
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
 ) -> None:
     """The main job: export -> serve -> load -> edge -> report, in one run folder."""
-    from deploybench.pipeline import RunOptions
-    from deploybench.pipeline import run as run_pipeline
+    from deploybench.jobs.run import RunOptions
+    from deploybench.jobs.run import run as run_pipeline
     from deploybench.serving.clients import TARGETS
     from deploybench.serving.manager import loopback_endpoints
     from deploybench.zoo import all_specs
@@ -349,7 +349,7 @@ def bench(
 ) -> None:
     """Serving efficiency: each server's best rate under the p99 bound (batching off and on)
     against its framework's in-process ceiling on the same cores."""
-    from deploybench.loadtest.bench_serving import BenchOptions, run_bench
+    from deploybench.jobs.bench import BenchOptions, run_bench
 
     run_bench(BenchOptions(model, artifacts, out, server_cpus, loadgen_cpus,
                            step_seconds=step_seconds, min_requests=min_requests,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from deploybench.loadtest.bench_serving import BenchOptions, run_bench
+from deploybench.jobs.bench import BenchOptions, run_bench
 from deploybench.report import _num
 from tests.servers import free_offset, port_free
 

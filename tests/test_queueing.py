@@ -46,7 +46,7 @@ def test_batching_helps_when_batches_are_cheaper_per_row_and_hurts_when_dearer()
 
 
 def test_bench_holds_a_batching_server_to_the_better_of_batching_and_not():
-    from deploybench.loadtest.bench_serving import BenchOptions, ideal_server_rps
+    from deploybench.jobs.bench import BenchOptions, ideal_server_rps
 
     options = BenchOptions(model="m", artifacts=Path("a"), out=Path("o"), max_batch_size=4,
                            bound_ms=100)

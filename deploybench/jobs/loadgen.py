@@ -1,6 +1,6 @@
 """How much load can one locust process generate here, and is that enough for TorchServe?
 
-    .venv/bin/python -m deploybench.loadtest.bench_locust --artifacts artifacts --out runs/bench
+    .venv/bin/python -m deploybench.jobs.loadgen --artifacts artifacts --out runs/bench
 
 1. Capacity: the very locustfile and user class the kit measures TorchServe with (same golden
    bodies, same answer check per response), pointed at a trivially fast local endpoint: a
@@ -110,7 +110,7 @@ def free_port() -> int:
 def start_replay(root: Path, model: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "deploybench.loadtest.bench_locust", "replay", "--port",
+        [sys.executable, "-m", "deploybench.jobs.loadgen", "replay", "--port",
          str(port), "--artifacts", str(root), "--model", model],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     line = process.stdout.readline() if process.stdout else b""
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     check["torchserve"] = origin
     results = Results(run_dir)  # the sweep saved its steps; add ours beside them
     results.add(*capacity, check)
-    results.note("bench_locust: locust capacity against a replay endpoint beside TorchServe")
+    results.note("loadgen: locust capacity against a replay endpoint beside TorchServe")
     results.save()
     console.print(table(capacity, server))
     console.print(check["verdict"], highlight=False)
