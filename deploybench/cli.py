@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from deploybench.errors import DeploybenchError, Terminated, UsageError
+from deploybench.selection import resolve_models
 
 app = typer.Typer(
     help="Compare how one model deploys through TensorFlow Serving, TorchServe and LiteRT.",
@@ -90,26 +91,18 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     return app.command()(wrapper)
 
 
-def resolve_models(name: str) -> list:  # noqa: ANN201
-    from deploybench.zoo import UnknownModelError, all_specs, get_spec
-
-    if name == "all":
-        return list(all_specs().values())
-    try:
-        return [get_spec(name)]
-    except UnknownModelError as error:
-        raise DeploybenchError(str(error)) from None
-
-
 @command
 def export(
-    model: Annotated[str, typer.Option(help="Model name from the zoo, or 'all'.")] = "all",
+    model: Annotated[str, typer.Option(
+        help="Model from the zoo, or 'all': every zoo model.")] = "all",
     out: Annotated[Path, typer.Option(help="Export root folder.")] = Path("artifacts"),
     version: Annotated[int, typer.Option(min=1, help="Model version to write.")] = 1,
 ) -> None:
     """Export models to SavedModel, TFLite variants, TorchScript and .mar, gated on parity."""
-    specs = resolve_models(model)
     from deploybench.export.exporter import export as run_export
+    from deploybench.zoo import get_spec
+
+    specs = [get_spec(name) for name in resolve_models(model)]
 
     run_export(specs, out, console, version)
 
@@ -126,21 +119,19 @@ def serve(
     artifacts: Annotated[Path, typer.Option(help="Export root to serve.")] = Path("artifacts"),
     mode: Annotated[str | None, typer.Option(
         help="docker or native (default: docker when a Docker engine answers).")] = None,
-    model: Annotated[str, typer.Option(help="Model to serve, or 'all' exported.")] = "all",
-    servers: Annotated[str, typer.Option(help="Comma-separated servers.")] = "tfserving,torchserve",
+    model: Annotated[str, typer.Option(
+        help="Exported model to serve, or 'all': every model in the export root.")] = "all",
+    servers: Annotated[str, typer.Option(
+        help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
     run_dir: Annotated[Path | None, typer.Option(help="Folder for logs and configs.")] = None,
 ) -> None:
     """Start the servers; return once each answers a golden sample correctly."""
-    from deploybench.serving.clients import TARGETS
-    from deploybench.serving.manager import loopback_endpoints
     from deploybench.serving.manager import serve as start
+    from deploybench.serving.targets import loopback_endpoints, parse_targets
 
-    chosen = tuple(parse_list(servers))
-    unknown = set(chosen) - set(TARGETS)
-    if unknown:
-        raise DeploybenchError(f"unknown server(s) {sorted(unknown)}; known: {', '.join(TARGETS)}")
-    models = None if model == "all" else [model]
+    chosen = parse_targets(servers)
+    models = resolve_models(model, artifacts.resolve())
     deployment = start(artifacts, mode, models, run_dir, loopback_endpoints(port_offset), chosen,
                        log=lambda text: console.print(text, highlight=False))
     if not deployment.up():
@@ -180,12 +171,26 @@ def models() -> None:
 
 
 @command
+def servers() -> None:
+    """List the server targets the kit can measure (serving/targets.py, plus any named by
+    DEPLOYBENCH_TARGETS): one line each."""
+    from deploybench.serving import targets
+
+    for target in targets.targets().values():
+        speaks = ", ".join(f"{p.name} at {target.endpoint(p.endpoint).default}"
+                           for p in target.protocols)
+        console.print(f"{target.name}\t{target.label} ({target.framework_label}, serves "
+                      f"{target.artifact_format}): {speaks}", highlight=False, soft_wrap=True)
+
+
+@command
 def edge(
     out: Annotated[Path, typer.Option(help="Run folder; rows are appended to its results.json.")],
     artifacts: Annotated[Path, typer.Option(help="Export root (`deploybench export --out`).")] = (
         Path("artifacts")
     ),
-    model: Annotated[str, typer.Option(help="Exported model name, or 'all'.")] = "all",
+    model: Annotated[str, typer.Option(
+        help="Exported model, or 'all': every model in the export root.")] = "all",
     threads: Annotated[str, typer.Option(help="Thread counts, comma-separated.")] = "1,2",
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per measurement.")] = 1000,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before them.")] = 50,
@@ -194,17 +199,23 @@ def edge(
 ) -> None:
     """Measure every TFLite variant under LiteRT (XNNPACK on and off) beside in-process
     TensorFlow and torch: size, load, latency, memory, accuracy and mobile readiness."""
-    from deploybench.edge.bench import parse_threads, run_edge
+    from deploybench.edge.bench import parse_threads
+    from deploybench.jobs.stages import edge_stage
+    from deploybench.jobs.writer import RunWriter
 
-    run_edge(artifacts, model, parse_threads(threads), runs, warmup, out, console, baselines)
+    counts = parse_threads(threads)
+    resolve_models(model, artifacts)  # a usage error leaves the run folder alone
+    edge_stage(RunWriter(out), artifacts, model, counts, runs, warmup, console, baselines)
 
 
 @command
 def load(
     out: Annotated[Path, typer.Option(help="Run folder: results.json and locust's files.")],
-    target: Annotated[str, typer.Option(help="torchserve, tfserving or all.")] = "all",
+    target: Annotated[str, typer.Option(
+        help="A server (`deploybench servers` lists them), or all.")] = "all",
     protocol: Annotated[str | None, typer.Option(
-        help="rest or grpc (default: every protocol the target speaks).")] = None,
+        help="One of the server's protocols, e.g. rest, grpc, npy (default: every protocol "
+             "it speaks).")] = None,
     scenario: Annotated[str, typer.Option(
         help="sweep (closed loop), rate (open-loop SLO search), or a JSON/YAML file.")] = "sweep",
     users: Annotated[str | None, typer.Option(
@@ -219,16 +230,20 @@ def load(
     batch_size: Annotated[int | None, typer.Option(help="Golden rows per request.")] = None,
     artifacts: Annotated[Path | None, typer.Option(
         help="Export root (default: what `deploybench serve` serves, else artifacts).")] = None,
-    model: Annotated[str, typer.Option(help="Model to load-test, or 'all' served.")] = "all",
+    model: Annotated[str, typer.Option(
+        help="Model to load-test, or 'all': every model being served (without a running "
+             "`deploybench serve`: every model in the export root).")] = "all",
     port_offset: Annotated[int | None, typer.Option(
         help="Servers on the published ports shifted by N (default: the running "
              "deployment's endpoints).")] = None,
 ) -> None:
     """Load-test the servers with locust (one headless process per step), answers checked."""
-    from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable, plan_pairs
-    from deploybench.loadtest.runner import resolve_models as load_models
+    from deploybench.jobs.stages import load_stage
+    from deploybench.jobs.writer import RunWriter
+    from deploybench.loadtest.runner import LoadPlan, check_reachable
     from deploybench.loadtest.scenarios import load_scenario
-    from deploybench.serving.manager import Deployment, loopback_endpoints
+    from deploybench.serving import targets
+    from deploybench.serving.manager import Deployment
 
     chosen = load_scenario(
         scenario,
@@ -239,23 +254,24 @@ def load(
     if users and chosen.kind != "closed" or rates and chosen.kind != "open":
         raise DeploybenchError("--users is for a closed-loop sweep, --rates for an open-loop "
                                f"scenario; {chosen.name} is {chosen.kind}")
-    pairs = plan_pairs(target, protocol)
+    pairs = targets.pairs(target, protocol)
     deployment = Deployment.load() if port_offset is None else None
     if deployment is not None and deployment.up():
         endpoints, mode = deployment.endpoints_obj(), deployment.mode
         root = artifacts or Path(deployment.root)
         served = deployment.models
     else:
-        endpoints, mode = loopback_endpoints(port_offset or 0), "external"
+        endpoints, mode = targets.loopback_endpoints(port_offset or 0), "external"
         root, served = artifacts or Path("artifacts"), None
     root = root.resolve()
-    plan = LoadPlan(pairs, load_models(root, model, served), root, endpoints, chosen,
+    plan = LoadPlan(pairs, resolve_models(model, root, all_of=served), root, endpoints, chosen,
                     out.resolve(), mode)
     if deployment is not None and deployment.up():
         plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
     check_reachable(plan, skip_unreachable=target == "all")
-    run = LoadRun(plan, console)
-    measurements = run.run()
+    # the run folder is written only once every target was checked
+    run = load_stage(RunWriter(plan.run_dir), plan, console)
+    measurements = run.measurements
     console.print(f"results: {plan.run_dir / 'results.json'}", highlight=False)
     if run.failed_steps:
         raise DeploybenchError(f"{run.failed_steps} of {len(measurements)} load steps failed "
@@ -264,14 +280,16 @@ def load(
 
 @command
 def run(
-    model: Annotated[str, typer.Option(help="Model from the zoo, or 'all' (the digits models)."
-                                       )] = "all",
+    model: Annotated[str, typer.Option(
+        help="Model from the zoo, or 'all': the quick digits models (larger ones by name)."
+    )] = "all",
     artifacts: Annotated[Path, typer.Option(help="Export root.")] = Path("artifacts"),
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<timestamp>).")
                    ] = None,
     mode: Annotated[str | None, typer.Option(
         help="docker or native (default: docker when a Docker engine answers).")] = None,
-    servers: Annotated[str, typer.Option(help="Comma-separated servers.")] = "tfserving,torchserve",
+    servers: Annotated[str, typer.Option(
+        help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
     users: Annotated[str, typer.Option(help="Closed-loop sweep levels.")] = "1,2,4,8",
     step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 5.0,
     warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds per step.")] = 2.0,
@@ -287,18 +305,12 @@ def run(
     """The main job: export -> serve -> load -> edge -> report, in one run folder."""
     from deploybench.jobs.run import RunOptions
     from deploybench.jobs.run import run as run_pipeline
-    from deploybench.serving.clients import TARGETS
-    from deploybench.serving.manager import loopback_endpoints
-    from deploybench.zoo import all_specs
+    from deploybench.serving.targets import loopback_endpoints, parse_targets
+    from deploybench.zoo import all_specs, get_spec
 
-    chosen = tuple(parse_list(servers))
-    unknown = set(chosen) - set(TARGETS)
-    if unknown:
-        raise DeploybenchError(f"unknown server(s) {sorted(unknown)}; known: {', '.join(TARGETS)}")
-    if model == "all":  # the quick default: the digits models (larger models by name)
-        specs = [spec for name, spec in all_specs().items() if name.startswith("digits-")]
-    else:
-        specs = resolve_models(model)
+    chosen = parse_targets(servers)
+    quick = [name for name in all_specs() if name.startswith("digits-")]
+    specs = [get_spec(name) for name in resolve_models(model, all_of=quick)]
     # every setting is checked here, before a minute of export and serving, not at its stage
     from deploybench.edge.bench import parse_threads
     from deploybench.loadtest.scenarios import load_scenario

@@ -34,7 +34,7 @@ def _load_series(results: dict[str, Any], scenario: str) -> dict[str, list[dict[
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows(results, "load"):
         if row.get("scenario") == scenario and latency(row, "p99") is not None:
-            label = f"{row['model']} · {server_label(row['target'], row['protocol'])}"
+            label = f"{row['model']} · {server_label(row)}"
             series[label].append(row)
     return dict(sorted(series.items()))
 

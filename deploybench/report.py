@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,14 @@ from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 from deploybench import plots
 from deploybench.errors import DeploybenchError
 from deploybench.files import atomic_write_text
-from deploybench.results import RESULTS_FILE
+from deploybench.formatting import number
+from deploybench.results import RESULTS_FILE, read_results
 from deploybench.verdict import (
     answer_lines,
     bound_of,
     latency,
     rows,
+    server_label,
     unavailable_servers,
     verdict_table,
 )
@@ -25,20 +26,9 @@ from deploybench.verdict import (
 PLOTS_DIR = "plots"
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None or isinstance(value, Undefined):  # optional fields may be absent
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.{digits}g}"
-    return str(value)
+def _cell(value: Any, digits: int = 3) -> str:
+    # optional fields may be absent from a row: the template sees Undefined, the cell a dash
+    return number(None if isinstance(value, Undefined) else value, digits)
 
 
 def _environment() -> Environment:
@@ -46,19 +36,19 @@ def _environment() -> Environment:
                       trim_blocks=True,
                       autoescape=select_autoescape(enabled_extensions=("html.j2",)),
                       lstrip_blocks=True)
-    env.filters["num"] = _num
-    env.filters["ms"] = lambda row, key: _num(latency(row, key))
+    env.filters["num"] = _cell
+    env.filters["ms"] = lambda row, key: number(latency(row, key))
+    env.filters["server"] = server_label
     return env
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
+    """The run's results.json, validated against the record types (one line naming the record
+    and the field if it does not fit), as plain dicts for the templates."""
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         raise DeploybenchError(f"{path}: no results.json in this run folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DeploybenchError(f"{path}: not valid JSON ({error})") from error
+    return read_results(path).dump()
 
 
 def context(results: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,16 @@
-"""results.json: one schema for every measurement (load, edge, in-process), one file per run.
+"""results.json: one typed schema for every measurement (deploybench/records.py), one file per
+run.
 
     {"schema": ..., "created": ..., "partial": false, "notes": [...],
      "environment": {versions, cpu, limits, mode, ...},
      "measurements": [{"kind": "load" | "edge" | "inprocess" | ..., ...}, ...]}
 
-Stages append measurements to the run's file; each write is atomic.
+One writer per run (deploybench/jobs/writer.py) adds records and saves atomically; the stages
+hand it their records. Here: reading and validating a file, and where it was measured.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import platform
@@ -17,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from pydantic import ValidationError
 
 from deploybench.errors import DeploybenchError
-from deploybench.files import atomic_write_json
+from deploybench.records import SCHEMA, ResultsFile
 from deploybench.settings import load_settings
 from deploybench.versions import package_versions
 
-SCHEMA = "deploybench.results/1"
+__all__ = ["INT8_DOT_PRODUCT_FLAGS", "RESULTS_FILE", "SCHEMA", "cpu_int8_dot_product",
+           "cpu_model", "describe_error", "environment", "read_results"]
+
 RESULTS_FILE = "results.json"
 
 
@@ -73,46 +77,66 @@ def environment(**extra: Any) -> dict[str, Any]:
     }
 
 
-class Results:
-    """A run folder's results.json."""
+def read_results(path: Path) -> ResultsFile:
+    """A results.json, validated; anything wrong is one DeploybenchError line naming the record
+    and the field, e.g. `run/results.json: measurement 3 (kind load): latency_ms.p99: Input
+    should be a valid number` (3: the index in "measurements", counted from 0)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise DeploybenchError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict) or not isinstance(data.get("schema"), str):
+        raise DeploybenchError(f"{path}: not a deploybench results file")
+    schema = data["schema"]
+    if schema != SCHEMA:
+        family, _, version = schema.rpartition("/")
+        if family != SCHEMA.rpartition("/")[0]:
+            raise DeploybenchError(f"{path}: not a deploybench results file (schema {schema})")
+        older = version.isdigit() and int(version) < int(SCHEMA.rpartition("/")[2])
+        raise DeploybenchError(
+            f"{path}: schema {schema} is not {SCHEMA} (written by "
+            + ("an older deploybench; run it again)" if older else "another deploybench)"))
+    try:
+        return ResultsFile.model_validate(data)
+    except ValidationError as error:
+        raise DeploybenchError(f"{path}: {describe_error(error, data)}") from None
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / RESULTS_FILE
-        if self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as error:
-                raise DeploybenchError(f"{self.path}: not valid JSON ({error})") from error
-            if self.data.get("schema") != SCHEMA:
-                raise DeploybenchError(f"{self.path}: not a deploybench results file")
-        else:
-            self.data = {
-                "schema": SCHEMA,
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "partial": False,
-                "notes": [],
-                "environment": {},
-                "measurements": [],
-            }
 
-    @property
-    def measurements(self) -> list[dict[str, Any]]:
-        return self.data["measurements"]
+def describe_error(error: ValidationError, data: dict[str, Any]) -> str:
+    """pydantic's first complaint about a results file as one line: the record (index and
+    kind), the field's path in it, and what is wrong."""
+    problems = error.errors()
+    first = problems[0]
+    loc = list(first["loc"])
+    where = ""
+    if len(loc) >= 2 and loc[0] == "measurements" and isinstance(loc[1], int):
+        index = loc[1]
+        raw = data["measurements"][index]
+        raw = raw if isinstance(raw, dict) else {}
+        kind = raw.get("kind")
+        loc = loc[2:]
+        # drop the union tags pydantic puts in the path (the kind, a fault's name)
+        for tag in (kind, raw.get("fault") if kind == "fault" else None):
+            if tag is not None and loc and loc[0] == tag:
+                loc = loc[1:]
+        where = f"measurement {index}" + (f" (kind {kind})" if isinstance(kind, str) else "")
+    field = _path(loc)
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        discriminator = str(first.get("ctx", {}).get("discriminator", "kind")).strip("'")
+        field = _path([*loc, discriminator])
+        message = ("missing" if first["type"] == "union_tag_not_found"
+                   else f"unknown {discriminator} {first['ctx']['tag']!r} (known: "
+                        f"{first['ctx']['expected_tags']})")
+    else:
+        message = first["msg"]
+    text = ": ".join(part for part in (where, field, message) if part)
+    if len(problems) > 1:
+        text += f" (and {len(problems) - 1} more)"
+    return text
 
-    def set_environment(self, **extra: Any) -> None:
-        """Record the environment, keeping what earlier stages of this run recorded."""
-        self.data["environment"] = {**self.data["environment"], **environment(**extra)}
 
-    def add(self, *measurements: dict[str, Any]) -> None:
-        for measurement in measurements:
-            if "kind" not in measurement:
-                raise ValueError("a measurement needs a 'kind'")
-            self.measurements.append(measurement)
-
-    def note(self, text: str) -> None:
-        self.data["notes"].append(text)
-
-    def save(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, self.data)
+def _path(loc: list[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,13 +1,23 @@
-"""Run each artifact format in-process with its own runtime, on public-format inputs.
+"""Run each artifact format in-process with its own runtime, on public-format inputs: the one
+way each format is loaded.
 
-Export uses these for its parity gate; the edge stage uses them for its measurements and
-baselines. Every runner takes float32 inputs in the public layout and returns float32 logits.
+Export uses these for its parity gate, the edge stage for its measurements and baselines, the
+load stage for its in-process ceiling. Every runner takes float32 inputs in the public layout
+and returns float32 logits, split so that only the inference call can be timed: `set_input`
+(not timed), `run` (timed, like TFLite's benchmark_model times only Invoke), `output` (not
+timed); `predict` (or calling the runner) does all three.
+
+A backend (BACKENDS, by runtime name) imports its runtime and sets its threads (not timed as
+load); its `load()` reads the artifact and makes it ready to run (timed as init).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,44 +28,159 @@ class ArtifactError(DeploybenchError):
     """An artifact that is missing, corrupt or not what its name says."""
 
 
-def load_savedmodel(path: Path):  # noqa: ANN201
-    """A callable running the SavedModel's serving_default signature (one input, one output)."""
+class Runner(Protocol):
+    def set_input(self, x: np.ndarray) -> None: ...
+
+    def run(self) -> None: ...
+
+    def output(self) -> np.ndarray: ...
+
+    def info(self) -> dict[str, Any]:
+        """What the runtime reports about how it ran (threads used, delegates applied)."""
+        ...
+
+
+class Backend(Protocol):
+    def load(self) -> Runner: ...
+
+
+class _Predicts:
+    """`predict(x)` and `runner(x)`: set the input, run, read the output, in one call (the
+    export's parity gate needs no split)."""
+
+    def set_input(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def output(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.set_input(x)
+        self.run()
+        return self.output()
+
+    __call__ = predict
+
+
+# --- TensorFlow (SavedModel) --------------------------------------------------------------
+
+
+class TensorFlowRunner(_Predicts):
+    """The SavedModel's serving_default signature (one input, one output)."""
+
+    def __init__(self, signature: Any) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self.signature = signature
+        (self.input_name,) = signature.structured_input_signature[1].keys()
+        (self.output_name,) = signature.structured_outputs.keys()
+        self._x: Any = None
+        self._y: Any = None
+
+    def set_input(self, x: np.ndarray) -> None:
+        self._x = self._tf.constant(x)
+
+    def run(self) -> None:
+        self._y = self.signature(**{self.input_name: self._x})
+
+    def output(self) -> np.ndarray:
+        return self._y[self.output_name].numpy()
+
+    def info(self) -> dict[str, Any]:
+        threading = self._tf.config.threading
+        return {"runtime_threads": {
+            "intra_op": threading.get_intra_op_parallelism_threads(),
+            "inter_op": threading.get_inter_op_parallelism_threads(),
+        }}
+
+
+def load_savedmodel(path: Path) -> TensorFlowRunner:
+    """A SavedModel, ready to run its serving_default signature."""
     import tensorflow as tf
 
-    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    (input_name,) = signature.structured_input_signature[1].keys()
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        (output,) = signature(**{input_name: tf.constant(x)}).values()
-        return output.numpy()
-
-    return predict
+    return TensorFlowRunner(tf.saved_model.load(str(path)).signatures["serving_default"])
 
 
-def set_torch_threads(threads: int | None) -> None:
-    import torch
+class TensorFlowBackend:
+    """TensorFlow fixes its thread pools at first use, so each thread count needs a fresh
+    process (the edge worker is one); `runtime_threads` records what TensorFlow reports back."""
 
-    if threads:
-        torch.set_num_threads(threads)
+    def __init__(self, path: Path, threads: int, xnnpack: bool | None = None) -> None:
+        import tensorflow as tf
+
+        # threads=n means n threads inside an op, ops one at a time: what TFLite's num_threads
+        # means, so both figures are for the same thread budget
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        self.path = Path(path)
+
+    def load(self) -> TensorFlowRunner:
+        return load_savedmodel(self.path)
 
 
-def load_torchscript(path: Path | bytes):  # noqa: ANN201
-    """A callable running a TorchScript file (or its bytes, e.g. read out of a .mar)."""
-    import io
+# --- torch (TorchScript) ------------------------------------------------------------------
 
+
+class TorchRunner(_Predicts):
+    def __init__(self, module: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self.module = module
+        self._x: Any = None
+        self._y: Any = None
+
+    def set_input(self, x: np.ndarray) -> None:
+        self._x = self._torch.from_numpy(np.ascontiguousarray(x))
+
+    def run(self) -> None:
+        with self._torch.inference_mode():
+            self._y = self.module(self._x)
+
+    def output(self) -> np.ndarray:
+        return self._y.numpy()
+
+    def info(self) -> dict[str, Any]:
+        return {"runtime_threads": {
+            "intra_op": self._torch.get_num_threads(),
+            "inter_op": self._torch.get_num_interop_threads(),
+        }}
+
+
+def load_torchscript(path: Path | bytes) -> TorchRunner:
+    """A TorchScript file (or its bytes, e.g. read out of a .mar), ready to run."""
     import torch
 
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
-    module = torch.jit.load(source, map_location="cpu").eval()
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-
-    return predict
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream (DESIGN.md)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        module = torch.jit.load(source, map_location="cpu").eval()
+    return TorchRunner(module)
 
 
-class TFLiteModel:
+class TorchBackend:
+    def __init__(self, path: Path, threads: int, xnnpack: bool | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)  # only before any inter-op work: a fresh process
+        except RuntimeError:
+            pass  # recorded as reported by runtime_threads
+        self.path = Path(path)
+
+    def load(self) -> TorchRunner:
+        return load_torchscript(self.path)
+
+
+# --- LiteRT (TFLite) ----------------------------------------------------------------------
+
+
+class TFLiteModel(_Predicts):
     """A .tflite file under the LiteRT interpreter. Every exported variant takes and returns
     float32 (the full-int8 one quantizes and dequantizes inside, as part of the model), so
     inputs and outputs pass as they are; a file with other input or output types is refused."""
@@ -64,6 +189,7 @@ class TFLiteModel:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.path = Path(path)
+        self.threads = threads
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: no such TFLite file")
         resolver = (
@@ -103,14 +229,38 @@ class TFLiteModel:
         self._resize(tuple(x.shape))
         self.interpreter.set_tensor(self._input["index"], x.astype(np.float32, copy=False))
 
-    def invoke(self) -> None:
+    def run(self) -> None:
         self.interpreter.invoke()
 
-    def get_output(self) -> np.ndarray:
+    def output(self) -> np.ndarray:
         return self.interpreter.get_tensor(self._output["index"])  # a copy
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        self.set_input(x)
-        self.invoke()
-        return self.get_output()
+    def info(self) -> dict[str, Any]:
+        # The interpreter takes num_threads as given (it has no getter); the delegate nodes in
+        # its graph show whether XNNPACK took part, and in how many partitions.
+        try:
+            nodes = self.interpreter._get_ops_details()
+            partitions: int | None = sum(1 for n in nodes if n.get("op_name") == "DELEGATE")
+        except Exception:  # a private API: absent in some versions
+            partitions = None
+        return {"runtime_threads": {"num_threads": self.threads},
+                "delegate_partitions": partitions}
+
+
+class LiteRTBackend:
+    def __init__(self, path: Path, threads: int, xnnpack: bool) -> None:
+        import ai_edge_litert.interpreter  # noqa: F401  (import time is not load time)
+
+        self.path, self.threads, self.xnnpack = Path(path), threads, xnnpack
+
+    def load(self) -> TFLiteModel:
+        # TFLiteModel builds the interpreter and allocates its tensors: load + allocate
+        return TFLiteModel(self.path, threads=self.threads, xnnpack=self.xnnpack)
+
+
+BACKENDS: dict[str, type] = {
+    "litert": LiteRTBackend,
+    "tensorflow": TensorFlowBackend,
+    "torch": TorchBackend,
+}
 

@@ -7,16 +7,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from deploybench.formatting import ms, req_per_s
+
 DEFAULT_BOUND_MS = 100.0
-SERVER_NAMES = {"tfserving": "TF Serving", "torchserve": "TorchServe"}
-FRAMEWORK = {"tfserving": "TensorFlow", "torchserve": "PyTorch"}
 
 
-PROTOCOL_NAMES = {"rest": "REST", "grpc": "gRPC", "npy": "REST .npy"}
-
-
-def server_label(target: str, protocol: str) -> str:
-    return f"{SERVER_NAMES.get(target, target)} {PROTOCOL_NAMES.get(protocol, protocol)}"
+def server_label(row: dict[str, Any]) -> str:
+    """A server's display name, as its record carries it (the registry's, when measured):
+    "TorchServe REST .npy"; the bare names for a record without labels."""
+    name = row.get("target_label") or row["target"]
+    protocol = row.get("protocol_label") or row.get("protocol")
+    return f"{name} {protocol}" if protocol else name
 
 
 def rows(results: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -37,6 +38,7 @@ class Best:
     model: str
     target: str
     protocol: str
+    label: str  # the server's display name, with its protocol's
     throughput_rps: float | None  # None: nothing stayed under the bound
     p99_ms: float | None
     scenario: str | None
@@ -68,7 +70,7 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
         open_loop = [s for s in passing if s.get("level_unit") == "rps"]
         top = max(open_loop or passing, key=lambda s: s.get("throughput_rps", 0), default=None)
         best.append(Best(
-            model, target, protocol,
+            model, target, protocol, server_label(steps[0]),
             top["throughput_rps"] if top else None,
             latency(top, "p99") if top else None,
             top["scenario"] if top else None,
@@ -79,18 +81,9 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
 
 
 def unavailable_servers(results: dict[str, Any]) -> dict[str, str]:
-    return {r["target"]: r.get("reason", "") for r in rows(results, "server")
-            if r.get("status") != "up"}
-
-
-def fmt_rps(value: float) -> str:
-    return f"{value:,.0f} req/s" if value >= 100 else f"{value:,.1f} req/s"
-
-
-def fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g} ms" if value < 10 else f"{value:,.1f} ms"
+    """{display name: why} of every server that could not be measured."""
+    return {server_label({**r, "protocol": None}): r.get("reason", "")
+            for r in rows(results, "server") if r.get("status") != "up"}
 
 
 def server_lines(results: dict[str, Any]) -> list[str]:
@@ -109,20 +102,20 @@ def server_lines(results: dict[str, Any]) -> list[str]:
             continue
         top = measured[0]
         how = "open-loop Poisson arrivals" if top.open_loop else "closed loop"
-        text = (f"{server_label(top.target, top.protocol)} sustains {fmt_rps(top.throughput_rps)}"
-                f" (p99 {fmt_ms(top.p99_ms)}, {how})")
+        text = (f"{top.label} sustains {req_per_s(top.throughput_rps)}"
+                f" (p99 {ms(top.p99_ms)}, {how})")
         for other in measured[1:]:
             ratio = top.throughput_rps / other.throughput_rps
-            text += (f", {ratio:.2g}x {server_label(other.target, other.protocol)} "
-                     f"({fmt_rps(other.throughput_rps)})")
+            text += (f", {ratio:.2g}x {other.label} "
+                     f"({req_per_s(other.throughput_rps)})")
         for other in bests:
             if not other.throughput_rps:
-                text += f"; {server_label(other.target, other.protocol)} never stayed under it"
+                text += f"; {other.label} never stayed under it"
         lines.append(head + text + ".")
     if not by_model:
         lines.append("Server: no load measurement in this run.")
-    for target, reason in sorted(missing.items()):
-        lines.append(f"{SERVER_NAMES.get(target, target)} could not be measured here: {reason}")
+    for name, reason in sorted(missing.items()):
+        lines.append(f"{name} could not be measured here: {reason}")
     return lines
 
 
@@ -147,7 +140,7 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
                 f"{pick['variant']} is edge-ready, {pick['size_bytes'] / 1024:,.1f} KiB")
         if fp32 and fp32 is not pick and pick["size_bytes"]:
             text += f" ({fp32['size_bytes'] / pick['size_bytes']:.1f}x smaller than fp32)"
-        text += f", p50 {fmt_ms(latency(pick, 'p50'))}"
+        text += f", p50 {ms(latency(pick, 'p50'))}"
         if pick.get("accuracy") is not None:
             text += f", accuracy {pick['accuracy']:.3f}"
         elif pick.get("top1_agreement") is not None:
@@ -155,7 +148,7 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
         for base in inprocess:
             if base["model"] == model and base["threads"] == threads:
                 text += (f"; in-process {base['runtime']} ({base['variant']}) "
-                         f"p50 {fmt_ms(latency(base, 'p50'))}")
+                         f"p50 {ms(latency(base, 'p50'))}")
         lines.append(text + ". PyTorch's side has no mobile artifact in this kit (TorchScript "
                      "runs in-process only).")
         lines += int8_lines(results, model, [r for r in mine if r["threads"] == threads])
@@ -239,7 +232,7 @@ def verdict_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         memory = [r["server_peak_rss_bytes"] for r in steps if r.get("server_peak_rss_bytes")]
         table.append({
             "model": best.model,
-            "server": server_label(best.target, best.protocol),
+            "server": best.label,
             "best_rps": best.throughput_rps,
             "best_p99_ms": best.p99_ms,
             "levels": [

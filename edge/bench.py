@@ -1,6 +1,7 @@
 """The edge stage: every TFLite variant of a model under the LiteRT interpreter, at each thread
 count, with XNNPACK and without, beside the SavedModel in TensorFlow and the TorchScript in
-torch on the same inputs; one row per measurement in RUN_DIR/results.json, and a table.
+torch on the same inputs; one typed record per measurement, handed to the caller's sink
+(the run's writer puts it in RUN_DIR/results.json), and a table.
 
 Each artifact's sha256 is checked against the manifest and each .tflite file's operators are
 read before anything runs; a bad file is a failed row naming the file, and the other variants
@@ -9,13 +10,7 @@ go on. Each measurement runs in its own process (see worker.py), one after anoth
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,29 +18,23 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from deploybench import fresh
 from deploybench.edge.ops import read_ops
 from deploybench.edge.table import render
 from deploybench.edge.worker import Job
 from deploybench.errors import DeploybenchError, UsageError
 from deploybench.files import size_of
-from deploybench.manifest import Manifest, exported_models, load_manifest, verify_artifacts
-from deploybench.results import Results
-
-log = logging.getLogger(__name__)
+from deploybench.manifest import Manifest, load_manifest, verify_artifacts
+from deploybench.records import EdgeRecord, Sink, to_record
+from deploybench.selection import resolve_models
 
 EDGE_VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
 BASELINES = (("savedmodel", "tensorflow"), ("torchscript", "torch"))
 WORKER_TIMEOUT_S = 900
 
-# Every row has every field, so a failed row reads like a measured one with blanks.
-FIELDS = (
-    "kind", "model", "variant", "runtime", "threads", "xnnpack", "batch", "status", "error",
-    "path", "size_bytes", "edge_ready", "verdict", "ops", "op_counts", "non_builtin_ops",
-    "runs", "warmup", "import_ms", "import_memory_bytes", "init_ms", "first_ms", "latency_ms",
-    "peak_memory_growth_bytes", "retained_memory_growth_bytes", "memory_method",
-    "samples", "accuracy", "reference_accuracy", "accuracy_drop", "top1_agreement",
-    "max_abs_diff", "finite_outputs", "runtime_threads", "delegate_partitions",
-)
+# Every row has every field, so a failed row reads like a measured one with blanks; the
+# record declares them (edge and in-process rows share the fields).
+FIELDS = tuple(EdgeRecord.model_fields)
 
 
 class EdgeIncompleteError(DeploybenchError):
@@ -148,48 +137,12 @@ def plan_model(
     return pending
 
 
-def _exit_reason(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit status {returncode}"
-
-
 def run_worker(job: Job, timeout: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
     """Run one job in a fresh interpreter process and return its result fields."""
-    with tempfile.TemporaryDirectory(prefix="deploybench-edge-") as tmp:
-        job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_file.write_text(json.dumps(job.to_dict()))
-        command = [sys.executable, "-m", "deploybench.edge.worker", str(job_file),
-                   str(result_file)]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                  env=env, check=False)
-        except subprocess.TimeoutExpired:
-            return {"status": "failed",
-                    "error": f"{job.path}: {job.runtime} measurement timed out after {timeout} s"}
-        if done.returncode == 0 and result_file.is_file():
-            return json.loads(result_file.read_text())
-        log.error("edge worker for %s failed (%s):\n%s", job.path,
-                  _exit_reason(done.returncode), done.stderr)
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        last = f" ({lines[-1].strip()})" if lines else ""
-        return {"status": "failed", "error": f"{job.path}: {job.runtime} measurement process "
-                                             f"died with {_exit_reason(done.returncode)}{last}"}
-
-
-def resolve_models(root: Path, name: str) -> list[str]:
-    if not root.is_dir():
-        raise UsageError(f"{root}: no such export folder; run `deploybench export --out {root}`")
-    if name != "all":
-        return [name]
-    models = exported_models(root)
-    if not models:
-        raise UsageError(f"{root}: no exported models; run `deploybench export --out {root}`")
-    return models
+    try:
+        return fresh.run("deploybench.edge.worker", job.to_dict(), timeout=timeout)
+    except fresh.WorkerFailed as error:  # timed out, or died: a failed row, the others go on
+        return {"status": "failed", "error": f"{job.path}: {job.runtime} measurement {error}"}
 
 
 def parse_threads(text: str) -> list[int]:
@@ -211,33 +164,21 @@ def describe(row: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
-def run_edge(
-    root: Path, model: str, threads: list[int], runs: int, warmup: int, out: Path,
-    console: Console, baselines: bool = True,
-) -> list[dict[str, Any]]:
-    """Measure, append every row to OUT/results.json, print the tables; raise if any row
-    is not ok (after everything is written)."""
-    models = resolve_models(root, model)
-    results = Results(out)
-    try:
-        results.save()
-    except OSError as error:
-        raise UsageError(f"cannot write to run folder {out}: {error.strerror}") from error
-    extra: dict[str, Any] = {"edge": {
-        "runner": "in-process, one fresh process per measurement, one at a time",
-        "artifacts": str(root), "threads": threads, "runs": runs, "warmup": warmup,
-        "batch": 1, "baselines": baselines,
-    }}
-    if "mode" not in results.data["environment"]:
-        extra["mode"] = "in-process"
-    results.set_environment(**extra)
-    cpus = results.data["environment"]["cpus_available"]
-    if max(threads) > cpus:
-        results.note(f"edge: {max(threads)} threads requested on {cpus} available CPUs; "
-                     "those figures are oversubscribed")
-    results.data["partial"] = True
-    results.save()
+def edge_environment(root: Path, threads: list[int], runs: int, warmup: int, baselines: bool
+                ) -> dict[str, Any]:
+    """How the edge figures were taken, for the run's environment."""
+    return {"runner": "in-process, one fresh process per measurement, one at a time",
+            "artifacts": str(root), "threads": threads, "runs": runs, "warmup": warmup,
+            "batch": 1, "baselines": baselines}
 
+
+def run_edge(
+    root: Path, model: str, threads: list[int], runs: int, warmup: int, console: Console,
+    emit: Sink, baselines: bool = True,
+) -> list[dict[str, Any]]:
+    """Measure, hand every row to `emit` as it comes (a killed run keeps what it measured),
+    print the tables; raise if any row is not ok (after every row was emitted)."""
+    models = resolve_models(model, root, checked=False)  # unexported: a failed row
     pending = [p for name in models for p in plan_model(root, name, threads, runs, warmup,
                                                         baselines)]
     rows: list[dict[str, Any]] = []
@@ -251,14 +192,10 @@ def run_edge(
             if item.job is not None:
                 row = {**row, **run_worker(item.job)}
             rows.append(row)
-            results.add(row)
-            results.save()  # a killed run keeps what it measured (partial stays true)
+            emit(to_record(row))
             progress.advance(task)
-    results.data["partial"] = False
-    results.save()
 
     render(rows, console)
-    console.print(f"results: {results.path}")
     problems = [f"{describe(r)}: {r['error']}" for r in rows if r["status"] != "ok"]
     if problems:
         raise EdgeIncompleteError(

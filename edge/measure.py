@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from deploybench.edge.runners import Runner
-from deploybench.zoo.train import Golden, accuracy
+from deploybench.golden import Golden, accuracy
+from deploybench.runtimes import Runner
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")

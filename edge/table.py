@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deploybench.formatting import kib, mib, ms_compact, span, us_compact
+
 STATUS_STYLE = {"ok": "green", "failed": "red", "not-edge-ready": "yellow"}
 BASELINE_LABELS = {"tensorflow": "tf", "torch": "torch"}
 LEGEND = (
@@ -37,33 +39,6 @@ def styled(row: dict[str, Any]) -> str:
     return f"[{style}]{text}[/{style}]"
 
 
-def us(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    value = ms * 1000
-    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
-
-
-def ms_(ms: float | None) -> str:
-    return "-" if ms is None else (f"{ms:.2f}" if ms < 100 else f"{ms:.0f}")
-
-
-def mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / (1 << 20):.1f}"
-
-
-def kib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1024:.1f}"
-
-
-def span(values: list[float], spec: str) -> str:
-    """One figure, or min-max where XNNPACK or threads changed it."""
-    if not values:
-        return "-"
-    low, high = format(min(values), spec), format(max(values), spec)
-    return low if low == high else f"{low}-{high}"
-
-
 def new_table(title: str, columns: list[str], left: int) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
     for i, name in enumerate(columns):
@@ -83,8 +58,9 @@ def speed_table(model: str, rows: list[dict[str, Any]]) -> Table:
         table.add_row(
             styled(r), "-" if r["threads"] is None else str(r["threads"]),
             "-" if r["xnnpack"] is None else ("on" if r["xnnpack"] else "off"),
-            ms_(r["init_ms"]), ms_(r["first_ms"]),
-            us(latency.get("p50")), us(latency.get("p90")), us(latency.get("p99")),
+            ms_compact(r["init_ms"]), ms_compact(r["first_ms"]),
+            us_compact(latency.get("p50")), us_compact(latency.get("p90")),
+            us_compact(latency.get("p99")),
             mib(r["peak_memory_growth_bytes"]),
         )
     return table
@@ -103,6 +79,7 @@ def quality_table(model: str, rows: list[dict[str, Any]]) -> Table:
     for group in groups.values():
         ok = [r for r in group if r["status"] == "ok"]
         ready = group[0]["edge_ready"]
+        # one row per artifact: a span where XNNPACK or the thread count changed a figure
         table.add_row(
             styled(group[0]), kib(group[0]["size_bytes"]),
             span([r["accuracy"] for r in ok], ".4f"),

@@ -1,20 +1,16 @@
-"""One measurement in its own process: `python -m deploybench.edge.worker JOB.json RESULT.json`.
-
-A fresh process per measurement keeps the figures honest: TensorFlow fixes its thread pools
-at first use, so a thread count can only be set in a new process; peak memory growth starts
-from a process that holds no other model; and a runtime that crashes on a bad file takes only
-its own measurement down.
+"""One measurement in its own process: `python -m deploybench.edge.worker JOB.json RESULT.json`,
+started by deploybench.fresh (whose docstring says why a fresh process keeps figures honest).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from deploybench import fresh
 
 
 @dataclass(frozen=True)
@@ -36,12 +32,12 @@ class Job:
 def run_job(job: Job) -> dict[str, Any]:
     """Measure one job; an expected failure is a result with an error, not an exception."""
     from deploybench.edge.measure import measure, rss_bytes
-    from deploybench.edge.runners import BACKENDS
     from deploybench.errors import DeploybenchError
-    from deploybench.zoo.train import Golden
+    from deploybench.golden import Golden
+    from deploybench.runtimes import BACKENDS
 
     try:
-        golden = Golden.load(Path(job.golden))
+        golden = Golden.load(Path(job.golden), job.model)
     except Exception as error:  # missing, not an .npz, truncated zip, wrong arrays
         return {"status": "failed", "error": f"{job.golden}: unreadable golden samples ({error})"}
     try:
@@ -61,13 +57,8 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    job_file, result_file = (Path(a) for a in argv)
-    job = Job(**json.loads(job_file.read_text()))
-    result = run_job(job)
-    result_file.write_text(json.dumps(result))
-    return 0
+    return fresh.main(argv, lambda job: run_job(Job(**job)))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main(sys.argv[1:]))

@@ -25,6 +25,7 @@ from deploybench.files import (
     size_of,
     tree_sha256,
 )
+from deploybench.golden import GOLDEN_FILE, Golden, accuracy
 from deploybench.manifest import (
     FP32_TOLERANCE,
     MANIFEST_FILE,
@@ -36,7 +37,7 @@ from deploybench.manifest import (
 )
 from deploybench.versions import package_versions
 from deploybench.zoo.spec import ModelSpec
-from deploybench.zoo.train import GOLDEN_FILE, Golden, accuracy, train_reference
+from deploybench.zoo.train import train_reference
 
 log = logging.getLogger(__name__)
 

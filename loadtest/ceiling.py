@@ -6,8 +6,6 @@ same cores the server gets, at a given batch size. Run in its own (pinned) proce
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,14 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from deploybench import fresh
+
 
 def measure_ceiling(runtime: str, path: Path, golden: Path, batch: int, threads: int,
                     seconds: float, warmup_seconds: float = 1.0) -> dict[str, Any]:
-    from deploybench.edge.runners import BACKENDS
-    from deploybench.zoo.train import Golden
+    from deploybench.golden import Golden
+    from deploybench.runtimes import BACKENDS
 
     inputs = Golden.load(golden).inputs
-    rows = np.resize(inputs, (batch, *inputs.shape[1:])).astype(np.float32)
+    rows = np.resize(inputs, (batch, *inputs.shape[1:]))
     runner = BACKENDS[runtime](path, threads, None).load()
     runner.set_input(rows)
     deadline = time.perf_counter() + warmup_seconds
@@ -39,15 +39,14 @@ def measure_ceiling(runtime: str, path: Path, golden: Path, batch: int, threads:
             "batch_latency_ms": round(elapsed / iterations * 1000, 3)}
 
 
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    return measure_ceiling(job["runtime"], Path(job["path"]), Path(job["golden"]),
+                           job["batch"], job["threads"], job["seconds"])
+
+
 def main(argv: list[str]) -> int:
-    job_file, result_file = (Path(a) for a in argv)
-    job = json.loads(job_file.read_text())
-    result = measure_ceiling(job["runtime"], Path(job["path"]), Path(job["golden"]),
-                             job["batch"], job["threads"], job["seconds"])
-    result_file.write_text(json.dumps(result))
-    return 0
+    return fresh.main(argv, run_job)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main(sys.argv[1:]))

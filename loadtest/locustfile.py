@@ -1,14 +1,16 @@
-"""deploybench's locustfile: the same golden requests to TF Serving (REST, gRPC) and TorchServe
-(REST: JSON, and the binary .npy body).
+"""deploybench's locustfile: the same golden requests to every server target the kit declares
+(serving/targets.py): one user class per target and protocol, e.g. TFServingRESTUser,
+TFServingGRPCUser, TorchServeRESTUser and TorchServeNpyUser (TorchServe's binary .npy body).
 
-Run it as is:
+Run it as is (deploybench installed, e.g. `make setup`):
 
     locust -f loadtest/locustfile.py --class-picker         # web UI on 127.0.0.1, pick a target
     locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s TorchServeRESTUser
 
 Options (also environment variables, a locust.conf, or the web UI's custom parameters):
 --export-root/--model pick the golden samples (golden.npz, path from the model's manifest.json);
---torchserve-url, --tfserving-rest-url, --tfserving-grpc-target say where the servers are;
+one address option per target endpoint says where the servers are (--torchserve-url,
+--tfserving-rest-url, --tfserving-grpc-target for the kit's own; `--help` lists them all);
 --warmup-seconds is left out of every figure; --measure-seconds ends the run after the window;
 --rate-per-user > 0 turns each user into an open-loop Poisson arrival process (latency from
 the scheduled send time, coordinated-omission safe); --summary-file receives exact latencies
@@ -26,15 +28,13 @@ ships what it recorded since its last report (HDR histogram, counts, wrong answe
 with locust's own stats report; the master adds them up exactly and writes the summary.
 --rate-per-user is per user, on whichever worker that user runs.
 
-Without an installed deploybench (a plain locust image), mount the repo's deploybench/,
-serving/ and loadtest/ folders side by side and point -f at loadtest/locustfile.py.
+The locust image of docker-compose.yml installs deploybench itself (docker/locust/Dockerfile).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,35 +48,11 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-
-def _import_from_checkout() -> None:
-    """Without an installed deploybench (the locust image with the repo's deploybench/,
-    serving/ and loadtest/ folders mounted side by side), import them from the checkout this
-    file sits in, mapped as pyproject's package-dir does (deploybench.serving -> serving/)."""
-    try:
-        import deploybench.loadtest  # noqa: F401
-    except ImportError:
-        checkout = Path(__file__).resolve().parent.parent
-        if not (checkout / "deploybench" / "__init__.py").is_file():
-            raise
-        sys.modules.pop("deploybench", None)
-        sys.path.insert(0, str(checkout))
-        import deploybench
-
-        deploybench.__path__.append(str(checkout))
-
-
-_import_from_checkout()
-
-from deploybench.errors import DeploybenchError  # noqa: E402
-from deploybench.loadtest.recorder import Recorder, write_json  # noqa: E402
-from deploybench.loadtest.samples import (  # noqa: E402
-    Samples,
-    WrongAnswer,
-    grpc_outputs,
-    load_samples,
-)
-from deploybench.serving.payload import (  # noqa: E402
+from deploybench.errors import DeploybenchError
+from deploybench.loadtest.recorder import Recorder, write_json
+from deploybench.loadtest.samples import Samples, WrongAnswer, load_samples
+from deploybench.serving import targets
+from deploybench.serving.payload import (
     JSON_CONTENT_TYPE,
     NPY_CONTENT_TYPE,
     PredictionError,
@@ -104,12 +80,12 @@ def _options(parser: Any) -> None:
                        help="Model to load-test (its golden samples are the requests)")
     group.add_argument("--batch-size", env_var="DEPLOYBENCH_BATCH_SIZE", type=int, default=1,
                        help="Golden rows per request")
-    group.add_argument("--torchserve-url", env_var="DEPLOYBENCH_TORCHSERVE_REST",
-                       default="http://127.0.0.1:8080", help="TorchServe inference API")
-    group.add_argument("--tfserving-rest-url", env_var="DEPLOYBENCH_TFSERVING_REST",
-                       default="http://127.0.0.1:8501", help="TF Serving REST API")
-    group.add_argument("--tfserving-grpc-target", env_var="DEPLOYBENCH_TFSERVING_GRPC",
-                       default="127.0.0.1:8500", help="TF Serving gRPC host:port")
+    for target in targets.targets().values():  # where each server is, as declared
+        for endpoint in target.endpoints:
+            if endpoint.locust_option:
+                group.add_argument(f"--{endpoint.locust_option}", env_var=endpoint.env_var,
+                                   default=endpoint.default,
+                                   help=f"{target.label}: its {endpoint.key} address")
     group.add_argument("--warmup-seconds", env_var="DEPLOYBENCH_WARMUP_SECONDS", type=float,
                        default=0.0, help="Seconds after the start left out of every figure")
     group.add_argument("--measure-seconds", env_var="DEPLOYBENCH_MEASURE_SECONDS", type=float,
@@ -138,9 +114,10 @@ class _PredictUser(User):
 
     abstract = True
     wait_time = constant(0)
-    target = ""
+    target = ""  # set per generated class, from the registry
     protocol = ""
-    request_type = ""
+    body = ""  # the request encoding: samples.bodies[body]
+    address_option = ""  # the parsed option holding the server's address
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
@@ -198,22 +175,18 @@ class _PredictUser(User):
 
 
 class _RESTUser(_PredictUser, FastHttpUser):
+    """POST the body to the server's predict path (the client class's PREDICT_PATH); answers
+    are JSON predictions."""
+
     abstract = True
-    protocol = "rest"
-    content_type = JSON_CONTENT_TYPE
     concurrency = 256  # connections one user may open: the open loop keeps many in flight
-
-    def path(self) -> str:
-        raise NotImplementedError
-
-    def bodies(self) -> list[bytes]:
-        return self.samples.rest_bodies
+    path_template = ""
 
     def on_start(self) -> None:
         super().on_start()
-        self.predict_path = self.path()
-        self.request_bodies = self.bodies()
-        self.headers = {"Content-Type": self.content_type}
+        self.predict_path = self.path_template.format(model=self.model)
+        self.request_bodies = self.samples.bodies[self.body]
+        self.headers = {"Content-Type": CONTENT_TYPES[self.body]}
 
     def send(self, index: int, due: float | None) -> None:
         lag_ms = 0.0 if due is None else (time.perf_counter() - due) * 1000.0
@@ -244,50 +217,15 @@ class _RESTUser(_PredictUser, FastHttpUser):
         return None
 
 
-class TorchServeRESTUser(_RESTUser):
-    """TorchServe's inference API: POST /predictions/<model>, TF Serving's JSON body."""
-
-    target = "torchserve"
-    host = "http://127.0.0.1:8080"
-
-    def path(self) -> str:
-        return f"/predictions/{self.model}"
-
-
-class TorchServeNpyUser(TorchServeRESTUser):
-    """TorchServe's inference API with the binary body: the same float32 rows as an .npy file
-    (its counterpart of TF Serving's gRPC tensor_content); answers are JSON as above."""
-
-    protocol = "npy"
-    content_type = NPY_CONTENT_TYPE
-
-    def bodies(self) -> list[bytes]:
-        return self.samples.npy_bodies
-
-
-class TFServingRESTUser(_RESTUser):
-    """TF Serving's REST API: POST /v1/models/<model>:predict, the same bytes."""
-
-    target = "tfserving"
-    host = "http://127.0.0.1:8501"
-
-    def path(self) -> str:
-        return f"/v1/models/{self.model}:predict"
-
-
-class TFServingGRPCUser(_PredictUser):
+class _TFServingGRPCUser(_PredictUser):
     """TF Serving's gRPC PredictionService/Predict: one channel per user, requests serialized
     once, the request event fired here with the measured response time."""
 
-    target = "tfserving"
-    protocol = "grpc"
+    abstract = True
 
     def on_start(self) -> None:
         super().on_start()
-        options = self.environment.parsed_options
-        self.address = options.tfserving_grpc_target
-        if self.samples.grpc_bodies is None:
-            raise StopUser()
+        self.address = getattr(self.environment.parsed_options, self.address_option)
         self.channel = grpc.insecure_channel(self.address)
         # bytes in, bytes out: the request is serialized once, the answer parsed after timing
         self.call = self.channel.unary_unary(PREDICT_METHOD, request_serializer=None,
@@ -299,7 +237,9 @@ class TFServingGRPCUser(_PredictUser):
             channel.close()
 
     def send(self, index: int, due: float | None) -> None:
-        body = self.samples.grpc_bodies[index]  # type: ignore[index]
+        from deploybench.serving import protos  # TF Serving's protos, without TensorFlow
+
+        body = self.samples.bodies[self.body][index]
         RECORDER.sent(self.request_name)
         start = time.perf_counter()
         lag_ms = 0.0 if due is None else (start - due) * 1000.0
@@ -314,7 +254,8 @@ class TFServingGRPCUser(_PredictUser):
         service_ms = (time.perf_counter() - start) * 1000.0
         if exception is None:
             try:
-                self.samples.check(index, grpc_outputs(answer, self.samples.output_name))
+                self.samples.check(index, protos.predict_outputs(answer,
+                                                                 self.samples.output_name))
             except (WrongAnswer, PredictionError) as error:
                 exception = error
         self.environment.events.request.fire(
@@ -325,7 +266,35 @@ class TFServingGRPCUser(_PredictUser):
         self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
 
 
-HTTP_USERS: list[type[_RESTUser]] = [TorchServeRESTUser, TorchServeNpyUser, TFServingRESTUser]
+# The user base class of each request body (payload.BODIES), and the REST content types.
+BASES: dict[str, type[_PredictUser]] = {"json": _RESTUser, "npy": _RESTUser,
+                                        "tfserving-grpc": _TFServingGRPCUser}
+CONTENT_TYPES = {"json": JSON_CONTENT_TYPE, "npy": NPY_CONTENT_TYPE}
+
+
+def _user_classes() -> list[type[_PredictUser]]:
+    """One user class per target and protocol, named as the registry declares (locust lists
+    the classes of this module: the web UI's class picker, the headless command line)."""
+    made = []
+    for target in targets.targets().values():
+        for protocol in target.protocols:
+            endpoint = target.endpoint(protocol.endpoint)
+            base = BASES[protocol.body]
+            made.append(type(protocol.locust_user, (base,), {
+                "__module__": __name__,
+                "__doc__": f"{target.label_of(protocol.name)}: golden requests, every answer "
+                           f"checked.",
+                "target": target.name, "protocol": protocol.name, "body": protocol.body,
+                "address_option": endpoint.locust_option.replace("-", "_"),
+                "path_template": getattr(protocol.client, "PREDICT_PATH", ""),
+                "host": endpoint.default if base is _RESTUser else None,
+            }))
+    return made
+
+
+USERS = _user_classes()
+globals().update({user.__name__: user for user in USERS})
+HTTP_USERS = [user for user in USERS if issubclass(user, _RESTUser)]
 
 
 # -- the test's life: samples, hosts, the measurement window, the summary ------------------------
@@ -342,7 +311,7 @@ def _prepare(environment: Environment) -> None:
     if key not in _state["samples"]:
         try:
             _state["samples"][key] = load_samples(Path(options.export_root), options.model,
-                                                  int(options.batch_size), grpc=True)
+                                                  int(options.batch_size))
         except (DeploybenchError, OSError, KeyError, ValueError) as error:
             _state["error"] = str(error)
             log.error("cannot load the golden requests: %s", error)
@@ -358,11 +327,9 @@ def _prepare(environment: Environment) -> None:
 def _apply_hosts(options: Any) -> None:
     """Point the HTTP users at the servers the options name, when those options changed (a
     host edited per class in the web UI, or --host, is left alone otherwise)."""
-    wanted = {TorchServeRESTUser: options.torchserve_url, TorchServeNpyUser:
-              options.torchserve_url, TFServingRESTUser: options.tfserving_rest_url}
     applied = _state.setdefault("hosts", {})
-    for user_class, url in wanted.items():
-        url = url.rstrip("/")
+    for user_class in HTTP_USERS:
+        url = getattr(options, user_class.address_option).rstrip("/")
         if applied.get(user_class) != url:
             user_class.host = applied[user_class] = url
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from deploybench.loadtest import histogram
 from deploybench.loadtest.process import LocustOutput, LocustRun
+from deploybench.serving import targets
 
 SATURATED_CPU_PERCENT = 90.0  # locust's own threshold (runners.CPU_WARNING_THRESHOLD)
 STABLE_WITHIN = 0.10  # perf_analyzer's rule: the last three windows within 10 %
@@ -77,7 +78,7 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
     files = {key: _relative(path, run_dir) for key, path in output.files.items()
              if path.is_file()}
     base: dict[str, Any] = {
-        "kind": "load", "target": run.target, "protocol": run.protocol, "model": run.model,
+        "kind": "load", **targets.get(run.target).describe(run.protocol), "model": run.model,
         "scenario": scenario, "level": level, "level_unit": level_unit,
         "endpoint": endpoint, "batch_size": run.batch_size, "users": run.users,
         "warmup_s": run.warmup_seconds, "locust_files": files,

@@ -15,16 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploybench.serving.clients import Endpoints
-from deploybench.serving.processes import pinned
+from deploybench.fresh import pinned
+from deploybench.serving import targets
+from deploybench.serving.targets import Endpoints
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
-USER_CLASSES = {
-    ("torchserve", "rest"): "TorchServeRESTUser",
-    ("torchserve", "npy"): "TorchServeNpyUser",
-    ("tfserving", "rest"): "TFServingRESTUser",
-    ("tfserving", "grpc"): "TFServingGRPCUser",
-}
 STARTUP_ALLOWANCE_S = 90.0  # locust's start, the users' spawn and its reports, at most
 CPU_WARNING_TEXT = "CPU usage above"  # locust's own warning when its process passes 90 %
 
@@ -49,7 +44,14 @@ class LocustRun:
 
     @property
     def user_class(self) -> str:
-        return USER_CLASSES[(self.target, self.protocol)]
+        return targets.get(self.target).protocol(self.protocol).locust_user
+
+    def address_options(self) -> list[str]:
+        """The locustfile options that point it at this target (from the registry)."""
+        target = targets.get(self.target)
+        addresses = self.endpoints.of(self.target)
+        return [argument for endpoint in target.endpoints if endpoint.locust_option
+                for argument in (f"--{endpoint.locust_option}", addresses[endpoint.key])]
 
     def files(self) -> dict[str, Path]:
         base = str(self.prefix)
@@ -77,9 +79,7 @@ class LocustRun:
             "--json-file", str(self.prefix),
             "--export-root", str(self.export_root), "--model", self.model,
             "--batch-size", str(self.batch_size),
-            "--torchserve-url", self.endpoints.torchserve_inference,
-            "--tfserving-rest-url", self.endpoints.tfserving_rest,
-            "--tfserving-grpc-target", self.endpoints.tfserving_grpc,
+            *self.address_options(),
             "--warmup-seconds", f"{self.warmup_seconds:g}",
             "--measure-seconds", f"{self.measure_seconds:g}",
             "--rate-per-user", f"{self.rate_per_user:g}",

@@ -1,5 +1,6 @@
 """`deploybench load`: run a scenario against the servers, one headless locust process per step,
-and append one measurement per step to RUN_DIR/results.json.
+and hand one typed record per step to the caller's sink (the run's writer keeps them in
+RUN_DIR/results.json).
 
 Why one locust process per step rather than one LoadTestShape run: each level gets fresh
 connections, fresh locust stats (its own CSV and HTML report, directly comparable with the
@@ -23,14 +24,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploybench.errors import DeploybenchError, UsageError
+from deploybench.errors import DeploybenchError
+from deploybench.formatting import fixed
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.cpu import CpuSampler
 from deploybench.loadtest.process import LocustRun, run_locust
 from deploybench.loadtest.scenarios import Scenario, search_rate
-from deploybench.manifest import exported_models, load_manifest
-from deploybench.results import Results
-from deploybench.serving.clients import PROTOCOLS, TARGETS, Endpoints, make_client
+from deploybench.records import Sink, to_record
+from deploybench.results import RESULTS_FILE
+from deploybench.serving import targets
+from deploybench.serving.targets import Endpoints, make_client
 
 PROBE_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 1.0  # how often a running step checks that its server is still there
@@ -40,6 +43,10 @@ WATCH_MISSES = 2  # refused connections in a row that mean the server is gone
 class ServerGone(DeploybenchError):
     """The server went away during a load step: the step is failed and the run ends (a dead
     server's figures would only measure connection refusals)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the failed step's own words, for the run's notes
 
 
 @dataclass
@@ -54,26 +61,6 @@ class LoadPlan:
     skipped: list[str] = field(default_factory=list)
     server_pids: list[int] = field(default_factory=list)  # native servers: CPU accounting
     loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
-
-
-def plan_pairs(target: str, protocol: str | None) -> list[tuple[str, str]]:
-    if target != "all" and target not in TARGETS:
-        raise UsageError(f"unknown target {target!r}: {', '.join(TARGETS)} or all")
-    known_protocols = sorted({p for t in TARGETS for p in PROTOCOLS[t]})
-    if protocol is not None and protocol not in known_protocols:
-        raise UsageError(f"unknown protocol {protocol!r}: {', '.join(known_protocols)}")
-    targets = TARGETS if target == "all" else (target,)
-    pairs = [(t, p) for t in targets for p in PROTOCOLS[t] if protocol in (None, p)]
-    if not pairs:
-        raise UsageError(f"{target} does not speak {protocol}; it speaks "
-                         f"{', '.join(PROTOCOLS[target])}")
-    return pairs
-
-
-def endpoint_url(target: str, protocol: str, endpoints: Endpoints) -> str:
-    if target == "torchserve":
-        return endpoints.torchserve_inference
-    return endpoints.tfserving_grpc if protocol == "grpc" else endpoints.tfserving_rest
 
 
 def host_port(address: str) -> tuple[str, int | None]:
@@ -112,7 +99,7 @@ class ServerWatch:
 
 def probe(target: str, protocol: str, model: str, endpoints: Endpoints) -> str | None:
     """None when the server answers and `model` is ready; else why not, in a few words."""
-    host, port = host_port(endpoint_url(target, protocol, endpoints))
+    host, port = host_port(endpoints.address(target, protocol))
     try:
         with socket.create_connection((host, port or 80), timeout=PROBE_TIMEOUT_S):
             pass
@@ -149,16 +136,6 @@ def check_reachable(plan: LoadPlan, skip_unreachable: bool) -> None:
     plan.pairs = reachable
 
 
-def resolve_models(root: Path, model: str, served: list[str] | None) -> list[str]:
-    if model != "all":
-        load_manifest(root, model)  # a clear error when it was never exported
-        return [model]
-    models = served or exported_models(root)
-    if not models:
-        raise DeploybenchError(f"{root}: no exported models; run `deploybench export` first")
-    return models
-
-
 def _prefix(plan: LoadPlan, target: str, protocol: str, model: str, level: float) -> Path:
     label = f"{level:g}{'u' if plan.scenario.kind == 'closed' else 'rps'}"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_",
@@ -167,22 +144,21 @@ def _prefix(plan: LoadPlan, target: str, protocol: str, model: str, level: float
 
 
 class LoadRun:
-    """Runs a plan step by step, saving results.json after every step."""
+    """Runs a plan step by step, handing each step's record to `emit` as soon as it is
+    measured. The environment, the notes and the partial flag are the caller's (see
+    deploybench/jobs/stages.py)."""
 
-    def __init__(self, plan: LoadPlan, console: Console) -> None:
+    def __init__(self, plan: LoadPlan, console: Console, emit: Sink) -> None:
         self.plan = plan
         self.console = console
-        self.results = Results(plan.run_dir)
+        self.emit = emit
         self.measurements: list[dict[str, Any]] = []
         self.failed_steps = 0
 
     def run(self) -> list[dict[str, Any]]:
         plan = self.plan
-        self.results.set_environment(mode=plan.mode, load_generator=load_generator())
         for note in plan.skipped:
-            self.results.note(f"load: skipped {note}")
             self.console.print(f"[yellow]skipped[/yellow] {note}", highlight=False)
-        self.results.save()
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                    TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:
@@ -203,12 +179,7 @@ class LoadRun:
         users = max(scenario.open_loop_users, 1)
 
         def passes(rate: float) -> bool:
-            step = self.step(target, protocol, model, rate, users, rate / users)
-            ok, why = measure.rate_passes(step, scenario.rate_bound_ms,
-                                          scenario.min_completed_ratio)
-            step.update(passed=ok, verdict=why, rate_bound_ms=scenario.rate_bound_ms)
-            self.results.save()
-            return ok
+            return self.step(target, protocol, model, rate, users, rate / users)["passed"]
 
         if scenario.search is None:
             tried = [(rate, passes(rate)) for rate in scenario.levels]
@@ -221,15 +192,14 @@ class LoadRun:
                  and (m["target"], m["protocol"], m["model"]) == (target, protocol, model)]
         best_step = next((m for m in steps if m.get("passed") and m["level"] == best), None)
         result = {
-            "kind": "load-slo", "target": target, "protocol": protocol, "model": model,
+            "kind": "load-slo", **targets.get(target).describe(protocol), "model": model,
             "scenario": scenario.name, "rate_bound_ms": scenario.rate_bound_ms,
             "max_rate_rps": best, "tried": [{"rps": rate, "passed": ok} for rate, ok in tried],
             "stopped_by": stopped_by,
             "p99_ms_at_max": best_step["latency_ms"]["p99"] if best_step else None,
             "loadgen_saturated": any(m.get("loadgen_saturated") for m in steps),
         }
-        self.results.add(result)
-        self.results.save()
+        self.emit(to_record(result))
         shown = f"{best:g} rps" if best is not None else "none"
         self.console.print(
             f"{target}/{protocol} {model}: highest rate with p99 <= "
@@ -251,7 +221,7 @@ class LoadRun:
         total = scenario.warmup_seconds + scenario.measure_seconds(level)
         task = self.progress.add_task(
             f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}", total=total)
-        endpoint = endpoint_url(target, protocol, plan.endpoints)
+        endpoint = plan.endpoints.address(target, protocol)
         with CpuSampler(plan.server_pids) as sampler:
             output = run_locust(run, tick=lambda elapsed: self.progress.update(
                 task, completed=min(elapsed, total)), watch=ServerWatch(endpoint))
@@ -269,20 +239,21 @@ class LoadRun:
                 result["server_cpu_s_per_1k"] = round(
                     cpu["server_cpu_seconds"] / result["requests"] * 1000, 4)
             result["server_peak_rss_bytes"] = cpu["server_peak_rss_bytes"] if cpu else None
+        if scenario.kind == "open" and not output.aborted:
+            # an open-loop step's verdict is part of its record, judged before it is kept
+            ok, why = measure.rate_passes(result, scenario.rate_bound_ms,
+                                          scenario.min_completed_ratio)
+            result.update(passed=ok, verdict=why, rate_bound_ms=scenario.rate_bound_ms)
         self.measurements.append(result)
-        self.results.add(result)
-        self.results.save()
+        self.emit(to_record(result))
         self.console.print(step_line(result), highlight=False)
         if result["status"] != "ok":
             self.failed_steps += 1
         if output.aborted:
-            self.results.note(f"load: stopped: {result['reason']}")
-            self.results.data["partial"] = True
-            self.results.save()
             raise ServerGone(
                 f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}: "
                 f"{result['reason']}; the step is marked failed, results so far in "
-                f"{self.results.path}")
+                f"{plan.run_dir / RESULTS_FILE}", result["reason"])
         return result
 
 
@@ -301,18 +272,15 @@ def step_line(m: dict[str, Any]) -> str:
     if m["status"] != "ok":
         return f"[red]failed[/red] {head}: {m['reason']}"
     lat = m["latency_ms"]
-    text = (f"{head}: {m['throughput_rps']:.1f} rps, p50 {_ms(lat['p50'])}, p99 "
-            f"{_ms(lat['p99'])}, p99.9 {_ms(lat['p99_9'])}, {m['failures']} failures "
+    text = (f"{head}: {m['throughput_rps']:.1f} rps, p50 {fixed(lat['p50'], unit=' ms')}, "
+            f"p99 {fixed(lat['p99'], unit=' ms')}, p99.9 {fixed(lat['p99_9'], unit=' ms')}, "
+            f"{m['failures']} failures "
             f"({m['wrong_answers']} wrong answers)")
     if "scheduled_rps" in m:
         text += f", scheduled {m['scheduled_rps']} / completed {m['completed_rps']} rps"
     if m["loadgen_saturated"]:
         text += " [yellow]load generator saturated[/yellow]"
     return text
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} ms"
 
 
 def summary_tables(measurements: list[dict[str, Any]]) -> list[Table]:
@@ -336,13 +304,9 @@ def summary_tables(measurements: list[dict[str, Any]]) -> list[Table]:
             verdict = "" if "passed" not in m else (" ok" if m["passed"] else " over")
             table.add_row(
                 f"{m['level']:g} {unit}", f"{m['throughput_rps']:.1f}",
-                *[_num(lat[k]) for k in ("p50", "p90")], _num(lat["p99"]) + verdict,
-                _num(lat["p99_9"]), str(m["failures"]), str(m["wrong_answers"]),
+                *[fixed(lat[k]) for k in ("p50", "p90")], fixed(lat["p99"]) + verdict,
+                fixed(lat["p99_9"]), str(m["failures"]), str(m["wrong_answers"]),
                 "SATURATED" if m["loadgen_saturated"] else "ok",
             )
         tables.append(table)
     return tables
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"

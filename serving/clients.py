@@ -1,9 +1,13 @@
 """One client interface for every server and protocol: predict(batch) -> logits, plus
-readiness and metadata. Load tests, the serve command and the tests all go through it."""
+readiness and metadata. Load tests, the serve command and the tests all go through it
+(serving/targets.py's make_client picks the class a target declares).
+
+Each class builds itself from its target's addresses with `connect(addresses, model, ...)`,
+`addresses` being the target's endpoints by key (serving/targets.py declares them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,30 +16,15 @@ import requests
 from deploybench.serving import payload
 from deploybench.serving.payload import PredictionError
 
-TARGETS = ("tfserving", "torchserve")
-# "npy": TorchServe's REST API with the binary body (payload.encode_npy), its counterpart of
-# TF Serving's gRPC; "rest" is the JSON body both servers answer
-PROTOCOLS = {"tfserving": ("rest", "grpc"), "torchserve": ("rest", "npy")}
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where the servers listen; the defaults are the published ports, on loopback."""
-
-    tfserving_rest: str = "http://127.0.0.1:8501"
-    tfserving_grpc: str = "127.0.0.1:8500"
-    torchserve_inference: str = "http://127.0.0.1:8080"
-    torchserve_management: str = "http://127.0.0.1:8081"
-    torchserve_metrics: str = "http://127.0.0.1:8082"
-    # TorchServe always opens its gRPC ports too (there is no switch to turn them off)
-    torchserve_grpc_inference: str = "127.0.0.1:7070"
-    torchserve_grpc_management: str = "127.0.0.1:7071"
-
 
 class PredictClient(Protocol):
     target: str
     protocol: str
     model: str
+
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str,
+                output_name: str, timeout: float) -> PredictClient: ...
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
     def ready(self) -> bool: ...
@@ -85,6 +74,7 @@ class _HTTPClient:
 
 class TFServingREST(_HTTPClient):
     target, protocol = "tfserving", "rest"
+    PREDICT_PATH = "/v1/models/{model}:predict"  # what the locust user posts to
 
     def __init__(self, url: str, model: str, version: int | None = None,
                  timeout: float = 30.0) -> None:
@@ -92,6 +82,11 @@ class TFServingREST(_HTTPClient):
         self.model = model
         self.model_url = f"{url.rstrip('/')}/v1/models/{model}"
         self.predict_url = self.model_url + (f"/versions/{version}" if version else "") + ":predict"
+
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
+                output_name: str = "logits", timeout: float = 30.0) -> TFServingREST:
+        return cls(addresses["rest"], model, timeout=timeout)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._post_predict(self.predict_url, batch)
@@ -107,6 +102,7 @@ class TFServingREST(_HTTPClient):
 
 class TorchServeREST(_HTTPClient):
     target, protocol = "torchserve", "rest"
+    PREDICT_PATH = "/predictions/{model}"
 
     def __init__(self, inference_url: str, management_url: str, model: str,
                  timeout: float = 30.0) -> None:
@@ -114,6 +110,11 @@ class TorchServeREST(_HTTPClient):
         self.model = model
         self.predict_url = f"{inference_url.rstrip('/')}/predictions/{model}"
         self.model_url = f"{management_url.rstrip('/')}/models/{model}"
+
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
+                output_name: str = "logits", timeout: float = 30.0) -> TorchServeREST:
+        return cls(addresses["inference"], addresses["management"], model, timeout)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._post_predict(self.predict_url, batch, binary=self.protocol == "npy")
@@ -153,6 +154,11 @@ class TFServingGRPC:
         self.predict_stub = protos.prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_stub = protos.model_service_pb2_grpc.ModelServiceStub(self.channel)
 
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
+                output_name: str = "logits", timeout: float = 30.0) -> TFServingGRPC:
+        return cls(addresses["grpc"], model, input_name, output_name, timeout)
+
     def _call(self, method: Any, request: Any) -> Any:
         import grpc
 
@@ -169,11 +175,11 @@ class TFServingGRPC:
         request = self.protos.predict_pb2.PredictRequest()
         request.model_spec.name = self.model
         request.model_spec.signature_name = "serving_default"
-        request.inputs[self.input_name].CopyFrom(tensor_proto(batch, self.protos))
+        request.inputs[self.input_name].CopyFrom(self.protos.tensor_proto(batch))
         response = self._call(self.predict_stub.Predict, request)
         if self.output_name not in response.outputs:
             raise PredictionError(f"answer has no output {self.output_name!r}")
-        return tensor_to_array(response.outputs[self.output_name])
+        return self.protos.tensor_to_array(response.outputs[self.output_name])
 
     def ready(self) -> bool:
         request = self.protos.get_model_status_pb2.GetModelStatusRequest()
@@ -195,38 +201,3 @@ class TFServingGRPC:
 
     def close(self) -> None:
         self.channel.close()
-
-
-def tensor_proto(batch: np.ndarray, protos: Any = None) -> Any:
-    """A float32 batch as a TensorProto, built without TensorFlow."""
-    if protos is None:
-        from deploybench.serving import protos
-    array = np.ascontiguousarray(batch, dtype=np.float32)
-    proto = protos.tensor_pb2.TensorProto(dtype=protos.types_pb2.DT_FLOAT)
-    for size in array.shape:
-        proto.tensor_shape.dim.add(size=size)
-    proto.tensor_content = array.astype("<f4").tobytes()
-    return proto
-
-
-def tensor_to_array(proto: Any) -> np.ndarray:
-    shape = [dim.size for dim in proto.tensor_shape.dim]
-    if proto.tensor_content:
-        return np.frombuffer(proto.tensor_content, dtype="<f4").reshape(shape).copy()
-    return np.asarray(proto.float_val, dtype=np.float32).reshape(shape)
-
-
-def make_client(target: str, protocol: str, model: str, endpoints: Endpoints | None = None,
-                input_name: str = "pixels", output_name: str = "logits",
-                timeout: float = 30.0) -> PredictClient:
-    endpoints = endpoints or Endpoints()
-    if target not in PROTOCOLS or protocol not in PROTOCOLS[target]:
-        known = ", ".join(f"{t}/{p}" for t in PROTOCOLS for p in PROTOCOLS[t])
-        raise ValueError(f"no client for {target}/{protocol}; known: {known}")
-    if target == "torchserve":
-        client = TorchServeNpy if protocol == "npy" else TorchServeREST
-        return client(endpoints.torchserve_inference, endpoints.torchserve_management, model,
-                      timeout)
-    if protocol == "grpc":
-        return TFServingGRPC(endpoints.tfserving_grpc, model, input_name, output_name, timeout)
-    return TFServingREST(endpoints.tfserving_rest, model, timeout=timeout)

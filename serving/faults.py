@@ -3,7 +3,8 @@ measure how long until a golden request is answered correctly again; kill a whol
 model over to a new version on a live TorchServe.
 
     kill = kill_torchserve_worker(endpoints, "digits-mlp", golden.inputs[:1], golden.outputs[:1])
-    record_fault(run_dir, kill.measurement(during="sweep 2 users"), kill.note())
+    writer.add(kill.measurement(during="sweep 2 users"))  # the run's RunWriter (jobs/writer.py)
+    writer.note(kill.note())
 
 `during(load, fault, delay_s)` runs a fault on a timer while `load()` (a locust step, a whole
 `LoadRun`) runs in the calling thread, so the load's own counts show what the fault cost.
@@ -20,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,10 +29,11 @@ import requests
 
 from deploybench.errors import DeploybenchError
 from deploybench.manifest import FP32_TOLERANCE
-from deploybench.results import Results
-from deploybench.serving.clients import Endpoints, TorchServeREST
+from deploybench.records import RolloverRecord, WorkerKillRecord
+from deploybench.serving.clients import TorchServeREST
 from deploybench.serving.payload import PredictionError, matches_reference
 from deploybench.serving.processes import ProcessRecord
+from deploybench.serving.targets import Endpoints
 
 RECOVERY_TIMEOUT_S = 120.0
 T = TypeVar("T")
@@ -77,10 +78,9 @@ class WorkerKill:
     status: str = "not-recovered"  # recovered | not-recovered
     reason: str = ""
 
-    def measurement(self, **context: Any) -> dict[str, Any]:
-        """The results.json row: kind "fault", plus `context` (the load step it hit, ...)."""
-        return {"kind": "fault", "fault": "torchserve-worker-kill", "target": "torchserve",
-                **asdict(self), **context}
+    def measurement(self, **context: Any) -> WorkerKillRecord:
+        """The results.json record: kind "fault", plus `context` (the load step it hit, ...)."""
+        return WorkerKillRecord(target="torchserve", **asdict(self), **context)
 
     def note(self) -> str:
         if self.status != "recovered":
@@ -195,9 +195,8 @@ class Rollover:
     finished_at: float | None = None  # wall clock: the old version unregistered
     steps: list[str] = field(default_factory=list)
 
-    def measurement(self, **context: Any) -> dict[str, Any]:
-        return {"kind": "fault", "fault": "torchserve-version-rollover", "target": "torchserve",
-                **asdict(self), **context}
+    def measurement(self, **context: Any) -> RolloverRecord:
+        return RolloverRecord(target="torchserve", **asdict(self), **context)
 
     def note(self) -> str:
         if self.finished_at is None:
@@ -246,11 +245,3 @@ def rollover_torchserve(management_url: str, model: str, mar: str, new_version: 
     call("DELETE", f"/models/{model}/{old_version}")
     done.finished_at = time.time()
     return done
-
-
-def record_fault(run_dir: Path, measurement: dict[str, Any], note: str) -> None:
-    """Append a fault measurement to the run's results.json, and a note the report shows."""
-    results = Results(run_dir)
-    results.add(measurement)
-    results.note(note)
-    results.save()

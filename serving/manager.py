@@ -14,18 +14,18 @@ from typing import Any
 
 from deploybench.errors import DeploybenchError
 from deploybench.files import atomic_write_json
+from deploybench.fresh import pinned
+from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest, verify_artifacts
-from deploybench.serving import native, processes
-from deploybench.serving.clients import PROTOCOLS, Endpoints, make_client
+from deploybench.serving import native, processes, targets
 from deploybench.serving.payload import PredictionError, matches_reference
+from deploybench.serving.targets import Endpoints, loopback_endpoints, make_client
 from deploybench.settings import REPO_ROOT, ServerSettings, load_settings
-from deploybench.zoo.train import Golden
 
 STATE_FILE = "serving.json"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_PROJECT = "deploybench"
 READY_TIMEOUT_S = 180.0
-SERVED_FORMATS = {"tfserving": "savedmodel", "torchserve": "mar"}
 
 
 def state_dir() -> Path:
@@ -60,7 +60,7 @@ class Deployment:
         return [s.name for s in self.servers if s.status == "up"]
 
     def endpoints_obj(self) -> Endpoints:
-        return Endpoints(**self.endpoints)
+        return Endpoints(self.endpoints)
 
     def save(self, directory: Path | None = None) -> Path:
         path = (directory or state_dir()) / STATE_FILE
@@ -91,19 +91,6 @@ def docker_engine_available() -> tuple[bool, str]:
         return False, f"no Docker engine answers ({type(error).__name__})"
 
 
-def loopback_endpoints(offset: int = 0) -> Endpoints:
-    """The published ports, shifted by `offset` (to run beside something else)."""
-    return Endpoints(
-        tfserving_rest=f"http://127.0.0.1:{8501 + offset}",
-        tfserving_grpc=f"127.0.0.1:{8500 + offset}",
-        torchserve_inference=f"http://127.0.0.1:{8080 + offset}",
-        torchserve_management=f"http://127.0.0.1:{8081 + offset}",
-        torchserve_metrics=f"http://127.0.0.1:{8082 + offset}",
-        torchserve_grpc_inference=f"127.0.0.1:{7070 + offset}",
-        torchserve_grpc_management=f"127.0.0.1:{7071 + offset}",
-    )
-
-
 def check_answers(deployment: Deployment, server: str, root: Path) -> None:
     """A real prediction on golden samples, compared with the reference, for every model."""
     endpoints = deployment.endpoints_obj()
@@ -111,7 +98,7 @@ def check_answers(deployment: Deployment, server: str, root: Path) -> None:
         manifest = load_manifest(root, model)
         golden = Golden.load(root / manifest.golden["path"])
         rows = min(4, manifest.max_rows)  # a few golden samples, in one request the model allows
-        for protocol in PROTOCOLS[server]:
+        for protocol in targets.get(server).protocol_names:
             client = make_client(server, protocol, model, endpoints,
                                  manifest.inputs[0].name, manifest.outputs[0].name)
             try:
@@ -127,7 +114,7 @@ def wait_ready(deployment: Deployment, server: str, root: Path,
                record: processes.ProcessRecord | None, timeout: float) -> None:
     endpoints = deployment.endpoints_obj()
     clients = [make_client(server, protocol, model, endpoints)
-               for model in deployment.models for protocol in PROTOCOLS[server]]
+               for model in deployment.models for protocol in targets.get(server).protocol_names]
 
     def ready() -> bool:
         if record is not None and not record.alive():
@@ -147,15 +134,18 @@ def wait_ready(deployment: Deployment, server: str, root: Path,
 
 def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
           run_dir: Path | None = None, endpoints: Endpoints | None = None,
-          servers: tuple[str, ...] = ("tfserving", "torchserve"),
+          servers: tuple[str, ...] | None = None,
           settings: ServerSettings | None = None, timeout: float = READY_TIMEOUT_S,
-          log=print, torchserve_properties: dict[str, str] | None = None,  # noqa: ANN001
+          log=print, overrides: dict[str, dict[str, str]] | None = None,  # noqa: ANN001
           cpus: str | None = None,
           ) -> Deployment:
-    """Start the servers and return once each answers golden samples correctly.
+    """Start the servers (default: every registered target) and return once each answers
+    golden samples correctly.
 
-    `torchserve_properties` overrides lines of the hardened config.properties, native mode
-    only (e.g. enable_model_api=true to register a new model version on a loopback server)."""
+    `overrides` gives, per server, lines of its config to override, native mode only (e.g.
+    {"torchserve": {"enable_model_api": "true"}} to register a new model version on a
+    loopback server)."""
+    servers = tuple(targets.targets()) if servers is None else servers
     root = root.resolve()
     existing = Deployment.load()
     if existing and any(processes.group_members(p) for p in existing.processes):
@@ -170,7 +160,7 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
         raise DeploybenchError(f"{root}: no exported models; run `deploybench export` first")
     for model in models:
         manifest = load_manifest(root, model)
-        verify_artifacts(root, manifest, [SERVED_FORMATS[s] for s in servers])
+        verify_artifacts(root, manifest, [targets.get(s).artifact_format for s in servers])
     settings = settings or load_settings()
     no_docker = ""
     if mode is None:
@@ -178,20 +168,20 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
         mode = "docker" if has_engine else "native"
     if mode not in ("docker", "native"):  # before anything is written
         raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
-    if torchserve_properties and mode != "native":
-        raise DeploybenchError("TorchServe property overrides apply to native mode only")
+    if overrides and mode != "native":
+        raise DeploybenchError("server config overrides apply to native mode only")
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     run_dir = (run_dir or Path("runs") / f"serve-{stamp}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     endpoints = endpoints or loopback_endpoints()
-    deployment = Deployment(mode, str(root), models, str(run_dir), asdict(endpoints),
+    deployment = Deployment(mode, str(root), models, str(run_dir), endpoints.to_dict(),
                             settings.to_dict())
     try:
         if mode == "docker":
             _serve_docker(deployment, root, servers, timeout, log)
         elif mode == "native":
             _serve_native(deployment, root, servers, settings, timeout, log, no_docker,
-                          torchserve_properties, cpus)
+                          overrides or {}, cpus)
         else:
             raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
     except BaseException:
@@ -203,8 +193,7 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
 
 def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
                   settings: ServerSettings, timeout: float, log,  # noqa: ANN001
-                  no_docker: str = "",
-                  torchserve_properties: dict[str, str] | None = None,
+                  no_docker: str = "", overrides: dict[str, dict[str, str]] | None = None,
                   cpus: str | None = None) -> None:
     run_dir = Path(deployment.run_dir)
     endpoints = deployment.endpoints_obj()
@@ -212,21 +201,19 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
     for server in servers:
         folder = run_dir / server
         folder.mkdir(exist_ok=True)
+        target = targets.get(server)
         try:
-            if server == "torchserve":
-                config = native.write_torchserve_config(
-                    folder, root, deployment.models, settings, endpoints, torchserve_properties)
-                command = native.torchserve_command(config, root, deployment.models)
-                env = native.torchserve_env(folder, settings)
-            else:
-                command, env = native.tfserving_command(
-                    folder, root, deployment.models, settings, endpoints)
+            if target.native is None:
+                raise native.ServerUnavailable(f"{target.label} has no native start here")
+            command, env = target.native(native.NativeSetup(
+                folder, root, deployment.models, settings, endpoints.of(server),
+                (overrides or {}).get(server, {})))
         except native.ServerUnavailable as error:
             reason = f"{no_docker}, and {error}" if no_docker else str(error)
             deployment.servers.append(ServerStatus(server, "unavailable", reason))
             log(f"{server}: unavailable: {reason}")
             continue
-        _, record = processes.launch(server, processes.pinned(command, cpus),
+        _, record = processes.launch(server, pinned(command, cpus),
                                      folder / f"{server}.log", folder, env)
         deployment.processes.append(record)
         deployment.save()  # recorded at once: `stop` must find it even if we die waiting
@@ -264,7 +251,12 @@ def _serve_docker(deployment: Deployment, root: Path, servers: tuple[str, ...],
     available, reason = docker_engine_available()
     if not available:
         raise DeploybenchError(f"--mode docker: {reason}; use --mode native")
-    result = _compose(deployment, "up", "-d", *servers)
+    services = {s: targets.get(s).compose_service for s in servers}
+    for server in [s for s, service in services.items() if not service]:
+        deployment.servers.append(ServerStatus(server, "unavailable", "no compose service"))
+        log(f"{server}: unavailable: no compose service")
+    servers = tuple(s for s, service in services.items() if service)
+    result = _compose(deployment, "up", "-d", *(services[s] for s in servers))
     deployment.save()
     if result.returncode != 0:
         raise DeploybenchError(f"docker compose up failed: {result.stderr.strip()[-500:]}")

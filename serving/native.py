@@ -6,15 +6,17 @@ TorchServe runs from the installed package with the machine's Java; TF Serving r
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from deploybench import layout
 from deploybench.files import atomic_write_text
+from deploybench.serving import torchserve_models
 from deploybench.settings import REPO_ROOT, ServerSettings
 
 CONFIG_DIR = REPO_ROOT / "serving" / "config"
@@ -28,6 +30,18 @@ class ServerUnavailable(Exception):
     """A server that cannot run here, with the exact reason and how to get it."""
 
 
+@dataclass(frozen=True)
+class NativeSetup:
+    """What a target's native start gets (serving/targets.py, `Target.native`)."""
+
+    folder: Path  # this server's own folder in the run: its configs, logs, temp files
+    root: Path  # the export root
+    models: list[str]
+    settings: ServerSettings
+    addresses: Mapping[str, str]  # the target's endpoints, by key
+    overrides: dict[str, str] = field(default_factory=dict)  # server config lines (tests, drills)
+
+
 def read_properties(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in path.read_text().splitlines():
@@ -38,34 +52,29 @@ def read_properties(path: Path) -> dict[str, str]:
     return values
 
 
-def torchserve_models_json(models: list[str], settings: ServerSettings) -> str:
-    """TorchServe's per-model settings: one worker, batching as the settings say."""
-    return json.dumps({
-        model: {"1": {
-            "defaultVersion": True,
-            "marName": f"{model}.mar",
-            "minWorkers": 1,
-            "maxWorkers": 1,
-            "batchSize": settings.max_batch_size if settings.batching else 1,
-            "maxBatchDelay": settings.batch_timeout_ms,
-            "responseTimeout": 120,
-        }} for model in models
-    })
+def torchserve_models_json(store: Path, models: list[str], settings: ServerSettings) -> str:
+    """TorchServe's per-model settings for `models` (their .mar files in `store`)."""
+    mars = {}
+    for model in models:
+        name, version = torchserve_models.mar_model(store / f"{model}.mar")
+        mars[name] = (version, f"{model}.mar")
+    return torchserve_models.models_json(
+        mars, settings.max_batch_size if settings.batching else 1, settings.batch_timeout_ms)
 
 
 def torchserve_properties(root: Path, models: list[str], settings: ServerSettings,
-                          endpoints, overrides: dict[str, str] | None = None,  # noqa: ANN001
-                          ) -> str:
+                          addresses: Mapping[str, str],
+                          overrides: dict[str, str] | None = None) -> str:
     """The compose stack's config.properties with this machine's addresses and model store;
     `overrides` last (e.g. enable_model_api=true for a rollover test, never by default)."""
     properties = read_properties(TORCHSERVE_CONFIG)
     store = (root / layout.MODEL_STORE).resolve()
-    grpc_inference = endpoints.torchserve_grpc_inference.rsplit(":", 1)
-    grpc_management = endpoints.torchserve_grpc_management.rsplit(":", 1)
+    grpc_inference = addresses["grpc_inference"].rsplit(":", 1)
+    grpc_management = addresses["grpc_management"].rsplit(":", 1)
     properties.update({
-        "inference_address": endpoints.torchserve_inference,
-        "management_address": endpoints.torchserve_management,
-        "metrics_address": endpoints.torchserve_metrics,
+        "inference_address": addresses["inference"],
+        "management_address": addresses["management"],
+        "metrics_address": addresses["metrics"],
         "grpc_inference_address": grpc_inference[0],
         "grpc_inference_port": grpc_inference[1],
         "grpc_management_address": grpc_management[0],
@@ -73,7 +82,7 @@ def torchserve_properties(root: Path, models: list[str], settings: ServerSetting
         "model_store": str(store),
         "allowed_urls": f"file://{store}/.*",
         "load_models": ",".join(f"{m}.mar" for m in models),
-        "models": torchserve_models_json(models, settings),
+        "models": torchserve_models_json(store, models, settings),
     })
     properties.update(overrides or {})
     return "".join(f"{key}={value}\n" for key, value in properties.items())
@@ -108,17 +117,24 @@ def torchserve_env(run_dir: Path, settings: ServerSettings) -> dict[str, str]:
     }
 
 
-def write_torchserve_config(run_dir: Path, root: Path, models: list[str],
-                            settings: ServerSettings, endpoints,  # noqa: ANN001
-                            overrides: dict[str, str] | None = None) -> Path:
-    config = run_dir / "config.properties"
-    atomic_write_text(config, torchserve_properties(root, models, settings, endpoints,
-                                                    overrides))
-    return config
+def torchserve_native(setup: NativeSetup) -> tuple[list[str], dict[str, str]]:
+    """TorchServe's command and environment: the hardened config with this run's addresses."""
+    config = setup.folder / "config.properties"
+    atomic_write_text(config, torchserve_properties(setup.root, setup.models, setup.settings,
+                                                    setup.addresses, setup.overrides))
+    return (torchserve_command(config, setup.root, setup.models),
+            torchserve_env(setup.folder, setup.settings))
+
+
+def tfserving_native(setup: NativeSetup) -> tuple[list[str], dict[str, str]]:
+    if setup.overrides:
+        raise ServerUnavailable("TF Serving takes no config overrides here")
+    return tfserving_command(setup.folder, setup.root, setup.models, setup.settings,
+                             setup.addresses)
 
 
 def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: ServerSettings,
-                      endpoints) -> tuple[list[str], dict[str, str]]:  # noqa: ANN001
+                      addresses: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """The compose service's entrypoint and flags, with host paths: the same script adds the
     batching flags and renders the batching file from .env's values."""
     if shutil.which("tensorflow_model_server") is None:
@@ -129,8 +145,8 @@ def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: Se
         )
     config = run_dir / layout.MODELS_CONFIG
     atomic_write_text(config, layout.models_config_text(models, root.resolve()))
-    rest_port = urlparse(endpoints.tfserving_rest).port
-    grpc_port = endpoints.tfserving_grpc.rsplit(":", 1)[1]
+    rest_port = urlparse(addresses["rest"]).port
+    grpc_port = addresses["grpc"].rsplit(":", 1)[1]
     command = [
         "bash", str(TFSERVING_ENTRYPOINT),
         f"--port={grpc_port}",

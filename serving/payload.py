@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -46,6 +47,20 @@ def encode_npy(batch: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(batch, dtype="<f4"), allow_pickle=False)
     return buffer.getvalue()
+
+
+def _tfserving_predict(rows: np.ndarray, model: str, input_name: str) -> bytes:
+    from deploybench.serving import protos  # TF Serving's protos, loaded only when needed
+
+    return protos.predict_request(rows, model, input_name)
+
+
+# Request bodies by name (a target's protocol declares which it sends): the same rows each way.
+BODIES: dict[str, Callable[[np.ndarray, str, str], bytes]] = {
+    "json": lambda rows, model, input_name: encode(rows),  # TF Serving's REST predict body
+    "npy": lambda rows, model, input_name: encode_npy(rows),
+    "tfserving-grpc": _tfserving_predict,  # a serialized PredictRequest
+}
 
 
 def decode(body: bytes | str | dict[str, Any]) -> np.ndarray:

@@ -34,12 +34,6 @@ class ProcessRecord:
             return False
 
 
-def pinned(command: list[str], cpus: str | None) -> list[str]:
-    """`command` restricted to the CPUs `cpus` (taskset list, e.g. "1" or "0-1"); children
-    inherit the affinity (TorchServe's JVM and its Python workers alike)."""
-    return ["taskset", "-c", cpus, *command] if cpus else command
-
-
 def launch(name: str, command: list[str], log: Path, cwd: Path,
            env: dict[str, str] | None = None) -> tuple[subprocess.Popen, ProcessRecord]:
     log.parent.mkdir(parents=True, exist_ok=True)

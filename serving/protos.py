@@ -13,6 +13,8 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
+
 _PACKAGES = ("tensorflow", "tensorflow.core", "tensorflow.core.framework",
              "tensorflow.core.protobuf", "tensorflow.core.example")
 
@@ -49,5 +51,45 @@ for _name in _stubs:
 
 __all__ = [
     "get_model_metadata_pb2", "get_model_status_pb2", "model_service_pb2_grpc", "predict_pb2",
-    "prediction_service_pb2_grpc", "tensor_pb2", "tensor_shape_pb2", "types_pb2",
+    "predict_outputs", "predict_request", "prediction_service_pb2_grpc", "tensor_pb2",
+    "tensor_proto", "tensor_shape_pb2", "tensor_to_array", "types_pb2",
 ]
+
+SIGNATURE = "serving_default"
+
+
+def tensor_proto(batch: np.ndarray) -> tensor_pb2.TensorProto:
+    """A float32 batch as a TensorProto, built without TensorFlow."""
+    array = np.ascontiguousarray(batch, dtype=np.float32)
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    proto.tensor_content = array.astype("<f4").tobytes()
+    return proto
+
+
+def tensor_to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype="<f4").reshape(shape).copy()
+    return np.asarray(proto.float_val, dtype=np.float32).reshape(shape)
+
+
+def predict_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
+    """A serialized PredictRequest for `rows`: the gRPC body of the load generator."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = SIGNATURE
+    request.inputs[input_name].CopyFrom(tensor_proto(rows))
+    return request.SerializeToString()
+
+
+def predict_outputs(response: bytes, output_name: str) -> np.ndarray:
+    """The named output of a serialized PredictResponse."""
+    from deploybench.serving.payload import PredictionError
+
+    message = predict_pb2.PredictResponse.FromString(response)
+    if output_name not in message.outputs:
+        raise PredictionError(
+            f"answer has no output {output_name!r} (has {sorted(message.outputs)})")
+    return tensor_to_array(message.outputs[output_name])

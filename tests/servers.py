@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from deploybench.serving.clients import Endpoints
-from deploybench.serving.manager import Deployment, loopback_endpoints, serve, stop
+from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.serving.targets import Endpoints, loopback_endpoints
 
 DEFAULT_PORTS = (8500, 8501, 8080, 8081, 8082, 7070, 7071)
 

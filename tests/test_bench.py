@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from deploybench.formatting import number
 from deploybench.jobs.bench import BenchOptions, run_bench
-from deploybench.report import _num
 from tests.servers import free_offset, port_free
 
 pytestmark = pytest.mark.slow
@@ -98,6 +98,6 @@ def test_load_steps_are_answered_right_and_the_report_shows_them(bench_run):
     assert "ideal server under bound" in report
     for row in bench_run["rows"]:
         if row.get("max_rate_rps"):
-            cells = [_num(row[key]) for key in ("max_rate_rps", "ceiling_rps", "efficiency",
+            cells = [number(row[key]) for key in ("max_rate_rps", "ceiling_rps", "efficiency",
                                                 "saturated_rps", "saturated_efficiency")]
             assert " | ".join(cells[:2]) in report and " | ".join(cells[3:]) in report

@@ -26,8 +26,8 @@ from google.protobuf import text_format
 
 from deploybench import layout
 from deploybench.manifest import exported_models, load_manifest
-from deploybench.serving.manager import loopback_endpoints
 from deploybench.serving.native import tfserving_command
+from deploybench.serving.targets import loopback_endpoints
 from deploybench.settings import load_settings, read_env_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ ENV = read_env_file(REPO / ".env")
 SERVERS = ("tfserving", "torchserve")
 LOCUST = ("locust-master", "locust-worker")
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
-LOCUSTFILE_IN_CONTAINER = "/mnt/deploybench/loadtest/locustfile.py"
+LOCUSTFILE_IN_CONTAINER = "/opt/deploybench/loadtest/locustfile.py"  # COPY'd by the image
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -249,8 +249,8 @@ def test_images_are_pinned_to_the_versions_the_project_uses(services: dict[str, 
     assert tfs.split(":")[1].split(".")[:2] == api, "TF Serving image != tensorflow-serving-api"
     for name, base_image in (("torchserve", f"pytorch/torchserve:{version('torchserve')}-cpu"),
                              ("locust-master", f"locustio/locust:{version('locust')}")):
-        build = services[name]["build"]["context"]
-        dockerfile = (REPO / build / "Dockerfile").read_text()
+        build = services[name]["build"]
+        dockerfile = (REPO / build["context"] / build.get("dockerfile", "Dockerfile")).read_text()
         (base,) = re.findall(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
         assert base == base_image, name
         assert services[name]["image"].startswith("deploybench-"), name  # never the base's tag
@@ -274,8 +274,8 @@ def test_every_referenced_file_exists_after_export(
             if host is None or path == LOCUSTFILE_IN_CONTAINER:
                 continue  # inside the image (/bin/bash, /tmp/...), or the locustfile below
             assert host.exists(), f"{name}: {path} (host {host}) missing"
-    build = services["locust-master"]["build"]["context"]
-    assert (REPO / build / "Dockerfile").is_file()
+    build = services["locust-master"]["build"]
+    assert (REPO / build["context"] / build["dockerfile"]).is_file()
     # TorchServe's model store: one .mar per exported model, resolving inside the export root
     store = Path(host_path("/models/model-store", services["torchserve"]))
     models = exported_models(export_root)
@@ -284,13 +284,16 @@ def test_every_referenced_file_exists_after_export(
         assert mar.resolve().is_relative_to(export_root.resolve()), f"{mar} leaves the mount"
     if not LOCUSTFILE.exists():
         pytest.skip("loadtest/locustfile.py is not written yet (the loadtest stage)")
+    # the locust image installs the kit from this checkout (the build context is the repo), and
+    # its -f names the locustfile where the image copied it
+    dockerfile = (REPO / build["context"] / build["dockerfile"]).read_text()
+    checkout = Path(LOCUSTFILE_IN_CONTAINER).parent.parent
+    for package in ("deploybench", "serving", "loadtest"):
+        assert f"COPY {package} {checkout / package}" in dockerfile, package
+    assert re.search(rf"pip install .*--no-deps .*{checkout}$", dockerfile, re.MULTILINE)
     for name in LOCUST:
-        assert host_path(LOCUSTFILE_IN_CONTAINER, services[name]) == LOCUSTFILE
-        # the locustfile imports deploybench/, serving/ and loadtest/ from beside it
-        checkout = Path(LOCUSTFILE_IN_CONTAINER).parent.parent
-        for package in ("deploybench", "serving", "loadtest"):
-            source = host_path(str(checkout / package), services[name])
-            assert source == REPO / package, f"{name}: {package}/ not mounted beside loadtest/"
+        assert LOCUSTFILE_IN_CONTAINER in services[name]["command"], name
+        assert build == services[name]["build"], name
 
 
 def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
@@ -548,7 +551,7 @@ def test_native_tfserving_gets_the_compose_flags(
     for key in ENV:
         monkeypatch.delenv(key, raising=False)  # .env decides
     command, env = tfserving_command(tmp_path, export_root, ["digits-mlp"], load_settings(),
-                                     loopback_endpoints())
+                                     loopback_endpoints().of("tfserving"))
     native = dict(flag.split("=", 1) for flag in command if flag.startswith("--"))
     compose = dict(flag.split("=", 1) for flag in services["tfserving"]["command"])
     assert native.keys() == compose.keys()

@@ -12,8 +12,9 @@ from deploybench import runtimes
 from deploybench.edge.bench import EDGE_VARIANTS, FIELDS
 from deploybench.edge.ops import read_ops
 from deploybench.files import tree_sha256
+from deploybench.jobs.writer import RunWriter
 from deploybench.manifest import FP32_TOLERANCE, MAX_ACCURACY_DROP, load_manifest
-from deploybench.results import Results
+from deploybench.records import to_record
 from tests.conftest import invoke
 
 MODELS = ["digits-mlp", "digits-cnn"]
@@ -164,14 +165,13 @@ def test_bad_files_are_named_errors_and_the_other_variants_still_measure(export_
     missing.unlink()
 
     run_dir = tmp_path / "run"
-    earlier = Results(run_dir)  # another stage's row in the same run file is kept
-    earlier.add({"kind": "load", "server": "elsewhere"})
-    earlier.save()
+    earlier = {"kind": "server", "target": "elsewhere", "status": "up", "reason": ""}
+    RunWriter(run_dir).add(to_record(earlier))  # another stage's row in the run file is kept
     result = invoke("edge", "--artifacts", str(export_copy), "--model", "digits-mlp", *QUICK,
                     "--no-baselines", "--out", str(run_dir))
     assert result.exit_code == 4, result.output
     rows = rows_of(run_dir)
-    assert rows[0] == {"kind": "load", "server": "elsewhere"}
+    assert rows[0] == earlier
     by_variant = {r["variant"]: r for r in rows[1:]}
 
     assert by_variant["tflite-int8"]["status"] == "failed"

@@ -12,8 +12,8 @@ import pytest
 from deploybench import runtimes
 from deploybench.export.formats import FORMATS
 from deploybench.files import tree_sha256
+from deploybench.golden import Golden, accuracy
 from deploybench.manifest import FP32_TOLERANCE, MAX_ACCURACY_DROP, load_manifest
-from deploybench.zoo.train import Golden, accuracy
 from tests.conftest import invoke
 
 MODELS = ["digits-mlp", "digits-cnn"]

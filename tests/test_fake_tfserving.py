@@ -14,8 +14,8 @@ import pytest
 import requests
 from fake_tfserving import FakeTFServing
 
+from deploybench.golden import Golden
 from deploybench.manifest import load_manifest
-from deploybench.zoo.train import Golden
 
 MODELS = ("digits-mlp", "digits-cnn")
 

@@ -18,13 +18,14 @@ import pytest
 from rich.console import Console
 
 from deploybench.errors import UsageError
+from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest import histogram
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.process import LOCUSTFILE, LocustOutput, LocustRun
 from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable
 from deploybench.loadtest.scenarios import RateSearch, Scenario, load_scenario, search_rate
-from deploybench.serving.clients import Endpoints
 from deploybench.serving.manager import Deployment
+from deploybench.serving.targets import Endpoints
 from tests.conftest import invoke
 from tests.servers import free_offset, native_torchserve
 
@@ -115,15 +116,17 @@ def test_binary_npy_body_under_load(torchserve: Deployment, tmp_path: Path) -> N
 
 
 def test_request_bodies_carry_the_same_rows(export_root: Path) -> None:
-    from deploybench.loadtest.samples import golden_arrays, load_samples
+    from deploybench.golden import Golden
+    from deploybench.loadtest.samples import load_samples
+    from deploybench.manifest import load_manifest
 
-    samples = load_samples(export_root, "digits-cnn", batch_size=3, grpc=True)
-    inputs, _ = golden_arrays(export_root, "digits-cnn")
-    assert len(samples.rest_bodies) == len(samples.npy_bodies) == len(inputs) // 3
+    samples = load_samples(export_root, "digits-cnn", batch_size=3)
+    inputs = Golden.of(export_root, load_manifest(export_root, "digits-cnn")).inputs
+    assert len(samples.bodies["json"]) == len(samples.bodies["npy"]) == len(inputs) // 3
     for index in (0, len(samples) - 1):
         rows = inputs[index * 3 : (index + 1) * 3]
-        from_json = np.asarray(json.loads(samples.rest_bodies[index])["instances"], np.float32)
-        from_npy = np.load(io.BytesIO(samples.npy_bodies[index]), allow_pickle=False)
+        from_json = np.asarray(json.loads(samples.bodies["json"][index])["instances"], np.float32)
+        from_npy = np.load(io.BytesIO(samples.bodies["npy"][index]), allow_pickle=False)
         assert from_npy.dtype == np.float32
         np.testing.assert_array_equal(from_json, rows)
         np.testing.assert_array_equal(from_npy, rows)
@@ -184,7 +187,7 @@ def test_tfserving_rest_and_grpc_users_against_the_double(export_root: Path,
     with FakeTFServing(export_root, models=["digits-mlp"]) as fake:
         plan = tfserving_plan(export_root, fake, tmp_path, levels=[2], step_seconds=2,
                               warmup_seconds=0.5)
-        measurements = LoadRun(plan, Console(file=io.StringIO())).run()
+        measurements = LoadRun(plan, Console(file=io.StringIO()), RunWriter(tmp_path).add).run()
     assert [(m["target"], m["protocol"]) for m in measurements] == [
         ("tfserving", "rest"), ("tfserving", "grpc")]
     for measurement in measurements:
@@ -199,7 +202,7 @@ def test_wrong_answers_are_counted(export_root: Path, tmp_path: Path) -> None:
     with FakeTFServing(export_root, models=["digits-mlp"], perturb=0.5) as fake:
         plan = tfserving_plan(export_root, fake, tmp_path, levels=[1], step_seconds=1.5,
                               warmup_seconds=0.5)
-        measurements = LoadRun(plan, Console(file=io.StringIO())).run()
+        measurements = LoadRun(plan, Console(file=io.StringIO()), RunWriter(tmp_path).add).run()
     for measurement in measurements:
         assert measurement["status"] == "ok" and measurement["requests"] > 0
         assert measurement["wrong_answers"] == measurement["failures"] == measurement["requests"]

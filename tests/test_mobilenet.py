@@ -13,10 +13,10 @@ import torch
 from deploybench import runtimes
 from deploybench.edge.ops import read_ops
 from deploybench.export.exporter import MIN_TOP1_AGREEMENT
+from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest
 from deploybench.zoo import get_spec
 from deploybench.zoo import mobilenet_v2 as mnv2
-from deploybench.zoo.train import Golden
 from tests.conftest import invoke
 
 MODEL = "mobilenet-v2"

@@ -29,16 +29,18 @@ from rich.console import Console
 
 from deploybench.export.formats import FORMATS
 from deploybench.files import tree_sha256
+from deploybench.golden import Golden
+from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest import histogram
 from deploybench.loadtest.runner import LoadPlan, LoadRun
 from deploybench.loadtest.scenarios import load_scenario
 from deploybench.manifest import FP32_TOLERANCE, exported_models, load_manifest, verify_artifacts
 from deploybench.serving import faults, native, processes
-from deploybench.serving.clients import Endpoints, TFServingGRPC, TFServingREST
+from deploybench.serving.clients import TFServingGRPC, TFServingREST
 from deploybench.serving.manager import STATE_FILE, Deployment, serve, stop
 from deploybench.serving.payload import PredictionError, matches_reference
+from deploybench.serving.targets import Endpoints
 from deploybench.settings import load_settings
-from deploybench.zoo.train import Golden
 from tests.conftest import invoke
 from tests.servers import free_endpoints, free_offset, native_torchserve, wait_for
 
@@ -138,8 +140,11 @@ def test_worker_killed_mid_step_is_counted_and_recovers(torchserve: Deployment,
         return faults.kill_torchserve_worker(endpoints, MODEL, samples.inputs[:1],
                                              samples.outputs[:1], timeout=60)
 
-    (step,), kill = faults.during(lambda: LoadRun(plan, QUIET).run(), fault, delay_s=0.0)
-    faults.record_fault(run_dir, kill.measurement(scenario="sweep", level=2), kill.note())
+    writer = RunWriter(run_dir)
+    (step,), kill = faults.during(lambda: LoadRun(plan, QUIET, writer.add).run(), fault,
+                                  delay_s=0.0)
+    writer.add(kill.measurement(scenario="sweep", level=2))
+    writer.note(kill.note())
 
     # TorchServe brought a new worker back and it answers correctly
     assert kill.status == "recovered", kill
@@ -412,7 +417,7 @@ def test_version_rollover_under_load_loses_no_request(export_root: Path, tmp_pat
 
     settings = load_settings()
     deployment = start_torchserve(root, tmp_path / "serve",
-                                  torchserve_properties={"enable_model_api": "true"})
+                                  overrides={"torchserve": {"enable_model_api": "true"}})
     try:
         endpoints = deployment.endpoints_obj()
         run_dir = tmp_path / "run"
@@ -426,10 +431,11 @@ def test_version_rollover_under_load_loses_no_request(export_root: Path, tmp_pat
                 endpoints.torchserve_management, MODEL, f"{MODEL}-v2.mar", "2", "1",
                 max_batch_delay_ms=settings.batch_timeout_ms)
 
-        (step,), done = faults.during(lambda: LoadRun(plan, QUIET).run(), rollover,
+        writer = RunWriter(run_dir)
+        (step,), done = faults.during(lambda: LoadRun(plan, QUIET, writer.add).run(), rollover,
                                       delay_s=0.0)
-        faults.record_fault(run_dir, done.measurement(failed_requests=step["failures"]),
-                            done.note())
+        writer.add(done.measurement(failed_requests=step["failures"]))
+        writer.note(done.note())
         versions = requests.get(f"{endpoints.torchserve_management}/models/{MODEL}/all",
                                 timeout=10).json()
     finally:
@@ -560,7 +566,7 @@ def test_tfserving_clients_name_unknown_models_versions_and_bad_shapes(double: A
 # (case, arguments, exit code, what the line names); {tmp}, {export} and {offset} filled in
 CLI_BAD_INPUTS = [
     ("load: unknown target", ["load", "--out", "{tmp}/run", "--target", "nginx"], 2,
-     "unknown target 'nginx'"),
+     "unknown server 'nginx'"),
     ("load: unknown model", ["load", "--out", "{tmp}/run", "--model", "no-such-model",
                              "--artifacts", "{export}", "--port-offset", "{offset}"], 1,
      "no-such-model/manifest.json: no manifest"),
@@ -568,9 +574,9 @@ CLI_BAD_INPUTS = [
      "not a comma-separated list of int"),
     ("load: unknown scenario", ["load", "--out", "{tmp}/run", "--scenario", "burst.yaml"], 2,
      "unknown scenario 'burst.yaml'"),
-    ("serve: no export there", ["serve", "--artifacts", "/nonexistent", "--mode", "native"], 1,
-     "/nonexistent: no exported models"),
-    ("serve: unknown server", ["serve", "--artifacts", "{export}", "--servers", "nginx"], 1,
+    ("serve: no export there", ["serve", "--artifacts", "/nonexistent", "--mode", "native"], 2,
+     "/nonexistent: no such export folder"),
+    ("serve: unknown server", ["serve", "--artifacts", "{export}", "--servers", "nginx"], 2,
      "unknown server(s) ['nginx']"),
     ("serve: unknown mode", ["serve", "--artifacts", "{export}", "--mode", "podman",
                              "--servers", "torchserve", "--run-dir", "{tmp}/run"], 1,

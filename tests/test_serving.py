@@ -14,12 +14,13 @@ import pytest
 import requests
 
 from deploybench.errors import DeploybenchError
+from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest
 from deploybench.serving import payload
-from deploybench.serving.clients import Endpoints, TorchServeREST, make_client
+from deploybench.serving.clients import TorchServeREST
 from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.serving.targets import Endpoints, make_client
 from deploybench.settings import load_settings
-from deploybench.zoo.train import Golden
 from tests.conftest import invoke
 from tests.servers import free_endpoints, free_offset, port_free
 

@@ -21,11 +21,6 @@ answer) and the binary .npy body.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,22 +28,34 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from deploybench import fresh
 from deploybench.errors import DeploybenchError
+from deploybench.formatting import DASH, fixed, percent, times
+from deploybench.jobs.stages import load_stage
+from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest.queueing import ideal_rate_rps
-from deploybench.loadtest.runner import LoadPlan, LoadRun
+from deploybench.loadtest.runner import LoadPlan
 from deploybench.loadtest.scenarios import RateSearch, Scenario
 from deploybench.manifest import load_manifest, verify_artifacts
+from deploybench.records import ServerRecord, to_record
 from deploybench.report import write_reports
-from deploybench.results import Results
-from deploybench.serving.clients import PROTOCOLS, TARGETS
-from deploybench.serving.manager import Deployment, loopback_endpoints, serve, stop
-from deploybench.serving.processes import pinned
+from deploybench.serving import targets
+from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.serving.targets import loopback_endpoints
 from deploybench.settings import load_settings
-from deploybench.verdict import FRAMEWORK, server_label
+from deploybench.verdict import server_label
 
-CEILING_FORMATS = {"torch": "torchscript", "tensorflow": "savedmodel"}
-SERVER_FRAMEWORK = {"torchserve": "torch", "tfserving": "tensorflow"}
-FRAMEWORK_NAME = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+# Each framework's in-process ceiling: the runtime and the artifact it runs there.
+CEILINGS = {"pytorch": ("torch", "torchscript"), "tensorflow": ("tensorflow", "savedmodel")}
+CEILING_FORMATS = dict(CEILINGS.values())
+FRAMEWORK_NAME = {runtime: targets.FRAMEWORKS[framework]
+                  for framework, (runtime, _) in CEILINGS.items()}
+
+
+def ceiling_runtime(target: str) -> str:
+    """The runtime whose in-process ceiling `target` is held to: its framework's."""
+    return CEILINGS[targets.get(target).framework][0]
+
 # ceilings always measured besides batch 1 and the batching bound, for the picture of how each
 # framework scales with the batch (the servers are held to batch 1 and the bound only)
 CEILING_BATCHES = (8,)
@@ -91,20 +98,14 @@ def measure_ceiling(options: BenchOptions, runtime: str, batch: int) -> dict[str
     job = {"runtime": runtime, "path": str(root / manifest.artifact(CEILING_FORMATS[runtime]).path),
            "golden": str(root / manifest.golden["path"]), "batch": batch,
            "threads": cpu_count(options.server_cpus), "seconds": options.ceiling_seconds}
-    with tempfile.TemporaryDirectory() as folder:
-        job_file, result_file = Path(folder) / "job.json", Path(folder) / "result.json"
-        job_file.write_text(json.dumps(job))
-        command = pinned([sys.executable, "-m", "deploybench.loadtest.ceiling", str(job_file),
-                          str(result_file)], options.server_cpus)
+    try:
         # the servers' process environment (.env: the allocator setting), so the framework
         # alone and the framework in a server run alike
-        done = subprocess.run(command, capture_output=True, text=True,
-                              timeout=options.ceiling_seconds + 120,
-                              env={**os.environ, **load_settings().process_env()})
-        if done.returncode != 0 or not result_file.is_file():
-            raise DeploybenchError(f"ceiling {runtime} batch {batch} failed: "
-                                   f"{done.stderr.strip()[-300:]}")
-        result = json.loads(result_file.read_text())
+        result = fresh.run("deploybench.loadtest.ceiling", job, cpus=options.server_cpus,
+                           env=load_settings().process_env(),
+                           timeout=options.ceiling_seconds + 120)
+    except fresh.WorkerFailed as error:
+        raise DeploybenchError(f"ceiling {runtime} batch {batch} failed: {error}") from error
     return {"kind": "bench-ceiling", "model": options.model, "framework": FRAMEWORK_NAME[runtime],
             "format": CEILING_FORMATS[runtime], "cpus": options.server_cpus, **result}
 
@@ -137,7 +138,7 @@ def saturation_scenario(options: BenchOptions, batching: bool) -> Scenario:
                     warmup_seconds=options.warmup_seconds)
 
 
-def measure_ceilings(options: BenchOptions, when: str, console: Console
+def measure_ceilings(options: BenchOptions, when: str, console: Console, writer: RunWriter
                      ) -> dict[tuple[str, int], float]:
     """Every ceiling once, saved as it comes; run before and after the servers (`when`)."""
     ceilings = {}
@@ -147,9 +148,7 @@ def measure_ceilings(options: BenchOptions, when: str, console: Console
                           f"{options.server_cpus} ...", highlight=False)
             row = measure_ceiling(options, runtime, batch) | {"when": when}
             ceilings[(runtime, batch)] = row["inferences_per_s"]
-            results = Results(options.out)
-            results.add(row)
-            results.save()
+            writer.add(to_record(row))
     return ceilings
 
 
@@ -162,26 +161,26 @@ def bracket(before: dict[tuple[str, int], float], after: dict[tuple[str, int], f
 
 
 def measure_load(options: BenchOptions, deployment: Deployment, target: str, protocol: str,
-                 scenario: Scenario, console: Console) -> list[dict[str, Any]]:
+                 scenario: Scenario, console: Console, writer: RunWriter
+                 ) -> list[dict[str, Any]]:
     """One scenario against one server and protocol, locust pinned to the load generator's
     cores; its measurements are saved into the bench's results.json as they come."""
     plan = LoadPlan([(target, protocol)], [options.model], options.artifacts.resolve(),
                     deployment.endpoints_obj(), scenario, options.out, "native")
     plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
     plan.loadgen_cpus = options.loadgen_cpus
-    return LoadRun(plan, console).run()
+    return load_stage(writer, plan, console).measurements
 
 
 def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
     root = options.artifacts.resolve()
     manifest = load_manifest(root, options.model)
     verify_artifacts(root, manifest)
-    results = Results(options.out)
-    results.set_environment(mode="native", bench=asdict(options) | {
+    writer = RunWriter(options.out)
+    writer.set_environment(mode="native", bench=asdict(options) | {
         "artifacts": str(root), "out": str(options.out)})
-    results.save()
 
-    before = measure_ceilings(options, "before", console)
+    before = measure_ceilings(options, "before", console, writer)
 
     threads = cpu_count(options.server_cpus)
     for batching in (False, True):
@@ -191,34 +190,33 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                                  cpus=float(threads))
         deployment = serve(root, "native", [options.model],
                            options.out / f"serving-batching-{'on' if batching else 'off'}",
-                           loopback_endpoints(options.port_offset), TARGETS, settings,
+                           loopback_endpoints(options.port_offset), tuple(targets.targets()),
+                           settings,
                            log=lambda text: console.print(text, highlight=False),
                            cpus=options.server_cpus)
         try:
-            results = Results(options.out)
-            results.add(*({"kind": "server", "target": s.name, "status": s.status,
-                           "reason": s.reason, "batching": batching}
-                          for s in deployment.servers))
-            results.save()
+            writer.add(*(ServerRecord(**targets.get(s.name).describe(), status=s.status,
+                                      reason=s.reason, batching=batching)
+                         for s in deployment.servers))
             for target in deployment.up():
-                _, ceiling = ceiling_for(before, SERVER_FRAMEWORK[target], batching,
+                _, ceiling = ceiling_for(before, ceiling_runtime(target), batching,
                                          options.max_batch_size)
-                for protocol in PROTOCOLS[target]:
+                for protocol in targets.get(target).protocol_names:
                     steps = measure_load(options, deployment, target, protocol,
-                                         saturation_scenario(options, batching), console)
+                                         saturation_scenario(options, batching), console,
+                                         writer)
                     saturated = max((m["throughput_rps"] for m in steps
                                      if m.get("kind") == "load" and m.get("status") == "ok"),
                                     default=None)
                     measure_load(options, deployment, target, protocol,
-                                 rate_scenario(options, batching, saturated, ceiling), console)
+                                 rate_scenario(options, batching, saturated, ceiling), console,
+                                 writer)
         finally:
             stop(deployment)
 
-    ceilings = bracket(before, measure_ceilings(options, "after", console))
-    rows = summarize(Results(options.out).measurements, ceilings, options)
-    results = Results(options.out)
-    results.add(*rows)
-    results.save()
+    ceilings = bracket(before, measure_ceilings(options, "after", console, writer))
+    rows = summarize(writer.rows(), ceilings, options)
+    writer.add(*(to_record(row) for row in rows))
     write_reports(options.out)
     console.print(render(rows, options))
     console.print(f"results: {options.out / 'results.json'}, report: "
@@ -270,17 +268,17 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
             best[(m["target"], m["protocol"], batching)] = m.get("max_rate_rps")
     rows = []
     for (target, protocol, batching), rate in sorted(best.items()):
-        batch, ceiling = ceiling_for(ceilings, SERVER_FRAMEWORK[target], batching,
+        batch, ceiling = ceiling_for(ceilings, ceiling_runtime(target), batching,
                                      options.max_batch_size)
         off = best.get((target, protocol, False))
         step = saturation.get((target, protocol, batching), {})
-        runs = measured.get((SERVER_FRAMEWORK[target], batch), [])
+        runs = measured.get((ceiling_runtime(target), batch), [])
         saturated = step.get("throughput_rps") if step.get("status") == "ok" else None
-        ideal = ideal_server_rps(ceilings, SERVER_FRAMEWORK[target], batching, options)
+        ideal = ideal_server_rps(ceilings, ceiling_runtime(target), batching, options)
         rows.append({
-            "kind": "bench", "model": options.model, "target": target, "protocol": protocol,
+            "kind": "bench", "model": options.model, **targets.get(target).describe(protocol),
             "batching": batching, "max_rate_rps": rate, "bound_ms": options.bound_ms,
-            "ceiling_framework": FRAMEWORK[target], "ceiling_batch": batch,
+            "ceiling_framework": targets.get(target).framework_label, "ceiling_batch": batch,
             "ceiling_rps": ceiling,
             # how far the ceiling moved between before and after the servers ran
             "ceiling_drift": (round((max(runs) - min(runs)) / ceiling, 3)
@@ -299,10 +297,11 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
             "saturated_efficiency": (round(saturated / ceiling, 3)
                                      if saturated and ceiling else None),
         })
-    for target in TARGETS:
+    for target in targets.targets():
         if not any(r["target"] == target for r in rows):
-            rows.append({"kind": "bench", "model": options.model, "target": target,
-                         "protocol": None, "batching": None, "max_rate_rps": None,
+            rows.append({"kind": "bench", "model": options.model,
+                         **targets.get(target).describe(), "protocol": None,
+                         "batching": None, "max_rate_rps": None,
                          "reason": "server not available here (see the server rows)"})
     return rows
 
@@ -319,16 +318,18 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
             table.add_row(r["target"], "-", "not measured", "-", "-", "-", "-", "-")
             continue
         table.add_row(
-            server_label(r["target"], r["protocol"]), "on" if r["batching"] else "off",
-            f"{r['max_rate_rps']:.1f}" if r["max_rate_rps"] else "none under bound",
-            (f"{r['ceiling_rps']:.1f} (batch {r['ceiling_batch']}, drift "
-             f"{r['ceiling_drift']:.0%})" if r["ceiling_rps"] else "-"),
-            f"{r['efficiency']:.0%}" if r["efficiency"] else "-",
-            (f"{r['ideal_rate_rps']:.1f}" + (f" = {r['bound_efficiency']:.0%}"
+            server_label(r), "on" if r["batching"] else "off",
+            # a zero here means nothing was measured: a dash, as for None
+            fixed(r["max_rate_rps"], 1) if r["max_rate_rps"] else "none under bound",
+            (f"{fixed(r['ceiling_rps'], 1)} (batch {r['ceiling_batch']}, drift "
+             f"{percent(r['ceiling_drift'])})" if r["ceiling_rps"] else DASH),
+            percent(r["efficiency"]) if r["efficiency"] else DASH,
+            (fixed(r["ideal_rate_rps"], 1) + (f" = {percent(r['bound_efficiency'])}"
                                               if r["bound_efficiency"] else "")
-             if r["ideal_rate_rps"] else "-"),
-            f"{r['batching_gain']:.2f}x" if r["batching_gain"] else "-",
-            (f"{r['saturated_rps']:.1f} = {r['saturated_efficiency']:.0%} (p99 "
-             f"{r['saturated_p99_ms']:.0f} ms)" if r.get("saturated_efficiency") else "-"),
+             if r["ideal_rate_rps"] else DASH),
+            times(r["batching_gain"]) if r["batching_gain"] else DASH,
+            (f"{fixed(r['saturated_rps'], 1)} = {percent(r['saturated_efficiency'])} (p99 "
+             f"{fixed(r['saturated_p99_ms'], 0, ' ms')})"
+             if r.get("saturated_efficiency") else DASH),
         )
     return table

@@ -35,13 +35,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from deploybench.golden import Golden
+from deploybench.jobs.stages import load_stage
+from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.process import LocustRun, run_locust
-from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable, load_generator
-from deploybench.loadtest.samples import golden_arrays
-from deploybench.results import Results
+from deploybench.loadtest.runner import LoadPlan, check_reachable, load_generator
+from deploybench.manifest import load_manifest
+from deploybench.records import LoadgenCheckRecord, Sink, to_record
 from deploybench.serving import payload
-from deploybench.serving.clients import Endpoints
+from deploybench.serving.targets import Endpoints
 
 BOTTLENECK_SHARE = 0.5  # a server peak above half of locust's capacity: locust may limit it
 
@@ -50,7 +53,8 @@ BOTTLENECK_SHARE = 0.5  # a server peak above half of locust's capacity: locust 
 
 def replay_table(root: Path, model: str) -> dict[bytes, bytes]:
     """Each golden request body -> a complete HTTP answer carrying its golden output."""
-    inputs, outputs = golden_arrays(root, model)
+    golden = Golden.of(root, load_manifest(root, model))
+    inputs, outputs = golden.inputs, golden.outputs
     table = {}
     for index in range(len(inputs)):
         body = json.dumps({"predictions": outputs[index:index + 1].tolist()}).encode()
@@ -123,7 +127,7 @@ def start_replay(root: Path, model: str) -> tuple[subprocess.Popen, str]:
 # -- the benchmark ---------------------------------------------------------------------------------
 
 def capacity_steps(root: Path, model: str, url: str, users: list[int], seconds: float,
-                   run_dir: Path, console: Console) -> list[dict[str, Any]]:
+                   run_dir: Path, console: Console, emit: Sink) -> list[dict[str, Any]]:
     steps = []
     for count in users:
         run = LocustRun(target="torchserve", protocol="rest", model=model, export_root=root,
@@ -133,8 +137,10 @@ def capacity_steps(root: Path, model: str, url: str, users: list[int], seconds: 
         output = run_locust(run)
         step = measure.build(run, output, "capacity", count, "users", run_dir, url)
         step.update(kind="loadgen-capacity", target="replay-endpoint",
+                    target_label="replay endpoint", framework=None,
                     note="the kit's TorchServe user class against a local replay endpoint")
         steps.append(step)
+        emit(to_record(step))
         if step["status"] == "ok":
             console.print(f"locust capacity, {count} users: {step['throughput_rps']:.0f} rps, "
                           f"locust CPU {step['loadgen_cpu_percent']} %, failures "
@@ -145,17 +151,18 @@ def capacity_steps(root: Path, model: str, url: str, users: list[int], seconds: 
 
 
 def torchserve_steps(root: Path, model: str, port_offset: int | None, users: list[int],
-                     seconds: float, run_dir: Path) -> tuple[list[dict[str, Any]], str]:
+                     seconds: float, writer: RunWriter) -> tuple[list[dict[str, Any]], str]:
     """A closed-loop sweep against TorchServe: one already running on the published ports
     shifted by `port_offset`, else one started here on free ports."""
     from deploybench.loadtest.scenarios import load_scenario
-    from deploybench.serving.manager import loopback_endpoints, serve
+    from deploybench.serving.manager import serve
+    from deploybench.serving.targets import loopback_endpoints
 
     deployment = None
     if port_offset is None:
         os.environ["DEPLOYBENCH_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
         endpoints = loopback_endpoints(random.randrange(10_000, 40_000, 10))
-        deployment = serve(root, mode="native", models=[model], run_dir=run_dir / "serve",
+        deployment = serve(root, mode="native", models=[model], run_dir=writer.run_dir / "serve",
                            endpoints=endpoints, servers=("torchserve",), log=lambda text: None)
         origin = "native TorchServe started by this benchmark"
     else:
@@ -165,11 +172,11 @@ def torchserve_steps(root: Path, model: str, port_offset: int | None, users: lis
         plan = LoadPlan([("torchserve", "rest")], [model], root, endpoints,
                         load_scenario("sweep", levels=users, step_seconds=seconds,
                                       warmup_seconds=1.0),
-                        run_dir, "native" if deployment else "external")
+                        writer.run_dir, "native" if deployment else "external")
         if deployment is not None:
             plan.server_pids = [record.pid for record in deployment.processes]
         check_reachable(plan, skip_unreachable=False)
-        steps = LoadRun(plan, Console(file=io.StringIO())).run()
+        steps = load_stage(writer, plan, Console(file=io.StringIO())).measurements
     finally:
         if deployment is not None:
             from deploybench.serving.manager import stop
@@ -254,26 +261,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     console = Console()
     root, run_dir = args.artifacts.resolve(), args.out.resolve()
-    results = Results(run_dir)
-    results.set_environment(mode="benchmark", load_generator=load_generator())
+    writer = RunWriter(run_dir)
+    writer.set_environment(mode="benchmark", load_generator=load_generator())
     process, url = start_replay(root, args.model)
     try:
         capacity = capacity_steps(root, args.model, url,
                                   [int(u) for u in args.capacity_users.split(",")],
-                                  args.step_seconds, run_dir, console)
+                                  args.step_seconds, run_dir, console, writer.add)
     finally:
         process.terminate()
         process.wait(10)
     console.print("TorchServe sweep ...")
     server, origin = torchserve_steps(root, args.model, args.port_offset,
                                       [int(u) for u in args.torchserve_users.split(",")],
-                                      args.step_seconds, run_dir)
+                                      args.step_seconds, writer)
     check = verdict(capacity, server)
     check["torchserve"] = origin
-    results = Results(run_dir)  # the sweep saved its steps; add ours beside them
-    results.add(*capacity, check)
-    results.note("loadgen: locust capacity against a replay endpoint beside TorchServe")
-    results.save()
+    writer.add(LoadgenCheckRecord(**check))
+    writer.note("loadgen: locust capacity against a replay endpoint beside TorchServe")
     console.print(table(capacity, server))
     console.print(check["verdict"], highlight=False)
     console.print(f"results: {run_dir / 'results.json'}", highlight=False)

@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.rule import Rule
 
 from deploybench.errors import DeploybenchError
+from deploybench.jobs.writer import RunWriter
 from deploybench.manifest import FP32_TOLERANCE, exported_models, load_manifest
-from deploybench.results import Results
-from deploybench.serving.clients import Endpoints
+from deploybench.records import ExportRecord, ServerRecord
+from deploybench.serving import targets
+from deploybench.serving.targets import Endpoints
 from deploybench.zoo.spec import ModelSpec
 
 
@@ -24,7 +26,7 @@ class RunOptions:
     artifacts: Path = Path("artifacts")
     run_dir: Path | None = None
     mode: str | None = None  # docker | native | None: docker when an engine answers
-    servers: tuple[str, ...] = ("tfserving", "torchserve")
+    servers: tuple[str, ...] | None = None  # None: every registered target
     users: tuple[int, ...] = (1, 2, 4, 8)
     step_seconds: float = 5.0
     warmup_seconds: float = 2.0
@@ -40,31 +42,18 @@ def default_run_dir() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
 
 
-def export_rows(root: Path, models: list[str]) -> list[dict]:
-    """The parity matrix: one row per artifact, from each model's manifest."""
+def export_rows(root: Path, models: list[str]) -> list[ExportRecord]:
+    """The parity matrix: one record per artifact, from each model's manifest."""
     rows = []
     for model in models:
         manifest = load_manifest(root, model)
         for artifact in manifest.artifacts:
-            rows.append({"kind": "export", "model": model, "tolerance": FP32_TOLERANCE,
-                         "reference_accuracy": manifest.golden["reference_accuracy"],
-                         "min_top1_agreement": manifest.tolerance.get("min_top1_agreement"),
-                         **{k: v for k, v in vars(artifact).items() if k != "sha256"}})
+            rows.append(ExportRecord(
+                model=model, tolerance=FP32_TOLERANCE,
+                reference_accuracy=manifest.golden["reference_accuracy"],
+                min_top1_agreement=manifest.tolerance.get("min_top1_agreement"),
+                **{k: v for k, v in vars(artifact).items() if k != "sha256"}))
     return rows
-
-
-def _append(run_dir: Path, rows: list[dict]) -> None:
-    results = Results(run_dir)  # re-read: the stages append to the same file
-    results.add(*rows)
-    results.save()
-
-
-def _note(run_dir: Path, text: str, partial: bool | None = None) -> None:
-    results = Results(run_dir)
-    results.note(text)
-    if partial is not None:
-        results.data["partial"] = partial
-    results.save()
 
 
 def run(options: RunOptions, console: Console) -> Path:
@@ -73,15 +62,15 @@ def run(options: RunOptions, console: Console) -> Path:
 
     run_dir = (options.run_dir or default_run_dir()).resolve()
     artifacts = options.artifacts.resolve()
-    results = Results(run_dir)
-    results.data["partial"] = True
-    results.set_environment(run={
-        "models": [s.name for s in options.specs], "servers": list(options.servers),
+    writer = RunWriter(run_dir)
+    writer.set_partial(True)
+    writer.set_environment(run={
+        "models": [s.name for s in options.specs],
+        "servers": list(options.servers or targets.targets()),
         "users": list(options.users), "step_seconds": options.step_seconds,
         "warmup_seconds": options.warmup_seconds, "rate_bound_ms": options.rate_bound_ms,
         "edge_threads": list(options.edge_threads), "edge_runs": options.edge_runs,
     })
-    results.save()
     started = time.perf_counter()
     deployment = None
     stage = "export"
@@ -93,7 +82,7 @@ def run(options: RunOptions, console: Console) -> Path:
             from deploybench.export.exporter import export
 
             export(options.specs, artifacts, console)
-        _append(run_dir, export_rows(artifacts, models))
+        writer.add(*export_rows(artifacts, models))
 
         stage = "serve"
         console.print(Rule("2/5 serve"))
@@ -102,17 +91,15 @@ def run(options: RunOptions, console: Console) -> Path:
         deployment = serve(artifacts, options.mode, models, run_dir / "serving",
                            endpoints=options.endpoints, servers=options.servers,
                            log=lambda text: console.print(text, highlight=False))
-        results = Results(run_dir)
-        results.set_environment(mode=deployment.mode, deployment=deployment.settings)
-        results.add(*({"kind": "server", "target": s.name, "status": s.status,
-                       "reason": s.reason, "mode": deployment.mode}
-                      for s in deployment.servers))
-        results.save()
+        writer.set_environment(mode=deployment.mode, deployment=deployment.settings)
+        writer.add(*(ServerRecord(**targets.get(s.name).describe(), status=s.status,
+                                  reason=s.reason, mode=deployment.mode)
+                     for s in deployment.servers))
 
         stage = "load"
         console.print(Rule("3/5 load"))
         if deployment.up():
-            _load(options, deployment, artifacts, run_dir, console)
+            _load(options, deployment, artifacts, writer, console)
         else:
             console.print("no server is up: load skipped (reasons above)")
         stop(deployment)
@@ -120,21 +107,22 @@ def run(options: RunOptions, console: Console) -> Path:
 
         stage = "edge"
         console.print(Rule("4/5 edge"))
-        from deploybench.edge.bench import run_edge
+        from deploybench.jobs.stages import edge_stage
 
         for model in models:  # this run's models only, whatever else the export root holds
             try:
-                run_edge(artifacts, model, list(options.edge_threads), options.edge_runs, 20,
-                         run_dir, console)
+                edge_stage(writer, artifacts, model, list(options.edge_threads),
+                           options.edge_runs, 20, console)
             except DeploybenchError as error:  # failed rows are in the results already
-                _note(run_dir, f"edge: {error}")
-        _note(run_dir, f"all stages ran in {time.perf_counter() - started:.0f} s",
-              partial=False)
+                writer.note(f"edge: {error}")
+        writer.note(f"all stages ran in {time.perf_counter() - started:.0f} s")
+        writer.set_partial(False)
     except (Exception, KeyboardInterrupt) as error:
         failure = error
         why = (getattr(error, "why", "interrupted (Ctrl-C)")
                if isinstance(error, KeyboardInterrupt) else str(error))
-        _note(run_dir, f"partial run: stopped during {stage}: {why}", partial=True)
+        writer.note(f"partial run: stopped during {stage}: {why}")
+        writer.set_partial(True)
     finally:
         if deployment is not None:
             from deploybench.serving.manager import stop
@@ -148,13 +136,13 @@ def run(options: RunOptions, console: Console) -> Path:
     return run_dir
 
 
-def _load(options: RunOptions, deployment, artifacts: Path, run_dir: Path,  # noqa: ANN001
+def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  # noqa: ANN001
           console: Console) -> None:
-    from deploybench.loadtest.runner import LoadPlan, LoadRun
+    from deploybench.jobs.stages import load_stage
+    from deploybench.loadtest.runner import LoadPlan
     from deploybench.loadtest.scenarios import load_scenario
-    from deploybench.serving.clients import PROTOCOLS
-
-    pairs = [(target, protocol) for target in deployment.up() for protocol in PROTOCOLS[target]]
+    pairs = [(target, protocol) for target in deployment.up()
+             for protocol in targets.get(target).protocol_names]
     scenarios = [load_scenario("sweep", levels=options.users, step_seconds=options.step_seconds,
                                warmup_seconds=options.warmup_seconds)]
     if options.rate_search:
@@ -163,6 +151,6 @@ def _load(options: RunOptions, deployment, artifacts: Path, run_dir: Path,  # no
                                        rate_bound_ms=options.rate_bound_ms))
     for scenario in scenarios:
         plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
-                        scenario, run_dir, deployment.mode)
+                        scenario, writer.run_dir, deployment.mode)
         plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
-        LoadRun(plan, console).run()
+        load_stage(writer, plan, console)

@@ -2,39 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
+from deploybench.golden import Golden
 from deploybench.zoo.spec import ModelSpec
-
-GOLDEN_FILE = "golden.npz"
-
-
-@dataclass(frozen=True)
-class Golden:
-    """Held-out inputs, their labels and the reference model's outputs on them."""
-
-    inputs: np.ndarray
-    labels: np.ndarray
-    outputs: np.ndarray
-
-    @property
-    def accuracy(self) -> float:
-        return accuracy(self.outputs, self.labels)
-
-    def save(self, path: Path) -> None:
-        np.savez_compressed(path, inputs=self.inputs, labels=self.labels, outputs=self.outputs)
-
-    @classmethod
-    def load(cls, path: Path) -> Golden:
-        with np.load(path) as data:
-            return cls(data["inputs"], data["labels"], data["outputs"])
-
-
-def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(outputs, axis=1) == labels))
 
 
 def train_reference(spec: ModelSpec, progress: callable | None = None):  # noqa: ANN201

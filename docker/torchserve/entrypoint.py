@@ -24,8 +24,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
+
+try:  # the models setting, built as native mode builds it (serving/torchserve_models.py)
+    from deploybench.serving.torchserve_models import MarError, mar_model, models_json
+except ImportError:  # the image: no deploybench, the file mounted on PYTHONPATH
+    from torchserve_models import MarError, mar_model, models_json
 
 CONFIG = os.environ.get("DEPLOYBENCH_TS_CONFIG", "/deploybench/config/config.properties")
 MODEL_STORE = Path(os.environ.get("DEPLOYBENCH_MODEL_STORE", "/models/model-store"))
@@ -68,32 +72,13 @@ def store_models(store: Path) -> dict[str, tuple[str, str]]:
     models = {}
     for mar in sorted(store.glob("*.mar")):
         try:
-            with zipfile.ZipFile(mar) as archive:
-                manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-            raise SetupError(f"{mar}: not a readable .mar ({error})") from error
-        models[manifest["modelName"]] = (str(manifest.get("modelVersion", "1.0")), mar.name)
+            name, version = mar_model(mar)
+        except MarError as error:
+            raise SetupError(str(error)) from error
+        models[name] = (version, mar.name)
     if not models:
         raise SetupError(f"no .mar in {store}: export the models first")
     return models
-
-
-def models_json(models: dict[str, tuple[str, str]], batch_size: int, delay_ms: int) -> str:
-    """TorchServe's `models` setting: per model and version, workers and batching."""
-    config = {
-        name: {
-            version: {
-                "defaultVersion": True,
-                "marName": mar,
-                "minWorkers": 1,
-                "maxWorkers": 1,
-                "batchSize": batch_size,
-                "maxBatchDelay": delay_ms,
-            }
-        }
-        for name, (version, mar) in models.items()
-    }
-    return json.dumps(config, separators=(",", ":"))
 
 
 def start(extra: list[str]) -> int:

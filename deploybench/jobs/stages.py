@@ -1,0 +1,57 @@
+"""A stage run into a run folder: the stage measures and emits records; here its writer gets
+them, with what the stage used to keep itself (the environment, notes, the partial flag).
+Shared by the CLI's `load` and `edge` commands and the jobs that drive several stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from deploybench.edge.bench import EdgeIncompleteError, edge_environment, run_edge
+from deploybench.jobs.writer import RunWriter
+from deploybench.loadtest.runner import LoadPlan, LoadRun, ServerGone, load_generator
+
+
+def load_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> LoadRun:
+    """Run a load plan; a server that goes away ends it with a note and a partial run (the
+    failed step is in the results already). Returns the finished LoadRun (its measurements
+    and failed_steps)."""
+    writer.set_environment(mode=plan.mode, load_generator=load_generator())
+    for skipped in plan.skipped:
+        writer.note(f"load: skipped {skipped}")
+    run = LoadRun(plan, console, writer.add)
+    try:
+        run.run()
+    except ServerGone as error:
+        writer.note(f"load: stopped: {error.reason}")
+        writer.set_partial(True)
+        raise
+    return run
+
+
+def edge_stage(writer: RunWriter, root: Path, model: str, threads: list[int], runs: int,
+               warmup: int, console: Console, baselines: bool = True
+               ) -> list[dict[str, Any]]:
+    """Run the edge stage; the run is marked partial while it measures, so a killed one says
+    so, and gets its earlier flag back once every row is in (failed rows included)."""
+    extra: dict[str, Any] = {"edge": edge_environment(root, threads, runs, warmup, baselines)}
+    if "mode" not in writer.environment:
+        extra["mode"] = "in-process"
+    writer.set_environment(**extra)
+    cpus = writer.environment["cpus_available"]
+    if max(threads) > cpus:
+        writer.note(f"edge: {max(threads)} threads requested on {cpus} available CPUs; "
+                    "those figures are oversubscribed")
+    partial = writer.partial
+    writer.set_partial(True)
+    try:
+        rows = run_edge(root, model, threads, runs, warmup, console, writer.add, baselines)
+    except EdgeIncompleteError:  # every row is in, some failed: the stage did finish
+        writer.set_partial(partial)
+        console.print(f"results: {writer.path}")
+        raise
+    writer.set_partial(partial)
+    console.print(f"results: {writer.path}")
+    return rows

@@ -1,0 +1,413 @@
+"""The typed records of results.json: one pydantic model per measurement kind, and the file.
+
+Every field a producer writes is declared here with its type; a misspelt or unknown field is
+an error (extra="forbid"), and so is a value of the wrong type (strict mode: no "3" for 3).
+The records are versioned together by SCHEMA: change a field, bump it.
+
+A record keeps only the fields its producer set (dumped with exclude_unset), so an open-loop
+step carries `scheduled_rps` and a closed-loop one does not, as before typed records. Readers
+(verdict, plots, report) work on the plain dicts of a validated file (ResultsFile.dump()).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter
+from pydantic_core import PydanticCustomError
+
+SCHEMA = "deploybench.results/2"
+
+
+def _number(value: Any) -> int | float:
+    # int stays int and float stays float (a plain `float` field would turn 2 users into 2.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("float_type", "Input should be a valid number")
+    return value
+
+
+Number = Annotated[int | float, PlainValidator(_number)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Record(_Strict):
+    def model_post_init(self, context: Any) -> None:
+        # `kind` (and a fault's `fault`) are discriminators: always written, even when they
+        # came from the class's default rather than the producer
+        self.model_fields_set.add("kind")
+        if "fault" in type(self).model_fields:
+            self.model_fields_set.add("fault")
+
+
+# -- nested figures --------------------------------------------------------------------------------
+
+class Latency(_Strict):
+    """Milliseconds; load steps carry all of them (exact, HDR), edge rows p50/p90/p99/mean/min/
+    max. None where nothing was timed."""
+
+    p50: Number | None = None
+    p90: Number | None = None
+    p95: Number | None = None
+    p99: Number | None = None
+    p99_9: Number | None = None
+    mean: Number | None = None
+    min: Number | None = None
+    max: Number | None = None
+
+
+class Stability(_Strict):
+    stable: bool
+    window_rps: list[Number]
+    window_mean_ms: list[Number | None]
+
+
+class LocustFigures(_Strict):
+    """Locust's own (rounded) figures, kept as a cross-check."""
+
+    requests: int
+    failures: int
+    p50_ms: Number | None = None
+    p99_ms: Number | None = None
+    p99_9_ms: Number | None = None
+
+
+class CpuWindow(_Strict):
+    """Where the CPU went during a step's window (loadtest/cpu.py)."""
+
+    cores: int | None = None
+    machine_percent: Number
+    server_percent: Number | None = None
+    locust_percent: Number | None = None
+    other_percent: Number | None = None
+    server_cpu_seconds: Number | None = None
+    server_peak_rss_bytes: int | None = None
+
+
+class TriedRate(_Strict):
+    rps: Number
+    passed: bool
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+class ExportRecord(_Record):
+    """One artifact of one model and how it did on parity (the manifest's artifact fields)."""
+
+    kind: Literal["export"] = "export"
+    model: str
+    tolerance: Number
+    reference_accuracy: Number | None = None
+    min_top1_agreement: Number | None = None
+    format: str
+    path: str
+    status: str  # ok | failed | parity-failed
+    quantized: bool
+    bytes: int | None = None
+    export_seconds: Number | None = None
+    max_abs_diff: Number | None = None
+    accuracy: Number | None = None
+    accuracy_drop: Number | None = None
+    top1_agreement: Number | None = None
+    reason: str | None = None
+
+
+class ServerRecord(_Record):
+    """One server of a deployment: up, or why not."""
+
+    kind: Literal["server"] = "server"
+    target: str
+    target_label: str | None = None  # the registry's words for it (serving/targets.py)
+    framework: str | None = None
+    protocol_label: str | None = None
+    status: str  # up | unavailable | failed | stopped
+    reason: str | None = None
+    mode: str | None = None  # `deploybench run`
+    batching: bool | None = None  # `deploybench bench`
+
+
+class _Step(_Record):
+    """One locust step (loadtest/measurement.py build, then the runner's additions)."""
+
+    kind: Literal["load", "loadgen-capacity"]  # each subclass narrows it; declared first
+    target: str
+    target_label: str | None = None
+    framework: str | None = None
+    protocol: str
+    protocol_label: str | None = None
+    model: str
+    scenario: str
+    level: Number  # users (closed loop) or requests/s (open loop)
+    level_unit: str
+    endpoint: str
+    batch_size: int
+    users: int
+    warmup_s: Number
+    locust_files: dict[str, str]
+    status: Literal["ok", "failed"]
+    reason: str | None = None
+    server_gone: bool | None = None  # aborted: the server went away mid-step
+    duration_s: Number | None = None
+    requests: int | None = None
+    failures: int | None = None
+    wrong_answers: int | None = None
+    throughput_rps: Number | None = None  # goodput: correct answers per second
+    latency_ms: Latency | None = None
+    errors: dict[str, int] | None = None
+    loadgen_saturated: bool | None = None
+    loadgen_cpu_percent: Number | None = None
+    stability: Stability | None = None
+    locust: LocustFigures | None = None
+    heavy_modules_in_locust: list[str] | None = None
+    # open loop only
+    target_rps: Number | None = None
+    scheduled_rps: Number | None = None
+    completed_rps: Number | None = None
+    service_latency_ms: Latency | None = None
+    in_flight_at_end: int | None = None
+    in_flight_limit_hits: int | None = None
+    # the runner's: CPU in the window and the cost figures
+    cpu: CpuWindow | None = None
+    server_cpu_s_per_1k: Number | None = None
+    server_peak_rss_bytes: int | None = None
+    # the runner's, open loop: the step's verdict against the p99 bound
+    passed: bool | None = None
+    verdict: str | None = None
+    rate_bound_ms: Number | None = None
+
+
+class LoadRecord(_Step):
+    kind: Literal["load"] = "load"
+
+
+class LoadgenCapacityRecord(_Step):
+    """A step of the load-generator capacity check (deploybench/jobs/loadgen.py)."""
+
+    kind: Literal["loadgen-capacity"] = "loadgen-capacity"
+    note: str | None = None
+
+
+class LoadSloRecord(_Record):
+    """An open-loop scenario's outcome: the highest rate whose p99 met the bound."""
+
+    kind: Literal["load-slo"] = "load-slo"
+    target: str
+    target_label: str | None = None
+    framework: str | None = None
+    protocol: str
+    protocol_label: str | None = None
+    model: str
+    scenario: str
+    rate_bound_ms: Number
+    max_rate_rps: Number | None = None
+    tried: list[TriedRate]
+    stopped_by: str
+    p99_ms_at_max: Number | None = None
+    loadgen_saturated: bool
+
+
+class _EdgeRow(_Record):
+    """One edge or in-process measurement; every row has every field (edge/bench.py FIELDS
+    follows this order), blanks where a failed row has no figure."""
+
+    kind: Literal["edge", "inprocess"]  # each subclass narrows it; declared first
+    model: str
+    variant: str | None = None
+    runtime: str | None = None
+    threads: int | None = None
+    xnnpack: bool | None = None
+    batch: int
+    status: str  # ok | failed | not-edge-ready
+    error: str | None = None
+    path: str | None = None
+    size_bytes: int | None = None
+    edge_ready: bool | None = None
+    verdict: str | None = None
+    ops: list[str] | None = None
+    op_counts: dict[str, int] | None = None
+    non_builtin_ops: list[str] | None = None
+    runs: int | None = None
+    warmup: int | None = None
+    import_ms: Number | None = None
+    import_memory_bytes: int | None = None
+    init_ms: Number | None = None
+    first_ms: Number | None = None
+    latency_ms: Latency | None = None
+    peak_memory_growth_bytes: int | None = None
+    retained_memory_growth_bytes: int | None = None
+    memory_method: str | None = None
+    samples: int | None = None
+    accuracy: Number | None = None
+    reference_accuracy: Number | None = None
+    accuracy_drop: Number | None = None
+    top1_agreement: Number | None = None
+    max_abs_diff: Number | None = None
+    finite_outputs: bool | None = None
+    runtime_threads: dict[str, int | None] | None = None
+    delegate_partitions: int | None = None
+
+
+class EdgeRecord(_EdgeRow):
+    kind: Literal["edge"] = "edge"
+
+
+class InProcessRecord(_EdgeRow):
+    kind: Literal["inprocess"] = "inprocess"
+
+
+class _Fault(_Record):
+    """What a fault hit, given by its caller (the load step, the failed requests, ...)."""
+
+    kind: Literal["fault"] = "fault"
+    target: str
+    model: str
+    scenario: str | None = None
+    level: Number | None = None
+    during: str | None = None
+    failed_requests: int | None = None
+
+
+class WorkerKillRecord(_Fault):
+    """A killed TorchServe worker and how long until answers were right again."""
+
+    fault: Literal["torchserve-worker-kill"] = "torchserve-worker-kill"
+    signal: str
+    killed_pid: int
+    killed_at: Number  # wall clock, seconds since the epoch
+    recovery_s: Number | None = None
+    new_pid: int | None = None
+    new_worker_spawned_s: Number | None = None
+    probes: int
+    probe_errors: dict[str, int]
+    status: str  # recovered | not-recovered
+    reason: str
+
+
+class RolloverRecord(_Fault):
+    """A model version rolled over on a live TorchServe."""
+
+    fault: Literal["torchserve-version-rollover"] = "torchserve-version-rollover"
+    old_version: str
+    new_version: str
+    mar: str
+    started_at: Number
+    registered_s: Number | None = None
+    default_s: Number | None = None
+    finished_at: Number | None = None
+    steps: list[str]
+
+
+FaultRecord = Annotated[WorkerKillRecord | RolloverRecord, Field(discriminator="fault")]
+
+
+class BenchCeilingRecord(_Record):
+    """One in-process throughput figure of `deploybench bench` (loadtest/ceiling.py)."""
+
+    kind: Literal["bench-ceiling"] = "bench-ceiling"
+    model: str
+    framework: str
+    format: str
+    cpus: str
+    runtime: str
+    batch: int
+    threads: int
+    iterations: int
+    seconds: Number
+    inferences_per_s: Number
+    batch_latency_ms: Number
+    when: str  # before | after the servers
+
+
+class BenchRecord(_Record):
+    """One server, protocol and batching setting of `deploybench bench`, against its ceiling."""
+
+    kind: Literal["bench"] = "bench"
+    model: str
+    target: str
+    target_label: str | None = None
+    framework: str | None = None
+    protocol: str | None = None  # None: the server was not available
+    protocol_label: str | None = None
+    batching: bool | None = None
+    max_rate_rps: Number | None = None
+    bound_ms: Number | None = None
+    ceiling_framework: str | None = None
+    ceiling_batch: int | None = None
+    ceiling_rps: Number | None = None
+    ceiling_drift: Number | None = None
+    efficiency: Number | None = None
+    batching_gain: Number | None = None
+    ideal_rate_rps: Number | None = None
+    bound_efficiency: Number | None = None
+    saturated_rps: Number | None = None
+    saturated_users: Number | None = None
+    saturated_p99_ms: Number | None = None
+    saturated_efficiency: Number | None = None
+    reason: str | None = None
+
+
+class LoadgenCheckRecord(_Record):
+    """Whether one locust process could be the bottleneck (deploybench/jobs/loadgen.py)."""
+
+    kind: Literal["loadgen-check"] = "loadgen-check"
+    locust_capacity_rps: Number | None = None
+    locust_capacity_users: Number | None = None
+    torchserve_peak_rps: Number | None = None
+    torchserve_peak_users: Number | None = None
+    share: Number | None = None
+    loadgen_saturated_on_server: bool
+    could_be_bottleneck: bool
+    locust_cpu_percent_at_peak: Number | None = None
+    verdict: str
+    threshold_share: Number
+    torchserve: str | None = None
+
+
+Record = Annotated[
+    ExportRecord | ServerRecord | LoadRecord | LoadSloRecord | LoadgenCapacityRecord
+    | EdgeRecord | InProcessRecord | FaultRecord | BenchCeilingRecord | BenchRecord
+    | LoadgenCheckRecord,
+    Field(discriminator="kind"),
+]
+KINDS = ("export", "server", "load", "load-slo", "loadgen-capacity", "edge", "inprocess",
+         "fault", "bench-ceiling", "bench", "loadgen-check")
+
+# what a stage is given to hand its records to the run's writer (deploybench/jobs/writer.py)
+Sink = Callable[[Record], None]
+
+_RECORD: TypeAdapter[Record] = TypeAdapter(Record)
+
+
+def to_record(data: Mapping[str, Any]) -> Record:
+    """The typed record of a producer's dict (its "kind" picks the class); raises pydantic's
+    ValidationError on a misspelt field or a wrong type."""
+    return _RECORD.validate_python(dict(data))
+
+
+def record_dict(record: Record) -> dict[str, Any]:
+    """A record as results.json holds it: only the fields its producer set."""
+    return record.model_dump(exclude_unset=True)
+
+
+class ResultsFile(_Strict):
+    """The whole results.json of one run folder."""
+
+    schema_id: Literal["deploybench.results/2"] = Field(alias="schema")  # SCHEMA
+    created: str
+    partial: bool
+    notes: list[str]
+    environment: dict[str, Any]
+    measurements: list[Record]
+
+    @classmethod
+    def new(cls) -> ResultsFile:
+        return cls(schema=SCHEMA, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                   partial=False, notes=[], environment={}, measurements=[])
+
+    def dump(self) -> dict[str, Any]:
+        """The file's JSON object (records with only the fields their producers set)."""
+        return self.model_dump(by_alias=True, exclude_unset=True)

@@ -1,0 +1,327 @@
+"""The server targets: every server the kit can measure, declared once.
+
+A target says what it is (name, display name, the framework it runs, the artifact format it
+serves), where it listens (its endpoints, with loopback defaults), how each of its protocols is
+spoken (client class, request body, locust user), how it starts natively and in compose, and
+where its metrics are. The CLI, serve/stop, the load runner, the locust process and the bench
+job read this registry; none of them spells a server's name.
+
+Adding a server is one `register(Target(...))`: here for the kit's own servers, or in a Python
+file named by DEPLOYBENCH_TARGETS (os.pathsep-separated paths or module names), which every
+process of the kit imports on first use of the registry, the locust process included.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from deploybench.errors import DeploybenchError, UsageError
+from deploybench.serving import clients, native, payload
+
+PLUGINS_ENV = "DEPLOYBENCH_TARGETS"
+FRAMEWORKS = {"tensorflow": "TensorFlow", "pytorch": "PyTorch"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One address a target listens on. `locust_option` names the locustfile option (and,
+    upper-cased, its DEPLOYBENCH_* variable) that points the load generator at it."""
+
+    key: str
+    default: str  # "http://127.0.0.1:8501" or "127.0.0.1:8500" (gRPC)
+    locust_option: str = ""
+
+    @property
+    def env_var(self) -> str:
+        return "DEPLOYBENCH_" + self.locust_option.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one protocol of a target is spoken. `body` is the request encoding (a key of
+    payload.BODIES) and picks the locust user's base class; `client` builds the kit's client
+    from the target's addresses (its `connect` classmethod)."""
+
+    name: str  # rest | grpc | npy | ...
+    label: str  # REST, gRPC, REST .npy
+    endpoint: str  # the key of the target endpoint it talks to
+    body: str
+    client: type
+    locust_user: str  # the class name locust lists (its web UI, the headless command line)
+
+
+# (target folder, models, settings, addresses, overrides) -> (command, extra environment)
+NativeStart = Callable[["native.NativeSetup"], tuple[list[str], dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    label: str  # the name a report shows
+    framework: str  # a key of FRAMEWORKS
+    artifact_format: str  # the manifest format it serves
+    protocols: tuple[Protocol, ...]
+    endpoints: tuple[Endpoint, ...]
+    native: NativeStart | None = None  # None: not startable by the kit natively
+    compose_service: str | None = None
+    metrics: tuple[str, str] | None = None  # (endpoint key, path) of its Prometheus metrics
+
+    def protocol(self, name: str) -> Protocol:
+        for protocol in self.protocols:
+            if protocol.name == name:
+                return protocol
+        raise UsageError(f"{self.name} does not speak {name}; it speaks "
+                         f"{', '.join(self.protocol_names)}")
+
+    @property
+    def protocol_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.protocols)
+
+    def endpoint(self, key: str) -> Endpoint:
+        for endpoint in self.endpoints:
+            if endpoint.key == key:
+                return endpoint
+        raise KeyError(f"{self.name} has no endpoint {key!r}")
+
+    @property
+    def framework_label(self) -> str:
+        return FRAMEWORKS.get(self.framework, self.framework)
+
+    def label_of(self, protocol: str) -> str:
+        """The display name of this server speaking `protocol` ("TorchServe REST .npy")."""
+        return f"{self.label} {self.protocol(protocol).label}"
+
+    def describe(self, protocol: str | None = None) -> dict[str, str]:
+        """The fields every record about this target carries, so reports need no registry."""
+        fields = {"target": self.name, "target_label": self.label,
+                  "framework": self.framework}
+        if protocol is not None:
+            fields |= {"protocol": protocol, "protocol_label": self.protocol(protocol).label}
+        return fields
+
+
+_TARGETS: dict[str, Target] = {}
+_PLUGINS_LOADED: set[str] = set()
+
+
+def register(target: Target) -> Target:
+    """Add (or replace) a target; returns it, so a plugin can keep a handle."""
+    if target.framework not in FRAMEWORKS:
+        raise ValueError(f"{target.name}: unknown framework {target.framework!r}")
+    for protocol in target.protocols:
+        target.endpoint(protocol.endpoint)  # a protocol must name one of its endpoints
+        if protocol.body not in payload.BODIES:
+            raise ValueError(f"{target.name}/{protocol.name}: unknown request body "
+                             f"{protocol.body!r}; known: {', '.join(payload.BODIES)}")
+    _TARGETS[target.name] = target
+    return target
+
+
+def unregister(name: str) -> None:
+    """Remove a target (a test's own, when it ends)."""
+    _TARGETS.pop(name, None)
+
+
+def _load_plugins() -> None:
+    """Import every entry of DEPLOYBENCH_TARGETS not imported yet in this process."""
+    for entry in filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)):
+        if entry in _PLUGINS_LOADED:
+            continue
+        _PLUGINS_LOADED.add(entry)
+        try:
+            if entry.endswith(".py"):
+                path = Path(entry)
+                spec = importlib.util.spec_from_file_location(f"_deploybench_targets_{path.stem}",
+                                                              path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot load {path}")
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            else:
+                importlib.import_module(entry)
+        except Exception as error:  # a broken plugin is a one-line error, not a traceback
+            raise DeploybenchError(f"{PLUGINS_ENV}: cannot load {entry}: "
+                                   f"{type(error).__name__}: {error}") from error
+
+
+def targets() -> dict[str, Target]:
+    """Every registered target, by name, the kit's own first."""
+    _load_plugins()
+    return dict(_TARGETS)
+
+
+def get(name: str) -> Target:
+    known = targets()
+    if name not in known:
+        raise UsageError(f"unknown server {name!r}; known: {', '.join(known)}")
+    return known[name]
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """A comma-separated list of target names ('all': every one), checked."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if names == ["all"]:
+        return tuple(targets())
+    unknown = [name for name in names if name not in targets()]
+    if unknown or not names:
+        raise UsageError(f"unknown server(s) {unknown or [text]}; known: "
+                         f"{', '.join(targets())} or all")
+    return tuple(dict.fromkeys(names))
+
+
+def pairs(target: str, protocol: str | None) -> list[tuple[str, str]]:
+    """(target, protocol) pairs for `--target NAME|all` and `--protocol NAME|None`."""
+    chosen = tuple(targets()) if target == "all" else (get(target).name,)
+    known = sorted({p.name for t in targets().values() for p in t.protocols})
+    if protocol is not None and protocol not in known:
+        raise UsageError(f"unknown protocol {protocol!r}: {', '.join(known)}")
+    found = [(t, p) for t in chosen for p in get(t).protocol_names if protocol in (None, p)]
+    if not found:
+        get(target).protocol(protocol or "")  # raises: names what the target speaks
+    return found
+
+
+def label(target: str, protocol: str | None = None) -> str:
+    """A server's display name (with its protocol's), or the bare name if it is unknown here."""
+    found = targets().get(target)
+    if found is None:
+        return f"{target} {protocol}" if protocol else target
+    return found.label_of(protocol) if protocol else found.label
+
+
+# --- where the targets listen ---------------------------------------------------------------
+
+
+def shift_port(address: str, offset: int) -> str:
+    """`address` ("http://host:port" or "host:port") with its port moved by `offset`."""
+    if not offset:
+        return address
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    if parts.port is None:
+        raise ValueError(f"no port in {address!r}")
+    netloc = f"{parts.hostname}:{parts.port + offset}"
+    if "://" not in address:
+        return netloc
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Endpoints(Mapping[str, str]):
+    """Where every target listens: flat keys "<target>_<endpoint key>" -> address
+    ("torchserve_inference", "tfserving_grpc"), the registry's loopback defaults unless given.
+
+        Endpoints(tfserving_rest="http://127.0.0.1:9501")   # one moved, the rest as declared
+        Endpoints.loopback(offset=10)                         # every published port + 10
+    """
+
+    def __init__(self, addresses: Mapping[str, str] | None = None, /, **given: str) -> None:
+        defaults = {f"{t.name}_{e.key}": e.default for t in targets().values()
+                    for e in t.endpoints}
+        self._values = {**defaults, **(addresses or {}), **given}
+
+    @classmethod
+    def loopback(cls, offset: int = 0) -> Endpoints:
+        return cls({f"{t.name}_{e.key}": shift_port(e.default, offset)
+                    for t in targets().values() for e in t.endpoints})
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"Endpoints({self._values!r})"
+
+    def of(self, target: str) -> dict[str, str]:
+        """One target's addresses, by endpoint key."""
+        return {e.key: self[f"{target}_{e.key}"] for e in get(target).endpoints}
+
+    def address(self, target: str, protocol: str) -> str:
+        """The address `protocol` of `target` talks to."""
+        return self[f"{target}_{get(target).protocol(protocol).endpoint}"]
+
+    def metrics_url(self, target: str) -> str | None:
+        found = get(target)
+        if found.metrics is None:
+            return None
+        key, path = found.metrics
+        return self[f"{target}_{key}"].rstrip("/") + path
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self._values)
+
+
+def loopback_endpoints(offset: int = 0) -> Endpoints:
+    """The published ports on 127.0.0.1, shifted by `offset` (to run beside something else)."""
+    return Endpoints.loopback(offset)
+
+
+def make_client(target: str, protocol: str, model: str, endpoints: Endpoints | None = None,
+                input_name: str = "pixels", output_name: str = "logits",
+                timeout: float = 30.0) -> clients.PredictClient:
+    """The kit's client for `target` speaking `protocol` about `model`."""
+    declared = get(target).protocol(protocol)
+    addresses = (endpoints or Endpoints()).of(target)
+    return declared.client.connect(addresses, model, input_name=input_name,
+                                   output_name=output_name, timeout=timeout)
+
+
+# --- the kit's own servers --------------------------------------------------------------------
+
+register(Target(
+    name="tfserving",
+    label="TF Serving",
+    framework="tensorflow",
+    artifact_format="savedmodel",
+    protocols=(
+        Protocol("rest", "REST", "rest", "json", clients.TFServingREST, "TFServingRESTUser"),
+        Protocol("grpc", "gRPC", "grpc", "tfserving-grpc", clients.TFServingGRPC,
+                 "TFServingGRPCUser"),
+    ),
+    endpoints=(
+        Endpoint("rest", "http://127.0.0.1:8501", "tfserving-rest-url"),
+        Endpoint("grpc", "127.0.0.1:8500", "tfserving-grpc-target"),
+    ),
+    native=native.tfserving_native,
+    compose_service="tfserving",
+    metrics=("rest", "/monitoring/prometheus/metrics"),  # serving/config/monitoring.config
+))
+
+register(Target(
+    name="torchserve",
+    label="TorchServe",
+    framework="pytorch",
+    artifact_format="mar",
+    protocols=(
+        Protocol("rest", "REST", "inference", "json", clients.TorchServeREST,
+                 "TorchServeRESTUser"),
+        # TorchServe's binary body (payload.encode_npy): its counterpart of TF Serving's gRPC
+        Protocol("npy", "REST .npy", "inference", "npy", clients.TorchServeNpy,
+                 "TorchServeNpyUser"),
+    ),
+    endpoints=(
+        Endpoint("inference", "http://127.0.0.1:8080", "torchserve-url"),
+        Endpoint("management", "http://127.0.0.1:8081"),
+        Endpoint("metrics", "http://127.0.0.1:8082"),
+        # TorchServe always opens its gRPC ports too (there is no switch to turn them off)
+        Endpoint("grpc_inference", "127.0.0.1:7070"),
+        Endpoint("grpc_management", "127.0.0.1:7071"),
+    ),
+    native=native.torchserve_native,
+    compose_service="torchserve",
+    metrics=("metrics", "/metrics"),
+))
