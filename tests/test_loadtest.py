@@ -247,25 +247,17 @@ def test_distributed_master_and_worker(torchserve: Deployment, export_root: Path
     assert merged.get_total_count() == tally["requests"]
 
 
-def test_locustfile_runs_from_a_checkout_without_the_package(torchserve: Deployment,
-                                                             export_root: Path,
-                                                             tmp_path: Path) -> None:
-    """The compose locust image mounts the repo's folders: no installed deploybench there."""
-    repo = LOCUSTFILE.parent.parent
-    checkout = tmp_path / "checkout"
-    for folder in ("deploybench", "serving", "loadtest"):
-        shutil.copytree(repo / folder, checkout / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+def test_locustfile_runs_alone_against_the_installed_kit(torchserve: Deployment,
+                                                        export_root: Path,
+                                                        tmp_path: Path) -> None:
+    """As the compose locust image runs it: the locustfile copied on its own, away from the
+    checkout, importing deploybench as an installed package (no sys.path manipulation)."""
+    alone = tmp_path / "elsewhere" / "locustfile.py"
+    alone.parent.mkdir()
+    shutil.copyfile(LOCUSTFILE, alone)
+    assert "sys.path" not in alone.read_text()
     summary = tmp_path / "summary.json"
-    script = (
-        "import sys\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]\n"
-        "from locust.main import main\n"
-        "sys.argv = sys.argv[1:]\n"
-        "main()\n"
-    )
-    command = [sys.executable, "-c", script, "locust", "-f",
-               str(checkout / "loadtest" / "locustfile.py"), "--headless", "-u", "1", "-r", "1",
+    command = [sys.executable, "-m", "locust", "-f", str(alone), "--headless", "-u", "1", "-r", "1",
                "-t", "20s", "--export-root", str(export_root),
                "--torchserve-url", torchserve.endpoints["torchserve_inference"],
                "--measure-seconds", "1", "--summary-file", str(summary), "TorchServeRESTUser"]
