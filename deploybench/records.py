@@ -116,29 +116,33 @@ class ExportRecord(_Record):
     reason: str | None = None
 
 
-class ServerRecord(_Record):
+class _ServerRow(_Record):
+    """A record about one server target (and protocol): its name, and the registry's words
+    for it (serving/targets.py `Target.describe`), so a report names it without the registry."""
+
+    kind: str  # each subclass narrows it; declared first, so it leads in results.json
+    target: str
+    target_label: str | None = None
+    framework: str | None = None
+    protocol: str | None = None
+    protocol_label: str | None = None
+
+
+class ServerRecord(_ServerRow):
     """One server of a deployment: up, or why not."""
 
     kind: Literal["server"] = "server"
-    target: str
-    target_label: str | None = None  # the registry's words for it (serving/targets.py)
-    framework: str | None = None
-    protocol_label: str | None = None
     status: str  # up | unavailable | failed | stopped
     reason: str | None = None
     mode: str | None = None  # `deploybench run`
     batching: bool | None = None  # `deploybench bench`
 
 
-class _Step(_Record):
+class _Step(_ServerRow):
     """One locust step (loadtest/measurement.py build, then the runner's additions)."""
 
-    kind: Literal["load", "loadgen-capacity"]  # each subclass narrows it; declared first
-    target: str
-    target_label: str | None = None
-    framework: str | None = None
+    kind: Literal["load", "loadgen-capacity"]
     protocol: str
-    protocol_label: str | None = None
     model: str
     scenario: str
     level: Number  # users (closed loop) or requests/s (open loop)
@@ -191,15 +195,11 @@ class LoadgenCapacityRecord(_Step):
     note: str | None = None
 
 
-class LoadSloRecord(_Record):
+class LoadSloRecord(_ServerRow):
     """An open-loop scenario's outcome: the highest rate whose p99 met the bound."""
 
     kind: Literal["load-slo"] = "load-slo"
-    target: str
-    target_label: str | None = None
-    framework: str | None = None
     protocol: str
-    protocol_label: str | None = None
     model: str
     scenario: str
     rate_bound_ms: Number
@@ -322,16 +322,12 @@ class BenchCeilingRecord(_Record):
     when: str  # before | after the servers
 
 
-class BenchRecord(_Record):
-    """One server, protocol and batching setting of `deploybench bench`, against its ceiling."""
+class BenchRecord(_ServerRow):
+    """One server, protocol and batching setting of `deploybench bench`, against its ceiling
+    (protocol None: the server was not available)."""
 
     kind: Literal["bench"] = "bench"
     model: str
-    target: str
-    target_label: str | None = None
-    framework: str | None = None
-    protocol: str | None = None  # None: the server was not available
-    protocol_label: str | None = None
     batching: bool | None = None
     max_rate_rps: Number | None = None
     bound_ms: Number | None = None
@@ -350,21 +346,23 @@ class BenchRecord(_Record):
     reason: str | None = None
 
 
-class LoadgenCheckRecord(_Record):
-    """Whether one locust process could be the bottleneck (deploybench/jobs/loadgen.py)."""
+class LoadgenCheckRecord(_ServerRow):
+    """Whether one locust process could be the bottleneck of a server (the target fields:
+    which one; `server`: where it ran) (deploybench/jobs/loadgen.py)."""
 
     kind: Literal["loadgen-check"] = "loadgen-check"
+    target: str | None = None  # None: written by a check that named no target
     locust_capacity_rps: Number | None = None
     locust_capacity_users: Number | None = None
-    torchserve_peak_rps: Number | None = None
-    torchserve_peak_users: Number | None = None
+    server_peak_rps: Number | None = None
+    server_peak_users: Number | None = None
     share: Number | None = None
     loadgen_saturated_on_server: bool
     could_be_bottleneck: bool
     locust_cpu_percent_at_peak: Number | None = None
     verdict: str
     threshold_share: Number
-    torchserve: str | None = None
+    server: str | None = None
 
 
 Record = Annotated[

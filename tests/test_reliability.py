@@ -242,14 +242,22 @@ def start_torchserve(root: Path, run_dir: Path, **options: Any) -> Deployment:
                  servers=("torchserve",), log=lambda text: None, **options)
 
 
-def kill_when(path: Path, record: processes.ProcessRecord, after_s: float,
-              timeout: float) -> float:
-    """Once `path` exists (the load stage has begun), wait `after_s` and kill the server's
-    whole process group; returns when it was killed (monotonic)."""
-    wait_for(path.exists, timeout, f"{path} appears")
-    time.sleep(after_s)
-    faults.kill_server(record)
-    return time.monotonic()
+def kill_during_load(process: subprocess.Popen, run_dir: Path,
+                     record: processes.ProcessRecord, timeout: float) -> tuple[float, str]:
+    """Once the command `process` has begun its load stage (run_dir/locust exists), wait 3 s
+    and kill the server's whole process group; returns the seconds from the kill to the
+    command's end, and its stderr. The command is killed if it outlives `timeout`."""
+    try:
+        wait_for((run_dir / "locust").exists, timeout, "the load stage begins")
+        time.sleep(3.0)
+        faults.kill_server(record)
+        killed = time.monotonic()
+        _, stderr = process.communicate(timeout=timeout)
+        return time.monotonic() - killed, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.slow
@@ -265,14 +273,7 @@ def test_load_ends_clearly_when_the_server_dies(export_root: Path, tmp_path: Pat
          "--step-seconds", "30", "--warmup-seconds", "1", "--out", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "DEPLOYBENCH_STATE_DIR": str(state)})
-    try:
-        killed = kill_when(run_dir / "locust", record, after_s=3.0, timeout=60)
-        _, stderr = process.communicate(timeout=60)
-        ended_after = time.monotonic() - killed
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ended_after, stderr = kill_during_load(process, run_dir, record, timeout=60)
     assert process.returncode == 1
     assert ended_after < 20, ended_after  # not the 30 s step, not a hang
     (line,) = error_lines(stderr)
@@ -343,14 +344,7 @@ def test_run_keeps_partial_results_when_the_server_dies(export_root: Path, tmp_p
     are stopped."""
     run_dir = tmp_path / "run"
     process, record = start_run(export_root, run_dir, state, step_seconds=20)
-    try:
-        killed = kill_when(run_dir / "locust", record, after_s=3.0, timeout=120)
-        _, stderr = process.communicate(timeout=120)
-        ended_after = time.monotonic() - killed
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ended_after, stderr = kill_during_load(process, run_dir, record, timeout=120)
     assert process.returncode == 1, stderr[-2000:]
     assert ended_after < 60, ended_after
     (line,) = error_lines(stderr)

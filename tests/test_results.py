@@ -102,7 +102,8 @@ def every_kind(tmp_path: Path) -> list[Any]:
                "batch_latency_ms": 10.0, "when": "before"}
     options = BenchOptions(model="digits-mlp", artifacts=tmp_path, out=tmp_path)
     bench = summarize([], {}, options)[0]
-    check = verdict([capacity], [closed]) | {"torchserve": "TorchServe at http://x"}
+    check = verdict([capacity], [closed], "TorchServe") | {"target": "torchserve",
+                                                            "server": "TorchServe at http://x"}
     return [
         export, ServerRecord(target="torchserve", status="up", reason="", mode="native"),
         to_record(closed), to_record(open_loop), to_record(gone), to_record(slo),

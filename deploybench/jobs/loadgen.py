@@ -1,16 +1,18 @@
-"""How much load can one locust process generate here, and is that enough for TorchServe?
+"""How much load can one locust process generate here, and is that enough for a server?
 
-    .venv/bin/python -m deploybench.jobs.loadgen --artifacts artifacts --out runs/bench
+    .venv/bin/python -m deploybench.jobs.loadgen --artifacts artifacts --out runs/bench \
+        [--target torchserve]
 
-1. Capacity: the very locustfile and user class the kit measures TorchServe with (same golden
-   bodies, same answer check per response), pointed at a trivially fast local endpoint: a
-   replay server (asyncio, its own process) that answers each golden request with its golden
-   answer from a table. The highest goodput over a user sweep is what one locust process
-   sustains on this machine.
-2. TorchServe's highest throughput in the same run: a closed-loop sweep against real TorchServe
-   (started natively on free ports, or the one at --torchserve-url).
-3. Verdict: if TorchServe's peak comes near locust's capacity (over half of it), or locust
-   flagged itself saturated while measuring TorchServe, the load generator could be the
+1. Capacity: the very locustfile and user class the kit measures the target's JSON protocol
+   with (same golden bodies, same answer check per response), pointed at a trivially fast local
+   endpoint: a replay server (asyncio, its own process) that answers each golden request with
+   its golden answer from a table. The highest goodput over a user sweep is what one locust
+   process sustains on this machine.
+2. The server's highest throughput in the same run: a closed-loop sweep against the real server
+   (started natively on free ports, or the one on the published ports shifted by
+   --port-offset).
+3. Verdict: if the server's peak comes near locust's capacity (over half of it), or locust
+   flagged itself saturated while measuring the server, the load generator could be the
    bottleneck and its figures are a lower bound on the server.
 
 Prints a table and writes OUT/results.json (kinds "loadgen-capacity", "load", "loadgen-check").
@@ -35,6 +37,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from deploybench.errors import UsageError
 from deploybench.golden import Golden
 from deploybench.jobs.stages import load_stage
 from deploybench.jobs.writer import RunWriter
@@ -43,7 +46,7 @@ from deploybench.loadtest.process import LocustRun, run_locust
 from deploybench.loadtest.runner import LoadPlan, check_reachable, load_generator
 from deploybench.manifest import load_manifest
 from deploybench.records import LoadgenCheckRecord, Sink, to_record
-from deploybench.serving import payload
+from deploybench.serving import payload, targets
 from deploybench.serving.targets import Endpoints
 
 BOTTLENECK_SHARE = 0.5  # a server peak above half of locust's capacity: locust may limit it
@@ -126,19 +129,31 @@ def start_replay(root: Path, model: str) -> tuple[subprocess.Popen, str]:
 
 # -- the benchmark ---------------------------------------------------------------------------------
 
-def capacity_steps(root: Path, model: str, url: str, users: list[int], seconds: float,
-                   run_dir: Path, console: Console, emit: Sink) -> list[dict[str, Any]]:
+def json_protocol(target: str) -> str:
+    """The target's protocol with the JSON body: the one the replay endpoint answers."""
+    for protocol in targets.get(target).protocols:
+        if protocol.body == "json":
+            return protocol.name
+    raise UsageError(f"{target} speaks no JSON protocol: the replay endpoint answers JSON only")
+
+
+def capacity_steps(root: Path, model: str, target: str, url: str, users: list[int],
+                   seconds: float, run_dir: Path, console: Console, emit: Sink
+                   ) -> list[dict[str, Any]]:
+    protocol = json_protocol(target)
+    endpoint = targets.get(target).protocol(protocol).endpoint
     steps = []
     for count in users:
-        run = LocustRun(target="torchserve", protocol="rest", model=model, export_root=root,
-                        endpoints=Endpoints(torchserve_inference=url), users=count,
+        run = LocustRun(target=target, protocol=protocol, model=model, export_root=root,
+                        endpoints=Endpoints({f"{target}_{endpoint}": url}), users=count,
                         warmup_seconds=1.0, measure_seconds=seconds,
                         prefix=run_dir / "locust" / f"capacity-{model}-{count}u")
         output = run_locust(run)
         step = measure.build(run, output, "capacity", count, "users", run_dir, url)
         step.update(kind="loadgen-capacity", target="replay-endpoint",
                     target_label="replay endpoint", framework=None,
-                    note="the kit's TorchServe user class against a local replay endpoint")
+                    note=f"the kit's {targets.label(target, protocol)} user class against a "
+                         "local replay endpoint")
         steps.append(step)
         emit(to_record(step))
         if step["status"] == "ok":
@@ -150,10 +165,11 @@ def capacity_steps(root: Path, model: str, url: str, users: list[int], seconds: 
     return steps
 
 
-def torchserve_steps(root: Path, model: str, port_offset: int | None, users: list[int],
-                     seconds: float, writer: RunWriter) -> tuple[list[dict[str, Any]], str]:
-    """A closed-loop sweep against TorchServe: one already running on the published ports
-    shifted by `port_offset`, else one started here on free ports."""
+def server_steps(root: Path, model: str, target: str, port_offset: int | None,
+                 users: list[int], seconds: float, writer: RunWriter
+                 ) -> tuple[list[dict[str, Any]], str]:
+    """A closed-loop sweep against the target's JSON protocol: the server already running on
+    the published ports shifted by `port_offset`, else one started here on free ports."""
     from deploybench.loadtest.scenarios import load_scenario
     from deploybench.serving.manager import serve
     from deploybench.serving.targets import loopback_endpoints
@@ -163,13 +179,13 @@ def torchserve_steps(root: Path, model: str, port_offset: int | None, users: lis
         os.environ["DEPLOYBENCH_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
         endpoints = loopback_endpoints(random.randrange(10_000, 40_000, 10))
         deployment = serve(root, mode="native", models=[model], run_dir=writer.run_dir / "serve",
-                           endpoints=endpoints, servers=("torchserve",), log=lambda text: None)
-        origin = "native TorchServe started by this benchmark"
+                           endpoints=endpoints, servers=(target,), log=lambda text: None)
+        origin = f"native {targets.label(target)} started by this benchmark"
     else:
         endpoints = loopback_endpoints(port_offset)
-        origin = f"TorchServe at {endpoints.torchserve_inference}"
+        origin = f"{targets.label(target)} at {endpoints.address(target, json_protocol(target))}"
     try:
-        plan = LoadPlan([("torchserve", "rest")], [model], root, endpoints,
+        plan = LoadPlan([(target, json_protocol(target))], [model], root, endpoints,
                         load_scenario("sweep", levels=users, step_seconds=seconds,
                                       warmup_seconds=1.0),
                         writer.run_dir, "native" if deployment else "external")
@@ -185,7 +201,9 @@ def torchserve_steps(root: Path, model: str, port_offset: int | None, users: lis
     return steps, origin
 
 
-def verdict(capacity: list[dict[str, Any]], server: list[dict[str, Any]]) -> dict[str, Any]:
+def verdict(capacity: list[dict[str, Any]], server: list[dict[str, Any]],
+            name: str = "the server") -> dict[str, Any]:
+    """Whether one locust process could limit the server `name` (its display name)."""
     ok_capacity = [s for s in capacity if s["status"] == "ok"]
     ok_server = [s for s in server if s["status"] == "ok"]
     best_capacity = max(ok_capacity, key=lambda s: s["throughput_rps"], default=None)
@@ -198,12 +216,12 @@ def verdict(capacity: list[dict[str, Any]], server: list[dict[str, Any]]) -> dic
     if share is None:
         text = "no comparison: a side has no figures"
     elif could_limit:
-        text = (f"the load generator COULD be the bottleneck: TorchServe's peak is "
+        text = (f"the load generator COULD be the bottleneck: {name}'s peak is "
                 f"{share:.0%} of what one locust process sustains"
                 + (", and locust flagged itself saturated" if saturated else "")
                 + "; add locust workers (--master/--worker) before trusting the peak")
     else:
-        text = (f"the load generator is not the bottleneck: TorchServe's peak is {share:.0%} "
+        text = (f"the load generator is not the bottleneck: {name}'s peak is {share:.0%} "
                 f"of what one locust process sustains, and locust never passed 90 % CPU")
     peak_cpu = best_server["loadgen_cpu_percent"] if best_server else None
     if peak_cpu is not None and share is not None:
@@ -212,8 +230,8 @@ def verdict(capacity: list[dict[str, Any]], server: list[dict[str, Any]]) -> dic
     return {
         "kind": "loadgen-check", "locust_capacity_rps": locust_rps,
         "locust_capacity_users": best_capacity["level"] if best_capacity else None,
-        "torchserve_peak_rps": server_rps,
-        "torchserve_peak_users": best_server["level"] if best_server else None,
+        "server_peak_rps": server_rps,
+        "server_peak_users": best_server["level"] if best_server else None,
         "share": round(share, 3) if share is not None else None,
         "loadgen_saturated_on_server": saturated, "could_be_bottleneck": could_limit,
         "locust_cpu_percent_at_peak": peak_cpu,
@@ -221,13 +239,13 @@ def verdict(capacity: list[dict[str, Any]], server: list[dict[str, Any]]) -> dic
     }
 
 
-def table(capacity: list[dict[str, Any]], server: list[dict[str, Any]]) -> Table:
-    out = Table(title="one locust process vs TorchServe (closed loop, same user class; "
+def table(capacity: list[dict[str, Any]], server: list[dict[str, Any]], name: str) -> Table:
+    out = Table(title=f"one locust process vs {name} (closed loop, same user class; "
                       "CPU in % of one core)")
     for column in ("endpoint", "users", "rps", "p50 ms", "p99 ms", "locust %", "other %",
                    "saturated"):
         out.add_column(column, justify="left" if column == "endpoint" else "right")
-    for label, steps in (("replay", capacity), ("TorchServe", server)):
+    for label, steps in (("replay", capacity), (name, server)):
         for s in steps:
             if s["status"] != "ok":
                 out.add_row(label, f"{s['level']:g}", "failed", *[""] * 5)
@@ -250,36 +268,41 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", default="digits-mlp")
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-locust")
     parser.add_argument("--capacity-users", default="1,4,16,64")
-    parser.add_argument("--torchserve-users", default="1,2,4,8,16")
+    parser.add_argument("--target", default="torchserve",
+                        help="The server to hold against locust's capacity (a target with a "
+                             "JSON protocol)")
+    parser.add_argument("--server-users", default="1,2,4,8,16")
     parser.add_argument("--step-seconds", type=float, default=5.0)
     parser.add_argument("--port-offset", type=int, default=None,
-                        help="Use the TorchServe running on the published ports shifted by N "
+                        help="Use the server running on the published ports shifted by N "
                              "(default: start one natively on free ports)")
     args = parser.parse_args(argv)
     if args.command == "replay":
         serve_replay(args.port, args.artifacts.resolve(), args.model)
         return 0
     console = Console()
+    json_protocol(args.target)  # a target that cannot be measured here: before any work
+    name = targets.label(args.target)
     root, run_dir = args.artifacts.resolve(), args.out.resolve()
     writer = RunWriter(run_dir)
     writer.set_environment(mode="benchmark", load_generator=load_generator())
     process, url = start_replay(root, args.model)
     try:
-        capacity = capacity_steps(root, args.model, url,
+        capacity = capacity_steps(root, args.model, args.target, url,
                                   [int(u) for u in args.capacity_users.split(",")],
                                   args.step_seconds, run_dir, console, writer.add)
     finally:
         process.terminate()
         process.wait(10)
-    console.print("TorchServe sweep ...")
-    server, origin = torchserve_steps(root, args.model, args.port_offset,
-                                      [int(u) for u in args.torchserve_users.split(",")],
-                                      args.step_seconds, writer)
-    check = verdict(capacity, server)
-    check["torchserve"] = origin
+    console.print(f"{name} sweep ...")
+    server, origin = server_steps(root, args.model, args.target, args.port_offset,
+                                  [int(u) for u in args.server_users.split(",")],
+                                  args.step_seconds, writer)
+    check = verdict(capacity, server, name)
+    check.update(targets.get(args.target).describe(), server=origin)
     writer.add(LoadgenCheckRecord(**check))
-    writer.note("loadgen: locust capacity against a replay endpoint beside TorchServe")
-    console.print(table(capacity, server))
+    writer.note(f"loadgen: locust capacity against a replay endpoint beside {name}")
+    console.print(table(capacity, server, name))
     console.print(check["verdict"], highlight=False)
     console.print(f"results: {run_dir / 'results.json'}", highlight=False)
     return 0
