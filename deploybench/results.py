@@ -88,18 +88,23 @@ def read_results(path: Path) -> ResultsFile:
     if not isinstance(data, dict) or not isinstance(data.get("schema"), str):
         raise DeploybenchError(f"{path}: not a deploybench results file")
     schema = data["schema"]
+    older = ""
     if schema != SCHEMA:
         family, _, version = schema.rpartition("/")
         if family != SCHEMA.rpartition("/")[0]:
             raise DeploybenchError(f"{path}: not a deploybench results file (schema {schema})")
-        older = version.isdigit() and int(version) < int(SCHEMA.rpartition("/")[2])
-        raise DeploybenchError(
-            f"{path}: schema {schema} is not {SCHEMA} (written by "
-            + ("an older deploybench; run it again)" if older else "another deploybench)"))
+        if not (version.isdigit() and int(version) < int(SCHEMA.rpartition("/")[2])):
+            raise DeploybenchError(f"{path}: schema {schema} is newer than this deploybench's "
+                                   f"{SCHEMA}; update deploybench to read it")
+        # an older file is read when every record still fits today's (and saved as today's
+        # schema); else the line names the first record and field that does not
+        older = f"schema {schema} (an older deploybench's) does not fit {SCHEMA}: "
+        data = {**data, "schema": SCHEMA}
     try:
         return ResultsFile.model_validate(data)
     except ValidationError as error:
-        raise DeploybenchError(f"{path}: {describe_error(error, data)}") from None
+        raise DeploybenchError(f"{path}: {older}{describe_error(error, data)}"
+                               + ("; run it again" if older else "")) from None
 
 
 def describe_error(error: ValidationError, data: dict[str, Any]) -> str:

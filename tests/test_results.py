@@ -157,6 +157,22 @@ def test_report_of_a_valid_file(run_dir: Path) -> None:
     assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
 
 
+def test_an_older_file_whose_records_fit_is_read_and_upgraded(run_dir: Path) -> None:
+    """A run written by the previous deploybench (schema /1: the same records without the
+    registry's labels) still reports; adding to it saves it as today's schema."""
+    data = data_of(run_dir)
+    data["schema"] = "deploybench.results/1"
+    for record in data["measurements"]:
+        if "target" in record:  # the fields the registry added
+            for field in ("target_label", "protocol_label", "framework"):
+                record.pop(field, None)
+    (run_dir / RESULTS_FILE).write_text(json.dumps(data))
+    result = invoke("report", str(run_dir))
+    assert result.exit_code == 0, result.output
+    RunWriter(run_dir).note("added")
+    assert data_of(run_dir)["schema"] == SCHEMA
+
+
 def _set(path: list[Any], value: Any) -> Any:
     def change(data: dict[str, Any]) -> None:
         target = data
@@ -167,9 +183,14 @@ def _set(path: list[Any], value: Any) -> Any:
 
 
 BAD = {
-    "older schema": (_set(["schema"], "deploybench.results/1"),
-                     "schema deploybench.results/1 is not deploybench.results/2 (written by an "
-                     "older deploybench; run it again)"),
+    "older schema": (lambda data: (_set(["schema"], "deploybench.results/1")(data),
+                                   _set(["measurements", 2, "throughput"], 3.0)(data)),
+                     "schema deploybench.results/1 (an older deploybench's) does not fit "
+                     "deploybench.results/2: measurement 2 (kind load): throughput: Extra inputs "
+                     "are not permitted; run it again"),
+    "newer schema": (_set(["schema"], "deploybench.results/3"),
+                     "schema deploybench.results/3 is newer than this deploybench's "
+                     "deploybench.results/2; update deploybench to read it"),
     "wrong type": (_set(["measurements", 2, "latency_ms", "p99"], "fast"),
                    "measurement 2 (kind load): latency_ms.p99: Input should be a valid number"),
     "unknown kind": (_set(["measurements", 0, "kind"], "colour"),
