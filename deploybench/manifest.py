@@ -45,6 +45,10 @@ class Artifact:
     accuracy_drop: float | None = None
     top1_agreement: float | None = None
     reason: str | None = None
+    # ExecuTorch programs: the share of operator nodes XNNPACK runs, and the operators left to
+    # the portable CPU kernels (their readiness, as edge_ready is a .tflite's)
+    delegated_share: float | None = None
+    non_delegated_ops: list[str] | None = None
 
 
 @dataclass

@@ -114,6 +114,8 @@ class ExportRecord(_Record):
     accuracy_drop: Number | None = None
     top1_agreement: Number | None = None
     reason: str | None = None
+    delegated_share: Number | None = None
+    non_delegated_ops: list[str] | None = None
 
 
 class _ServerRow(_Record):

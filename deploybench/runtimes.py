@@ -162,6 +162,54 @@ def load_torchscript(path: Path | bytes) -> TorchRunner:
     return TorchRunner(module)
 
 
+def load_exported_program(path: Path) -> TorchRunner:
+    """A torch.export program (.pt2), run eagerly by torch: the reference's graph, as exported."""
+    import torch
+
+    with warnings.catch_warnings():  # torch.export's own internals (deprecated pytree classes)
+        warnings.simplefilter("ignore", FutureWarning)
+        return TorchRunner(torch.export.load(str(path)).module())
+
+
+class ExecuTorchRunner(_Predicts):
+    """An ExecuTorch program (.pte) under ExecuTorch's runtime (its Python bindings)."""
+
+    def __init__(self, path: Path) -> None:
+        import torch
+        from executorch.runtime import Runtime
+
+        self._torch = torch
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path}: no such ExecuTorch program")
+        try:
+            # the program must outlive its method: dropping it while the method runs crashes
+            self.program = Runtime.get().load_program(self.path)
+            self.method = self.program.load_method("forward")
+        except (RuntimeError, ValueError) as error:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise ArtifactError(
+                f"{self.path}: not a loadable ExecuTorch program ({first_line})") from error
+        self._x: Any = None
+        self._y: Any = None
+
+    def set_input(self, x: np.ndarray) -> None:
+        self._x = self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def run(self) -> None:
+        self._y = self.method.execute([self._x])
+
+    def output(self) -> np.ndarray:
+        return self._y[0].numpy().copy()
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+
+def load_executorch(path: Path) -> ExecuTorchRunner:
+    return ExecuTorchRunner(path)
+
+
 class TorchBackend:
     def __init__(self, path: Path, threads: int, xnnpack: bool | None = None) -> None:
         import torch

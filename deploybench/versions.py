@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 
 PACKAGES = (
-    "deploybench", "torch", "tensorflow", "keras", "ai-edge-litert", "torchserve",
+    "deploybench", "torch", "tensorflow", "keras", "ai-edge-litert", "executorch", "torchserve",
     "torch-model-archiver", "tensorflow-serving-api", "locust", "numpy",
 )
 

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,14 @@ def judge(
         )
 
 
+def in_batches(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
+               rows: int) -> np.ndarray:
+    """`predict` over `inputs`, at most `rows` at a time: what every artifact must take (an
+    exported program's batch dimension, an ExecuTorch program's capacity, end at max_rows)."""
+    rows = max(rows, 1)
+    return np.concatenate([predict(inputs[i:i + rows]) for i in range(0, len(inputs), rows)])
+
+
 def export_model(
     spec: ModelSpec, root: Path, progress: Progress | None = None, version: int = 1
 ) -> ModelExport:
@@ -152,12 +161,16 @@ def export_model(
             artifact.export_seconds = round(time.perf_counter() - began, 3)
             continue
         artifact.export_seconds = round(time.perf_counter() - began, 3)
+        readiness = ctx.readiness.get(fmt.name, {})
+        artifact.delegated_share = readiness.get("delegated_share")
+        artifact.non_delegated_ops = readiness.get("non_delegated_ops")
         artifact.path = f"{spec.name}/{path.relative_to(build_dir).as_posix()}"
         artifact.sha256 = tree_sha256(path)
         artifact.bytes = size_of(path)
         step(f"parity of {fmt.name}")
         try:
-            judge(fmt, fmt.runner(path)(golden.inputs), golden, artifact, min_top1_agreement)
+            outputs = in_batches(fmt.runner(path), golden.inputs, spec.max_rows)
+            judge(fmt, outputs, golden, artifact, min_top1_agreement)
         except Exception as error:
             log.exception("%s: %s could not be run for parity", spec.name, fmt.name)
             artifact.status = "failed"

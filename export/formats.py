@@ -3,10 +3,12 @@ it wrote; each format also names how to run what it wrote, for the parity gate."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from deploybench.zoo.spec import ModelSpec
 HANDLER = Path(__file__).resolve().parent.parent / "serving" / "handler.py"
 SIGNATURE_FILE = "signature.json"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+EXPORTED_PROGRAM_FILE = "model.exported.pt2"  # torch.export.save
 REPRESENTATIVE_SAMPLES = 200
 
 
@@ -31,6 +34,8 @@ class ExportContext:
     x_train: np.ndarray
     build_dir: Path  # the model's staging folder
     version: int = 1
+    # per format, what its writer learnt of how the target runs it (ExecuTorch's delegation)
+    readiness: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def savedmodel_dir(self) -> Path:
@@ -40,6 +45,10 @@ class ExportContext:
     @property
     def torchscript_path(self) -> Path:
         return self.build_dir / TORCHSCRIPT_FILE
+
+    @property
+    def exported_program_path(self) -> Path:
+        return self.build_dir / EXPORTED_PROGRAM_FILE
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,108 @@ def write_torchscript(ctx: ExportContext) -> Path:
     return ctx.torchscript_path
 
 
+def write_exported_program(ctx: ExportContext) -> Path:
+    """torch.export of the reference module, with a dynamic batch dimension (1 to the model's
+    max_rows): the program PyTorch's server and edge paths are made from."""
+    import torch
+
+    example, dynamic = _batch_example(ctx)
+    with quiet_torch():
+        program = torch.export.export(ctx.torch_model.eval(), (example,),
+                                      dynamic_shapes=dynamic)
+        torch.export.save(program, str(ctx.exported_program_path))
+    return ctx.exported_program_path
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """torch.export's save/load and ExecuTorch's lowering warn about their own internals
+    (deprecated pytree classes, ...): nothing a user can act on, kept out of the terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _batch_example(ctx: ExportContext) -> tuple[Any, Any]:
+    """An example batch at the top of the model's range (max_rows), and the dynamic batch
+    dimension (1..max_rows) for torch.export; a smaller example narrows the range the export
+    keeps when a permute stands in front of a convolution (DESIGN.md)."""
+    import torch
+
+    rows = max(ctx.spec.max_rows, 1)
+    example = torch.from_numpy(
+        np.resize(ctx.x_train, (rows, *ctx.spec.input_shape)).astype(np.float32))
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=rows)},) if rows > 1 else None
+    return example, dynamic
+
+
+def executorch_writer(variant: str) -> Callable[[ExportContext], Path]:
+    """An ExecuTorch program (.pte) lowered to XNNPACK: fp32, or int8 quantized with PT2E
+    (XNNPACK's quantizer, symmetric int8, weights per channel), calibrated on the same
+    representative training samples as the full-int8 TFLite variant. Float32 in and out, like
+    every artifact. Also records how much of the program XNNPACK took (its readiness)."""
+
+    def write(ctx: ExportContext) -> Path:
+        with quiet_torch():
+            return _write_executorch(ctx, variant)
+
+    write.__name__ = f"write_executorch_{variant}"
+    return write
+
+
+def _write_executorch(ctx: ExportContext, variant: str) -> Path:
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+
+    example, dynamic = _batch_example(ctx)
+    model = ctx.torch_model.eval()
+    if variant == "int8":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        captured = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
+        quantizer = XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(captured, quantizer)
+        with torch.no_grad():
+            for sample in ctx.x_train[:REPRESENTATIVE_SAMPLES]:
+                prepared(torch.from_numpy(np.ascontiguousarray(sample[None])))
+        model = convert_pt2e(prepared)
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    ctx.readiness[f"executorch-{variant}"] = delegation(edge)
+    path = ctx.build_dir / "executorch" / f"{variant}.pte"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(edge.to_executorch().buffer)
+    return path
+
+
+def delegation(edge: Any) -> dict[str, Any]:
+    """How much of a lowered program XNNPACK runs: the share of its operator nodes delegated,
+    and the operators left to ExecuTorch's portable CPU kernels (by name)."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(edge.exported_program().graph_module)
+    # operators only: `getitem` (a delegate's outputs) and `sym_size` (a dynamic dimension's
+    # size) are the graph's bookkeeping, not kernels
+    operators = {op: counts for op, counts in info.delegation_by_operator.items()
+                 if op.startswith("aten_")}
+    delegated = sum(counts.delegated for counts in operators.values())
+    total = delegated + sum(counts.non_delegated for counts in operators.values())
+    left = sorted(op.removeprefix("aten_") for op, counts in operators.items()
+                  if counts.non_delegated > 0)
+    return {"delegated_share": round(delegated / total, 4) if total else None,
+            "non_delegated_ops": left}
+
+
 def write_mar(ctx: ExportContext) -> Path:
     """A TorchServe archive: the TorchScript file, our handler and the input signature."""
     from model_archiver.model_archiver_config import ModelArchiverConfig
@@ -208,4 +319,10 @@ FORMATS: tuple[Format, ...] = (
     ),
     Format("torchscript", write_torchscript, runtimes.load_torchscript),
     Format("mar", write_mar, run_mar),
+    # PyTorch's current path: torch.export ...
+    Format("exported-program", write_exported_program, runtimes.load_exported_program),
+    # ... and ExecuTorch for phones
+    Format("executorch-fp32", executorch_writer("fp32"), runtimes.load_executorch),
+    Format("executorch-int8", executorch_writer("int8"), runtimes.load_executorch,
+           quantized=True),
 )

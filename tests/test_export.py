@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from deploybench import runtimes
+from deploybench.export.exporter import in_batches
 from deploybench.export.formats import FORMATS
 from deploybench.files import tree_sha256
 from deploybench.golden import Golden, accuracy
@@ -35,7 +36,7 @@ def test_manifest_describes_every_artifact(export_root, model):
     formats = {a.format for a in manifest.artifacts}
     assert formats == {
         "savedmodel", "tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8",
-        "torchscript", "mar",
+        "torchscript", "mar", "exported-program", "executorch-fp32", "executorch-int8",
     }
     for artifact in manifest.artifacts:
         path = export_root / artifact.path
@@ -52,7 +53,8 @@ def test_each_artifact_reproduces_the_reference_in_its_own_runtime(export_root, 
     manifest = load_manifest(export_root, model)
     golden = Golden.load(export_root / manifest.golden["path"])
     for artifact in manifest.artifacts:
-        outputs = runner_for(artifact.format, export_root / artifact.path)(golden.inputs)
+        outputs = in_batches(runner_for(artifact.format, export_root / artifact.path),
+                             golden.inputs, manifest.max_rows)
         assert outputs.shape == golden.outputs.shape
         measured = accuracy(outputs, golden.labels)
         assert measured == pytest.approx(artifact.accuracy), artifact.format
@@ -223,3 +225,107 @@ def test_parity_failure_exits_non_zero_and_keeps_earlier_artifacts(tmp_path, mon
     assert after.created == before.created
     for artifact in after.artifacts:
         assert tree_sha256(tmp_path / artifact.path) == artifact.sha256
+
+
+# --- PyTorch's current path: torch.export, ExecuTorch ----------------------------------------
+
+TORCH_EXPORT_FORMATS = ("exported-program", "executorch-fp32", "executorch-int8")
+
+
+def reference_module(export_root: Path, model: str):  # noqa: ANN201
+    """The reference torch module, rebuilt from the weights the export saved."""
+    import torch
+
+    from deploybench.zoo import get_spec
+
+    module = get_spec(model).build_torch()
+    module.load_state_dict(torch.load(export_root / model / "reference.pt"))
+    return module.eval()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_torch_export_artifacts_match_the_reference_on_unseen_inputs(export_root, model):
+    """Inputs the export never saw (uniform noise in the pixels' range), at batch 1 and at the
+    model's max_rows: fp32 artifacts within the fp32 tolerance, int8 mostly the same top-1."""
+    import torch
+
+    manifest = load_manifest(export_root, model)
+    module = reference_module(export_root, model)
+    shape = manifest.inputs[0].shape[1:]
+    unseen = np.random.default_rng(7).uniform(0, 1, (manifest.max_rows, *shape))
+    unseen = unseen.astype(np.float32)
+    with torch.inference_mode():
+        reference = module(torch.from_numpy(unseen)).numpy()
+    for fmt in TORCH_EXPORT_FORMATS:
+        predict = runner_for(fmt, export_root / manifest.artifact(fmt).path)
+        for rows in (1, manifest.max_rows):  # the dynamic batch dimension, both ends
+            outputs = predict(unseen[:rows])
+            assert outputs.shape == (rows, 10), (fmt, rows)
+            if manifest.artifact(fmt).quantized:
+                agreement = np.mean(outputs.argmax(1) == reference[:rows].argmax(1))
+                assert rows == 1 or agreement >= 0.8, (fmt, agreement)
+            else:
+                diff = float(np.max(np.abs(outputs - reference[:rows])))
+                assert diff <= FP32_TOLERANCE, (fmt, rows, diff)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_executorch_programs_record_what_xnnpack_runs(export_root, model):
+    manifest = load_manifest(export_root, model)
+    for fmt in ("executorch-fp32", "executorch-int8"):
+        artifact = manifest.artifact(fmt)
+        assert 0.5 < artifact.delegated_share <= 1.0, artifact
+        assert isinstance(artifact.non_delegated_ops, list)
+        assert all(not op.startswith("aten_") for op in artifact.non_delegated_ops)
+        assert (artifact.delegated_share == 1.0) == (not artifact.non_delegated_ops)
+    fp32, int8 = manifest.artifact("executorch-fp32"), manifest.artifact("executorch-int8")
+    assert int8.bytes < fp32.bytes / 2.5  # int8 weights
+    for artifact in manifest.artifacts:
+        if artifact.format not in ("executorch-fp32", "executorch-int8"):
+            assert artifact.delegated_share is None
+
+
+def test_a_corrupt_executorch_program_is_named(tmp_path):
+    from deploybench.runtimes import ArtifactError
+
+    bad = tmp_path / "broken.pte"
+    bad.write_bytes(b"not a program")
+    with pytest.raises(ArtifactError, match="broken.pte: not a loadable ExecuTorch program"):
+        runner_for("executorch-fp32", bad)
+
+
+def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
+        tmp_path, monkeypatch):
+    """A wrong weight in the ExecuTorch path only: the export fails naming executorch-fp32, the
+    formats before it passed, and the earlier published export stays."""
+    from deploybench.export import formats
+
+    first = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
+    assert first.exit_code == 0, first.output
+    published = (tmp_path / "digits-mlp").resolve()
+    real = formats._write_executorch
+
+    def perturbed(ctx, variant):  # noqa: ANN001, ANN202
+        if variant == "fp32":
+            import torch
+
+            with torch.no_grad():
+                next(ctx.torch_model.parameters()).add_(0.05)
+            try:
+                return real(ctx, variant)
+            finally:
+                with torch.no_grad():
+                    next(ctx.torch_model.parameters()).sub_(0.05)
+        return real(ctx, variant)
+
+    monkeypatch.setattr(formats, "_write_executorch", perturbed)
+    second = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
+    assert second.exit_code == 3, second.output
+    assert "executorch-fp32" in second.output and "max abs diff" in second.output
+    assert (tmp_path / "digits-mlp").resolve() == published
+    failed = [p for p in (tmp_path / ".builds").iterdir() if p.resolve() != published]
+    (build,) = failed
+    rows = {a["format"]: a for a in json.loads((build / "manifest.json").read_text())["artifacts"]}
+    assert rows["executorch-fp32"]["status"] == "parity-failed"
+    assert all(rows[f]["status"] == "ok" for f in ("savedmodel", "torchscript",
+                                                   "exported-program", "executorch-int8"))

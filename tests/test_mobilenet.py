@@ -12,7 +12,7 @@ import torch
 
 from deploybench import runtimes
 from deploybench.edge.ops import read_ops
-from deploybench.export.exporter import MIN_TOP1_AGREEMENT
+from deploybench.export.exporter import MIN_TOP1_AGREEMENT, in_batches
 from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest
 from deploybench.zoo import get_spec
@@ -21,7 +21,7 @@ from tests.conftest import invoke
 
 MODEL = "mobilenet-v2"
 TFLITE = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
-FP32 = ("savedmodel", "tflite-fp32", "torchscript", "mar")
+FP32 = ("savedmodel", "tflite-fp32", "torchscript", "mar", "exported-program", "executorch-fp32")
 # keras.applications.MobileNetV2(alpha=1.0, classes=1000).count_params(): 3,504,872 weights
 # plus 34,112 BatchNorm moving statistics
 KERAS_PARAMS = 3_538_984
@@ -151,7 +151,8 @@ def exported(tmp_path_factory) -> Path:
 def test_every_artifact_passes_parity(exported):
     manifest = load_manifest(exported, MODEL)
     assert [a.format for a in manifest.artifacts] == [
-        "savedmodel", *TFLITE, "torchscript", "mar",
+        "savedmodel", *TFLITE, "torchscript", "mar", "exported-program", "executorch-fp32",
+        "executorch-int8",
     ]
     assert manifest.inputs[0].name == "image" and manifest.inputs[0].shape == [None, 224, 224, 3]
     assert manifest.outputs[0].name == "logits" and manifest.outputs[0].shape == [None, 1000]
@@ -179,7 +180,7 @@ def test_fp32_artifacts_reproduce_the_reference_in_their_own_runtimes(exported):
     runners = {f.name: f.runner for f in FORMATS}
     for fmt in FP32:
         path = exported / manifest.artifact(fmt).path
-        outputs = runners[fmt](path)(golden.inputs[:4])
+        outputs = in_batches(runners[fmt](path), golden.inputs[:4], manifest.max_rows)
         assert outputs.shape == (4, 1000)
         assert np.max(np.abs(outputs - golden.outputs[:4])) <= FP32_TOLERANCE, fmt
 
