@@ -9,6 +9,7 @@ from typing import Any
 from deploybench.verdict import latency, rows, server_label
 
 PERCENTILES = ("p50", "p90", "p99", "p99_9")
+EDGE_COLOURS = {"litert": "black", "executorch": "blue"}  # TensorFlow's path, PyTorch's
 
 
 def _png(figure: Any) -> bytes:
@@ -100,7 +101,8 @@ def edge_tradeoff(results: dict[str, Any]) -> bytes | None:
     scatter = ax.scatter(
         [r["size_bytes"] / 1024 for r in points], [latency(r, "p50") for r in points],
         c=accuracies, cmap="viridis", s=60,
-        marker="o", edgecolors=["red" if r["kind"] == "inprocess" else "black" for r in points],
+        marker="o", edgecolors=[EDGE_COLOURS.get(r.get("runtime"), "red")
+                                if r["kind"] == "edge" else "red" for r in points],
     )
     for r in points:
         ax.annotate(f"{r['model']} {r['variant']}", (r["size_bytes"] / 1024, latency(r, "p50")),
@@ -110,6 +112,7 @@ def edge_tradeoff(results: dict[str, Any]) -> bytes | None:
     ax.set_yscale("log")
     ax.set_xlabel("size (KiB)")
     ax.set_ylabel(f"p50 latency at batch 1, {threads} thread(s) (ms)")
-    ax.set_title("Edge: size vs latency vs accuracy (red edge: in-process baseline)")
+    ax.set_title("Edge: size vs latency vs accuracy\n(edge: black LiteRT, blue ExecuTorch, "
+                 "red in-process baseline)", fontsize=9)
     ax.grid(alpha=0.3)
     return _png(figure)

@@ -251,6 +251,10 @@ class _EdgeRow(_Record):
     finite_outputs: bool | None = None
     runtime_threads: dict[str, int | None] | None = None
     delegate_partitions: int | None = None
+    # ExecuTorch programs: the share of operators XNNPACK runs, and those left to the portable
+    # kernels (from the manifest)
+    delegated_share: Number | None = None
+    non_delegated_ops: list[str] | None = None
 
 
 class EdgeRecord(_EdgeRow):

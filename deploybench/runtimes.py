@@ -203,7 +203,9 @@ class ExecuTorchRunner(_Predicts):
         return self._y[0].numpy().copy()
 
     def info(self) -> dict[str, Any]:
-        return {}
+        from executorch.extension.pybindings import portable_lib
+
+        return {"runtime_threads": {"threadpool": portable_lib._threadpool_get_thread_count()}}
 
 
 def load_executorch(path: Path) -> ExecuTorchRunner:
@@ -211,6 +213,8 @@ def load_executorch(path: Path) -> ExecuTorchRunner:
 
 
 class TorchBackend:
+    """torch in process, at `threads` intra-op threads (one inter-op), on a TorchScript file."""
+
     def __init__(self, path: Path, threads: int, xnnpack: bool | None = None) -> None:
         import torch
 
@@ -223,6 +227,28 @@ class TorchBackend:
 
     def load(self) -> TorchRunner:
         return load_torchscript(self.path)
+
+
+class TorchExportBackend(TorchBackend):
+    """torch in process on the torch.export program, run eagerly: PyTorch's eager baseline."""
+
+    def load(self) -> TorchRunner:
+        return load_exported_program(self.path)
+
+
+class ExecuTorchBackend:
+    """ExecuTorch's runtime, its thread pool at `threads`. The pool is set before any program
+    is loaded in the process (the edge worker's is fresh: resetting it after loading has
+    deadlocked), and the runner reports the size the pool then has."""
+
+    def __init__(self, path: Path, threads: int, xnnpack: bool | None = None) -> None:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+        self.path = Path(path)
+
+    def load(self) -> ExecuTorchRunner:
+        return ExecuTorchRunner(self.path)
 
 
 # --- LiteRT (TFLite) ----------------------------------------------------------------------
@@ -310,5 +336,7 @@ BACKENDS: dict[str, type] = {
     "litert": LiteRTBackend,
     "tensorflow": TensorFlowBackend,
     "torch": TorchBackend,
+    "torch-export": TorchExportBackend,
+    "executorch": ExecuTorchBackend,
 }
 

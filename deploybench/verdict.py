@@ -124,8 +124,9 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
     edge = [r for r in rows(results, "edge") if r.get("status", "ok") == "ok"]
     inprocess = [r for r in rows(results, "inprocess") if r.get("status", "ok") == "ok"]
     for model in sorted({r["model"] for r in edge}):
-        mine = [r for r in edge if r["model"] == model]
-        threads = min(r["threads"] for r in mine)
+        everything = [r for r in edge if r["model"] == model]
+        threads = min(r["threads"] for r in everything)
+        mine = [r for r in everything if r.get("runtime") == "litert"]  # TensorFlow's path
         candidates = [r for r in mine if r["threads"] == threads and r.get("edge_ready")]
         fp32 = next((r for r in mine if r["variant"].endswith("fp32")), None)
         if not candidates:
@@ -136,8 +137,8 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
         acceptable = [r for r in candidates if reference is None or r.get("accuracy") is None
                       or reference - r["accuracy"] <= 0.02]
         pick = min(acceptable or candidates, key=lambda r: (r["size_bytes"], latency(r, "p50")))
-        text = (f"Edge ({model}, {threads} thread{'s' if threads > 1 else ''}): "
-                f"{pick['variant']} is edge-ready, {pick['size_bytes'] / 1024:,.1f} KiB")
+        text = (f"Edge ({model}, {threads} thread{'s' if threads > 1 else ''}), TensorFlow -> "
+                f"LiteRT: {pick['variant']} is edge-ready, {pick['size_bytes'] / 1024:,.1f} KiB")
         if fp32 and fp32 is not pick and pick["size_bytes"]:
             text += f" ({fp32['size_bytes'] / pick['size_bytes']:.1f}x smaller than fp32)"
         text += f", p50 {ms(latency(pick, 'p50'))}"
@@ -149,22 +150,59 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
             if base["model"] == model and base["threads"] == threads:
                 text += (f"; in-process {base['runtime']} ({base['variant']}) "
                          f"p50 {ms(latency(base, 'p50'))}")
-        lines.append(text + ". PyTorch's side has no mobile artifact in this kit (TorchScript "
-                     "runs in-process only).")
+        lines.append(text + ".")
         lines += int8_lines(results, model, [r for r in mine if r["threads"] == threads])
+        lines += framework_edge_lines(model, [r for r in everything if r["threads"] == threads])
     if not edge:
         lines.append("Edge: no edge measurement in this run.")
+    return lines
+
+
+def _fastest(rows_: list[dict[str, Any]], variant: str) -> dict[str, Any] | None:
+    timed = [r for r in rows_ if r["variant"] == variant and latency(r, "p50")]
+    return min(timed, key=lambda r: latency(r, "p50"), default=None)
+
+
+def _quality(row: dict[str, Any]) -> str:
+    if row.get("accuracy") is not None:
+        return f"accuracy {row['accuracy']:.3f}"
+    return f"top-1 agreement {row['top1_agreement']:.3f}"
+
+
+def framework_edge_lines(model: str, rows_: list[dict[str, Any]]) -> list[str]:
+    """The two frameworks' edge paths side by side, at each precision, on the same threads:
+    TensorFlow -> LiteRT (at its faster XNNPACK setting) against PyTorch -> ExecuTorch."""
+    if not any(r.get("runtime") == "executorch" for r in rows_):
+        return [f"Edge ({model}): PyTorch's edge path (ExecuTorch) was not measured in this "
+                "run."]
+    lines = []
+    for precision in ("fp32", "int8"):
+        lite, et = _fastest(rows_, f"tflite-{precision}"), _fastest(rows_,
+                                                                    f"executorch-{precision}")
+        if et is None:
+            continue
+        threads = et["threads"]
+        text = (f"Edge {precision} ({model}, {threads} thread{'s' if threads > 1 else ''}): "
+                f"PyTorch -> ExecuTorch {et['size_bytes'] / 1024:,.1f} KiB, p50 "
+                f"{ms(latency(et, 'p50'))}, {_quality(et)}")
+        share = et.get("delegated_share")
+        if share is not None:
+            left = et.get("non_delegated_ops") or []
+            text += f", XNNPACK runs {share:.0%} of its operators" + (
+                f" ({', '.join(left)} on the portable kernels)" if left else "")
+        if lite is not None:
+            ratio = latency(lite, "p50") / latency(et, "p50")
+            text += (f"; TensorFlow -> LiteRT {lite['size_bytes'] / 1024:,.1f} KiB, p50 "
+                     f"{ms(latency(lite, 'p50'))}, {_quality(lite)}: ExecuTorch runs at "
+                     f"{ratio:.2f}x LiteRT's speed")
+        lines.append(text + ".")
     return lines
 
 
 def int8_lines(results: dict[str, Any], model: str, rows_: list[dict[str, Any]]) -> list[str]:
     """Full-int8 against fp32 on the same threads, each at its faster setting (XNNPACK on or
     off): size, speed and top-1 agreement, and why int8 may not be faster on this CPU."""
-    def fastest(variant: str) -> dict[str, Any] | None:
-        timed = [r for r in rows_ if r["variant"] == variant and latency(r, "p50")]
-        return min(timed, key=lambda r: latency(r, "p50"), default=None)
-
-    int8, fp32 = fastest("tflite-int8"), fastest("tflite-fp32")
+    int8, fp32 = _fastest(rows_, "tflite-int8"), _fastest(rows_, "tflite-fp32")
     if not (int8 and fp32 and int8.get("size_bytes")):
         return []
     speedup = latency(fp32, "p50") / latency(int8, "p50")

@@ -29,7 +29,9 @@ from deploybench.records import EdgeRecord, Sink, to_record
 from deploybench.selection import resolve_models
 
 EDGE_VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
-BASELINES = (("savedmodel", "tensorflow"), ("torchscript", "torch"))
+EXECUTORCH_VARIANTS = ("executorch-fp32", "executorch-int8")  # PyTorch's edge path
+BASELINES = (("savedmodel", "tensorflow"), ("torchscript", "torch"),
+             ("exported-program", "torch-export"))
 WORKER_TIMEOUT_S = 900
 
 # Every row has every field, so a failed row reads like a measured one with blanks; the
@@ -102,6 +104,38 @@ def plan_variant(
     ]
 
 
+def plan_executorch(
+    root: Path, manifest: Manifest, variant: str, golden: Path, threads: list[int],
+    runs: int, warmup: int,
+) -> list[Pending]:
+    """An ExecuTorch program at each thread count. Every program runs on ExecuTorch's runtime
+    (what XNNPACK does not take, its portable kernels do); its readiness is how much XNNPACK
+    takes, from the export's record of the lowering."""
+    base = new_row(kind="edge", model=manifest.model, variant=variant, runtime="executorch",
+                   runs=runs, warmup=warmup)
+    try:
+        path = checked_path(root, manifest, variant)
+    except DeploybenchError as error:
+        return [failed(base, str(error))]
+    artifact = manifest.artifact(variant)
+    share, left = artifact.delegated_share, artifact.non_delegated_ops or []
+    if share is None:
+        verdict = "XNNPACK delegation not recorded at export"
+    elif not left:
+        verdict = "XNNPACK runs every operator"
+    else:
+        verdict = (f"XNNPACK runs {share:.0%} of the operators; left to the portable kernels: "
+                   f"{', '.join(left)}")
+    base.update(path=os.path.relpath(path, root), size_bytes=size_of(path), edge_ready=True,
+                verdict=verdict, delegated_share=share, non_delegated_ops=left)
+    return [
+        Pending({**base, "threads": n, "xnnpack": True},
+                Job(manifest.model, variant, "executorch", str(path), str(golden), n, True,
+                    runs, warmup))
+        for n in threads
+    ]
+
+
 def plan_baseline(
     root: Path, manifest: Manifest, fmt: str, runtime: str, golden: Path,
     threads: list[int], runs: int, warmup: int,
@@ -131,6 +165,8 @@ def plan_model(
     pending: list[Pending] = []
     for variant in EDGE_VARIANTS:
         pending += plan_variant(root, manifest, variant, golden, threads, runs, warmup)
+    for variant in EXECUTORCH_VARIANTS:
+        pending += plan_executorch(root, manifest, variant, golden, threads, runs, warmup)
     if baselines:
         for fmt, runtime in BASELINES:
             pending += plan_baseline(root, manifest, fmt, runtime, golden, threads, runs, warmup)

@@ -13,10 +13,11 @@ from rich.table import Table
 from deploybench.formatting import kib, mib, ms_compact, span, us_compact
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "not-edge-ready": "yellow"}
-BASELINE_LABELS = {"tensorflow": "tf", "torch": "torch"}
+BASELINE_LABELS = {"tensorflow": "tf", "torch": "torch", "torch-export": "eager"}
 LEGEND = (
-    "fp32..int8: TFLite variants under LiteRT (xnn: XNNPACK delegate on/off); tf: SavedModel "
-    "in TensorFlow; torch: TorchScript in torch. init: load + allocate; p50..p99: the "
+    "fp32..int8: TFLite variants under LiteRT (xnn: XNNPACK delegate on/off); et-fp32, "
+    "et-int8: ExecuTorch programs (XNNPACK); tf: SavedModel in TensorFlow; torch: TorchScript "
+    "in torch; eager: the torch.export program in torch. init: load + allocate; p50..p99: the "
     "inference call alone; peak MiB: peak RSS growth over load and runs."
 )
 
@@ -28,7 +29,8 @@ def label(row: dict[str, Any]) -> str:
     variant = row["variant"]
     if variant is None:
         return "-"
-    return variant.removeprefix("tflite-").replace("dynamic-", "dyn-")
+    return (variant.removeprefix("tflite-").replace("dynamic-", "dyn-")
+            .replace("executorch-", "et-"))
 
 
 def styled(row: dict[str, Any]) -> str:
@@ -72,31 +74,45 @@ def quality_table(model: str, rows: list[dict[str, Any]]) -> Table:
     if reference is not None:
         title += f" (reference accuracy {reference:.4f})"
     table = new_table(title, ["model", "KiB", "accuracy", "top-1 agr", "max abs diff",
-                              "edge-ready"], left=1)
+                              "edge-ready"], left=1)  # ExecuTorch: XNNPACK's share
     groups: dict[tuple[str | None, str | None], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["variant"], r["runtime"]), []).append(r)
     for group in groups.values():
         ok = [r for r in group if r["status"] == "ok"]
-        ready = group[0]["edge_ready"]
+        ready, share = group[0]["edge_ready"], group[0]["delegated_share"]
         # one row per artifact: a span where XNNPACK or the thread count changed a figure
         table.add_row(
             styled(group[0]), kib(group[0]["size_bytes"]),
             span([r["accuracy"] for r in ok], ".4f"),
             span([r["top1_agreement"] for r in ok], ".4f"),
             span([r["max_abs_diff"] for r in ok if r["max_abs_diff"] is not None], ".1e"),
-            "-" if ready is None else ("[green]yes[/green]" if ready else "[yellow]NO[/yellow]"),
+            readiness(ready, share),
         )
     return table
 
 
+def readiness(ready: bool | None, delegated_share: float | None) -> str:
+    """A .tflite's edge-readiness (builtin ops only), or an ExecuTorch program's share of
+    operators XNNPACK runs (all of them: green)."""
+    if delegated_share is not None:
+        text = f"XNNPACK {delegated_share:.0%}"
+        return f"[green]{text}[/green]" if delegated_share == 1 else f"[yellow]{text}[/yellow]"
+    return "-" if ready is None else ("[green]yes[/green]" if ready else "[yellow]NO[/yellow]")
+
+
 def op_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each TFLite variant's operators, and each ExecuTorch program's readiness verdict."""
     lines: dict[str, str] = {}
     for r in rows:
-        if r["kind"] == "edge" and r["op_counts"] and r["variant"] not in lines:
+        if r["kind"] != "edge" or r["variant"] in lines:
+            continue
+        if r["op_counts"]:
             ops = ", ".join(f"{name} x{n}" if n > 1 else name
                             for name, n in r["op_counts"].items())
             lines[r["variant"]] = f"{escape(label(r))} ops: {escape(ops)}"
+        elif r["delegated_share"] is not None:
+            lines[r["variant"]] = f"{escape(label(r))}: {escape(r['verdict'] or '')}"
     return list(lines.values())
 
 

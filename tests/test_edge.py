@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploybench import runtimes
-from deploybench.edge.bench import EDGE_VARIANTS, FIELDS
+from deploybench.edge.bench import EDGE_VARIANTS, EXECUTORCH_VARIANTS, FIELDS
 from deploybench.edge.ops import read_ops
 from deploybench.files import tree_sha256
 from deploybench.jobs.writer import RunWriter
@@ -102,13 +102,18 @@ def test_each_variant_runs_with_and_without_xnnpack_beside_both_baselines(edge_r
     _, rows, _ = edge_run
     for model in MODELS:
         mine = [r for r in rows if r["model"] == model]
-        edge = {(r["variant"], r["xnnpack"]) for r in mine if r["kind"] == "edge"}
+        lite = [r for r in mine if r["kind"] == "edge" and r["runtime"] == "litert"]
+        edge = {(r["variant"], r["xnnpack"]) for r in lite}
         assert edge == {(v, x) for v in EDGE_VARIANTS for x in (True, False)}
-        assert all(r["runtime"] == "litert" for r in mine if r["kind"] == "edge")
+        executorch = {r["variant"] for r in mine if r["runtime"] == "executorch"}
+        assert executorch == set(EXECUTORCH_VARIANTS)
         baselines = {(r["variant"], r["runtime"]) for r in mine if r["kind"] == "inprocess"}
-        assert baselines == {("savedmodel", "tensorflow"), ("torchscript", "torch")}
+        assert baselines == {("savedmodel", "tensorflow"), ("torchscript", "torch"),
+                             ("exported-program", "torch-export")}
         for r in mine:
-            if r["kind"] == "edge" and r["xnnpack"]:
+            if r["runtime"] == "executorch":  # the pool size ExecuTorch reports back
+                assert r["runtime_threads"] == {"threadpool": 1}
+            elif r["kind"] == "edge" and r["xnnpack"]:
                 assert r["delegate_partitions"] >= 1  # XNNPACK really took part
             elif r["kind"] == "edge":
                 assert r["delegate_partitions"] == 0
@@ -140,7 +145,12 @@ def test_full_int8_is_at_least_3x_smaller_than_fp32(edge_run):
 def test_exported_variants_are_edge_ready_with_their_ops_listed(edge_run):
     _, rows, output = edge_run
     for row in rows:
-        if row["kind"] == "edge":
+        if row["runtime"] == "executorch":  # readiness: XNNPACK's share, the rest named
+            assert row["edge_ready"] is True and 0.5 < row["delegated_share"] <= 1
+            assert row["verdict"].startswith("XNNPACK runs")
+            for op in row["non_delegated_ops"]:
+                assert op in row["verdict"]
+        elif row["kind"] == "edge":
             assert row["edge_ready"] is True and row["non_builtin_ops"] == []
             assert "FULLY_CONNECTED" in row["ops"]
             assert sum(row["op_counts"].values()) >= len(row["ops"])
@@ -189,6 +199,33 @@ def test_bad_files_are_named_errors_and_the_other_variants_still_measure(export_
     assert "speed and memory" in result.output
 
 
+def test_executorch_runs_at_1_and_2_threads_and_a_corrupt_program_is_named(export_copy,
+                                                                           tmp_path):
+    """digits-cnn's ExecuTorch programs at 1 and 2 threads (the runtime's pool reports the
+    count set); a corrupt .pte, resealed so it passes the sha256 check, is a failed row naming
+    the file while every other row is measured."""
+    broken = export_copy / "digits-cnn" / "executorch" / "int8.pte"
+    broken.write_bytes(b"\0" * 64 + broken.read_bytes()[64:])
+    reseal(export_copy, "digits-cnn", "executorch-int8")
+    run_dir = tmp_path / "run"
+    result = invoke("edge", "--artifacts", str(export_copy), "--model", "digits-cnn",
+                    "--threads", "1,2", "--runs", "20", "--warmup", "2", "--no-baselines",
+                    "--out", str(run_dir))
+    assert result.exit_code == 4, result.output
+    rows = rows_of(run_dir)
+    fp32 = [r for r in rows if r["variant"] == "executorch-fp32"]
+    assert sorted(r["threads"] for r in fp32) == [1, 2]
+    for row in fp32:
+        assert row["status"] == "ok", row
+        assert row["runtime_threads"] == {"threadpool": row["threads"]}
+        assert row["max_abs_diff"] <= FP32_TOLERANCE and row["top1_agreement"] == 1.0
+    int8 = [r for r in rows if r["variant"] == "executorch-int8"]
+    assert len(int8) == 2 and all(r["status"] == "failed" for r in int8)
+    assert all(str(broken) in r["error"] for r in int8)
+    others = [r for r in rows if r["variant"] != "executorch-int8"]
+    assert len(others) == 18 and all(r["status"] == "ok" for r in others)
+
+
 def test_corrupt_flatbuffer_with_a_valid_header_is_a_named_error(export_root, tmp_path):
     source = export_root / "digits-cnn" / "tflite" / "fp32.tflite"
     broken = tmp_path / "broken.tflite"
@@ -228,7 +265,7 @@ def test_edge_flags_a_flex_variant_without_running_it(export_copy, tmp_path):
     assert flex["non_builtin_ops"] == ["FlexMatrixDeterminant"]
     assert "FlexMatrixDeterminant" in flex["error"] and flex["latency_ms"] is None
     others = [r for r in rows if r["variant"] != "tflite-fp16"]
-    assert len(others) == 6 and all(r["status"] == "ok" for r in others)
+    assert len(others) == 8 and all(r["status"] == "ok" for r in others)
     assert "FlexMatrixDeterminant" in result.output
 
 
