@@ -204,8 +204,9 @@ def edge(
     from deploybench.jobs.writer import RunWriter
 
     counts = parse_threads(threads)
-    resolve_models(model, artifacts, checked=False)  # a usage error leaves the run folder alone
-    edge_stage(RunWriter(out), artifacts, model, counts, runs, warmup, console, baselines)
+    # checked before the run folder is written; a named model never exported is a failed row
+    models = resolve_models(model, artifacts, checked=False)
+    edge_stage(RunWriter(out), artifacts, models, counts, runs, warmup, console, baselines)
 
 
 @command

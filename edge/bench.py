@@ -26,7 +26,6 @@ from deploybench.errors import DeploybenchError, UsageError
 from deploybench.files import size_of
 from deploybench.manifest import Manifest, load_manifest, verify_artifacts
 from deploybench.records import EdgeRecord, Sink, to_record
-from deploybench.selection import resolve_models
 
 EDGE_VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
 EXECUTORCH_VARIANTS = ("executorch-fp32", "executorch-int8")  # PyTorch's edge path
@@ -209,12 +208,12 @@ def edge_environment(root: Path, threads: list[int], runs: int, warmup: int, bas
 
 
 def run_edge(
-    root: Path, model: str, threads: list[int], runs: int, warmup: int, console: Console,
-    emit: Sink, baselines: bool = True,
+    root: Path, models: list[str], threads: list[int], runs: int, warmup: int,
+    console: Console, emit: Sink, baselines: bool = True,
 ) -> list[dict[str, Any]]:
-    """Measure, hand every row to `emit` as it comes (a killed run keeps what it measured),
-    print the tables; raise if any row is not ok (after every row was emitted)."""
-    models = resolve_models(model, root, checked=False)  # unexported: a failed row
+    """Measure `models` (a model never exported is a failed row), hand every row to `emit` as
+    it comes (a killed run keeps what it measured), print the tables; raise if any row is not
+    ok (after every row was emitted)."""
     pending = [p for name in models for p in plan_model(root, name, threads, runs, warmup,
                                                         baselines)]
     rows: list[dict[str, Any]] = []

@@ -51,7 +51,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from deploybench.errors import DeploybenchError
 from deploybench.loadtest.recorder import Recorder, write_json
 from deploybench.loadtest.samples import Samples, WrongAnswer, load_samples
-from deploybench.serving import targets
+from deploybench.serving import protos, targets  # TF Serving's protos, without TensorFlow
 from deploybench.serving.payload import (
     JSON_CONTENT_TYPE,
     NPY_CONTENT_TYPE,
@@ -237,8 +237,6 @@ class _TFServingGRPCUser(_PredictUser):
             channel.close()
 
     def send(self, index: int, due: float | None) -> None:
-        from deploybench.serving import protos  # TF Serving's protos, without TensorFlow
-
         body = self.samples.bodies[self.body][index]
         RECORDER.sent(self.request_name)
         start = time.perf_counter()

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -33,7 +32,7 @@ from deploybench.loadtest.scenarios import Scenario, search_rate
 from deploybench.records import Sink, to_record
 from deploybench.results import RESULTS_FILE
 from deploybench.serving import targets
-from deploybench.serving.targets import Endpoints, make_client
+from deploybench.serving.targets import Endpoints, host_port, make_client
 
 PROBE_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 1.0  # how often a running step checks that its server is still there
@@ -61,11 +60,6 @@ class LoadPlan:
     skipped: list[str] = field(default_factory=list)
     server_pids: list[int] = field(default_factory=list)  # native servers: CPU accounting
     loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
-
-
-def host_port(address: str) -> tuple[str, int | None]:
-    parsed = urlparse(address if "://" in address else f"//{address}")
-    return parsed.hostname or "127.0.0.1", parsed.port
 
 
 class ServerWatch:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from deploybench.errors import DeploybenchError, UsageError
 from deploybench.serving import clients, native, payload
@@ -197,11 +197,21 @@ def label(target: str, protocol: str | None = None) -> str:
 # --- where the targets listen ---------------------------------------------------------------
 
 
+def split_address(address: str) -> SplitResult:
+    """An address parsed alike whether it is a URL ("http://host:port") or gRPC's "host:port"."""
+    return urlsplit(address if "://" in address else f"//{address}")
+
+
+def host_port(address: str) -> tuple[str, int | None]:
+    parts = split_address(address)
+    return parts.hostname or "127.0.0.1", parts.port
+
+
 def shift_port(address: str, offset: int) -> str:
     """`address` ("http://host:port" or "host:port") with its port moved by `offset`."""
     if not offset:
         return address
-    parts = urlsplit(address if "://" in address else f"//{address}")
+    parts = split_address(address)
     if parts.port is None:
         raise ValueError(f"no port in {address!r}")
     netloc = f"{parts.hostname}:{parts.port + offset}"

@@ -31,13 +31,13 @@ from rich.table import Table
 from deploybench import fresh
 from deploybench.errors import DeploybenchError
 from deploybench.formatting import DASH, fixed, percent, times
-from deploybench.jobs.stages import load_stage
+from deploybench.jobs.stages import load_stage, server_records
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest.queueing import ideal_rate_rps
 from deploybench.loadtest.runner import LoadPlan
 from deploybench.loadtest.scenarios import RateSearch, Scenario
 from deploybench.manifest import load_manifest, verify_artifacts
-from deploybench.records import ServerRecord, to_record
+from deploybench.records import to_record
 from deploybench.report import write_reports
 from deploybench.serving import targets
 from deploybench.serving.manager import Deployment, serve, stop
@@ -195,9 +195,7 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                            log=lambda text: console.print(text, highlight=False),
                            cpus=options.server_cpus)
         try:
-            writer.add(*(ServerRecord(**targets.get(s.name).describe(), status=s.status,
-                                      reason=s.reason, batching=batching)
-                         for s in deployment.servers))
+            writer.add(*server_records(deployment, batching=batching))
             for target in deployment.up():
                 _, ceiling = ceiling_for(before, ceiling_runtime(target), batching,
                                          options.max_batch_size)

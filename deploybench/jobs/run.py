@@ -14,7 +14,7 @@ from rich.rule import Rule
 from deploybench.errors import DeploybenchError
 from deploybench.jobs.writer import RunWriter
 from deploybench.manifest import FP32_TOLERANCE, exported_models, load_manifest
-from deploybench.records import ExportRecord, ServerRecord
+from deploybench.records import ExportRecord
 from deploybench.serving import targets
 from deploybench.serving.targets import Endpoints
 from deploybench.zoo.spec import ModelSpec
@@ -86,15 +86,14 @@ def run(options: RunOptions, console: Console) -> Path:
 
         stage = "serve"
         console.print(Rule("2/5 serve"))
+        from deploybench.jobs.stages import server_records
         from deploybench.serving.manager import serve, stop
 
         deployment = serve(artifacts, options.mode, models, run_dir / "serving",
                            endpoints=options.endpoints, servers=options.servers,
                            log=lambda text: console.print(text, highlight=False))
         writer.set_environment(mode=deployment.mode, deployment=deployment.settings)
-        writer.add(*(ServerRecord(**targets.get(s.name).describe(), status=s.status,
-                                  reason=s.reason, mode=deployment.mode)
-                     for s in deployment.servers))
+        writer.add(*server_records(deployment, mode=deployment.mode))
 
         stage = "load"
         console.print(Rule("3/5 load"))
@@ -111,7 +110,7 @@ def run(options: RunOptions, console: Console) -> Path:
 
         for model in models:  # this run's models only, whatever else the export root holds
             try:
-                edge_stage(writer, artifacts, model, list(options.edge_threads),
+                edge_stage(writer, artifacts, [model], list(options.edge_threads),
                            options.edge_runs, 20, console)
             except DeploybenchError as error:  # failed rows are in the results already
                 writer.note(f"edge: {error}")

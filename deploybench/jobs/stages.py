@@ -12,6 +12,16 @@ from rich.console import Console
 from deploybench.edge.bench import EdgeIncompleteError, edge_environment, run_edge
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest.runner import LoadPlan, LoadRun, ServerGone, load_generator
+from deploybench.records import ServerRecord
+from deploybench.serving import targets
+from deploybench.serving.manager import Deployment
+
+
+def server_records(deployment: Deployment, **context: Any) -> list[ServerRecord]:
+    """One record per server a deployment tried: up, or why not, with the registry's words
+    for it and the job's `context` (mode, batching)."""
+    return [ServerRecord(**targets.get(s.name).describe(), status=s.status, reason=s.reason,
+                         **context) for s in deployment.servers]
 
 
 def load_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> LoadRun:
@@ -31,7 +41,7 @@ def load_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> LoadRun:
     return run
 
 
-def edge_stage(writer: RunWriter, root: Path, model: str, threads: list[int], runs: int,
+def edge_stage(writer: RunWriter, root: Path, models: list[str], threads: list[int], runs: int,
                warmup: int, console: Console, baselines: bool = True
                ) -> list[dict[str, Any]]:
     """Run the edge stage; the run is marked partial while it measures, so a killed one says
@@ -47,7 +57,7 @@ def edge_stage(writer: RunWriter, root: Path, model: str, threads: list[int], ru
     partial = writer.partial
     writer.set_partial(True)
     try:
-        rows = run_edge(root, model, threads, runs, warmup, console, writer.add, baselines)
+        rows = run_edge(root, models, threads, runs, warmup, console, writer.add, baselines)
     except EdgeIncompleteError:  # every row is in, some failed: the stage did finish
         writer.set_partial(partial)
         console.print(f"results: {writer.path}")
