@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages: docker-compose validates the compose file offline, chromium drives the
-# browser tests, a Java runtime runs TorchServe natively.
-DEBIAN_PACKAGES := docker-compose chromium default-jre-headless
+# browser tests, a Java runtime runs TorchServe natively, g++ compiles AOTInductor packages.
+DEBIAN_PACKAGES := docker-compose chromium default-jre-headless g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages run test lint clean
@@ -15,7 +15,7 @@ setup: system-packages $(STAMP)
 
 system-packages:
 	@if ! command -v docker-compose >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v java >/dev/null; then \
+	    || ! command -v java >/dev/null || ! command -v g++ >/dev/null; then \
 	  echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES); \

@@ -22,6 +22,14 @@ MANIFEST_FILE = "manifest.json"
 FP32_TOLERANCE = 1e-4
 # Quantized variants are judged by the held-out accuracy they lose, in points of accuracy.
 MAX_ACCURACY_DROP = 0.02
+# PyTorch's legacy path: TorchScript is deprecated upstream and TorchServe, which the .mar is
+# for, is archived; kept because TorchServe still needs them and teams still run it
+LEGACY_FORMATS = frozenset({"torchscript", "mar"})
+
+
+def format_label(fmt: str) -> str:
+    """An artifact format as the reports name it: the legacy ones say so."""
+    return f"{fmt} (legacy)" if fmt in LEGACY_FORMATS else fmt
 
 
 @dataclass

@@ -12,6 +12,7 @@ from deploybench import plots
 from deploybench.errors import DeploybenchError
 from deploybench.files import atomic_write_text
 from deploybench.formatting import number
+from deploybench.manifest import format_label
 from deploybench.results import RESULTS_FILE, read_results
 from deploybench.verdict import (
     answer_lines,
@@ -39,6 +40,7 @@ def _environment() -> Environment:
     env.filters["num"] = _cell
     env.filters["ms"] = lambda row, key: number(latency(row, key))
     env.filters["server"] = server_label
+    env.filters["format"] = format_label
     return env
 
 

@@ -171,6 +171,23 @@ def load_exported_program(path: Path) -> TorchRunner:
         return TorchRunner(torch.export.load(str(path)).module())
 
 
+def load_aoti(path: Path) -> TorchRunner:
+    """An AOTInductor package (.pt2), its compiled model run through torch's runtime. Its
+    kernels use OpenMP's pool, which torch.set_num_threads sizes."""
+    import torch
+
+    if not Path(path).is_file():
+        raise ArtifactError(f"{path}: no such AOTInductor package")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return TorchRunner(torch._inductor.aoti_load_package(str(path)))
+    except (RuntimeError, ValueError, KeyError, OSError) as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ArtifactError(
+            f"{path}: not a loadable AOTInductor package ({first_line})") from error
+
+
 class ExecuTorchRunner(_Predicts):
     """An ExecuTorch program (.pte) under ExecuTorch's runtime (its Python bindings)."""
 
@@ -234,6 +251,13 @@ class TorchExportBackend(TorchBackend):
 
     def load(self) -> TorchRunner:
         return load_exported_program(self.path)
+
+
+class AOTInductorBackend(TorchBackend):
+    """torch in process on the AOTInductor package: PyTorch's compiled server path."""
+
+    def load(self) -> TorchRunner:
+        return load_aoti(self.path)
 
 
 class ExecuTorchBackend:
@@ -337,6 +361,7 @@ BACKENDS: dict[str, type] = {
     "tensorflow": TensorFlowBackend,
     "torch": TorchBackend,
     "torch-export": TorchExportBackend,
+    "aoti": AOTInductorBackend,
     "executorch": ExecuTorchBackend,
 }
 

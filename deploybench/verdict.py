@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploybench.formatting import ms, req_per_s
+from deploybench.manifest import format_label
 
 DEFAULT_BOUND_MS = 100.0
 
@@ -146,10 +147,11 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
             text += f", accuracy {pick['accuracy']:.3f}"
         elif pick.get("top1_agreement") is not None:
             text += f", top-1 agreement {pick['top1_agreement']:.3f}"
-        for base in inprocess:
-            if base["model"] == model and base["threads"] == threads:
-                text += (f"; in-process {base['runtime']} ({base['variant']}) "
-                         f"p50 {ms(latency(base, 'p50'))}")
+        baselines = [f"{format_label(base['variant'])} {ms(latency(base, 'p50'))}"
+                     for base in inprocess
+                     if base["model"] == model and base["threads"] == threads]
+        if baselines:
+            text += "; in-process p50: " + ", ".join(baselines)
         lines.append(text + ".")
         lines += int8_lines(results, model, [r for r in mine if r["threads"] == threads])
         lines += framework_edge_lines(model, [r for r in everything if r["threads"] == threads])

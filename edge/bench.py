@@ -30,7 +30,7 @@ from deploybench.records import EdgeRecord, Sink, to_record
 EDGE_VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
 EXECUTORCH_VARIANTS = ("executorch-fp32", "executorch-int8")  # PyTorch's edge path
 BASELINES = (("savedmodel", "tensorflow"), ("torchscript", "torch"),
-             ("exported-program", "torch-export"))
+             ("exported-program", "torch-export"), ("aoti", "aoti"))
 WORKER_TIMEOUT_S = 900
 
 # Every row has every field, so a failed row reads like a measured one with blanks; the

@@ -13,7 +13,8 @@ from rich.table import Table
 from deploybench.formatting import kib, mib, ms_compact, span, us_compact
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "not-edge-ready": "yellow"}
-BASELINE_LABELS = {"tensorflow": "tf", "torch": "torch", "torch-export": "eager"}
+BASELINE_LABELS = {"tensorflow": "tf", "torch": "torch", "torch-export": "eager",
+                   "aoti": "aoti"}
 LEGEND = (
     "fp32..int8: TFLite variants under LiteRT (xnn: XNNPACK delegate on/off); et-fp32, "
     "et-int8: ExecuTorch programs (XNNPACK); tf: SavedModel in TensorFlow; torch: TorchScript "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -18,9 +19,11 @@ from deploybench import runtimes
 from deploybench.zoo.spec import ModelSpec
 
 HANDLER = Path(__file__).resolve().parent.parent / "serving" / "handler.py"
+INPUT_VALIDATION = HANDLER.with_name("input_validation.py")  # the handler imports it
 SIGNATURE_FILE = "signature.json"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 EXPORTED_PROGRAM_FILE = "model.exported.pt2"  # torch.export.save
+AOTI_FILE = "model.aoti.pt2"  # an AOTInductor package
 REPRESENTATIVE_SAMPLES = 200
 
 
@@ -179,6 +182,40 @@ def write_exported_program(ctx: ExportContext) -> Path:
     return ctx.exported_program_path
 
 
+def write_aoti(ctx: ExportContext) -> Path:
+    """An AOTInductor package for CPU servers, compiled from the exported program (so the same
+    batch range, 1 to max_rows) with the machine's C++ compiler."""
+    import torch
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    compiler_check()
+    path = ctx.build_dir / AOTI_FILE
+    # Inductor's cache kept in the build folder for the compile and dropped after it: nothing
+    # compiled for another export (or another torch) can end up in this package
+    with quiet_torch(), tempfile.TemporaryDirectory(dir=ctx.build_dir) as cache, \
+            temporary_cache_dir(cache):
+        program = torch.export.load(str(ctx.exported_program_path))
+        # NNPACK only takes convolutions of 16 rows or more: while it is on, compiling a
+        # convolution model splits the batch range at 16 and keeps one side of it
+        with torch.backends.nnpack.flags(enabled=False):
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    return path
+
+
+def compiler_check() -> str:
+    """The C++ compiler AOTInductor will use, or an error naming the ones it tried."""
+    from torch._inductor import config, cpp_builder, exc
+
+    try:
+        return cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        searched = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (
+            config.cpp.cxx,)
+        names = ", ".join(str(name) for name in searched if name)
+        raise RuntimeError(f"AOTInductor needs a C++ compiler and none works here (tried "
+                           f"{names}): install g++ (`make setup` does) or set CXX") from None
+
+
 @contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
     """torch.export's save/load and ExecuTorch's lowering warn about their own internals
@@ -269,7 +306,8 @@ def delegation(edge: Any) -> dict[str, Any]:
 
 
 def write_mar(ctx: ExportContext) -> Path:
-    """A TorchServe archive: the TorchScript file, our handler and the input signature."""
+    """A TorchServe archive: the TorchScript file, our handler (with the input checks it
+    imports) and the input signature."""
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
 
@@ -287,7 +325,7 @@ def write_mar(ctx: ExportContext) -> Path:
         handler=str(HANDLER),
         version=str(ctx.version),
         serialized_file=str(ctx.torchscript_path),
-        extra_files=str(signature),
+        extra_files=f"{signature},{INPUT_VALIDATION}",
         export_path=str(ctx.build_dir),
         force=True,
     ))
@@ -321,6 +359,8 @@ FORMATS: tuple[Format, ...] = (
     Format("mar", write_mar, run_mar),
     # PyTorch's current path: torch.export ...
     Format("exported-program", write_exported_program, runtimes.load_exported_program),
+    # ... compiled ahead of time for servers (from the exported program's file) ...
+    Format("aoti", write_aoti, runtimes.load_aoti),
     # ... and ExecuTorch for phones
     Format("executorch-fp32", executorch_writer("fp32"), runtimes.load_executorch),
     Format("executorch-int8", executorch_writer("int8"), runtimes.load_executorch,

@@ -109,7 +109,7 @@ def test_each_variant_runs_with_and_without_xnnpack_beside_both_baselines(edge_r
         assert executorch == set(EXECUTORCH_VARIANTS)
         baselines = {(r["variant"], r["runtime"]) for r in mine if r["kind"] == "inprocess"}
         assert baselines == {("savedmodel", "tensorflow"), ("torchscript", "torch"),
-                             ("exported-program", "torch-export")}
+                             ("exported-program", "torch-export"), ("aoti", "aoti")}
         for r in mine:
             if r["runtime"] == "executorch":  # the pool size ExecuTorch reports back
                 assert r["runtime_threads"] == {"threadpool": 1}

@@ -36,7 +36,7 @@ def test_manifest_describes_every_artifact(export_root, model):
     formats = {a.format for a in manifest.artifacts}
     assert formats == {
         "savedmodel", "tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8",
-        "torchscript", "mar", "exported-program", "executorch-fp32", "executorch-int8",
+        "torchscript", "mar", "exported-program", "aoti", "executorch-fp32", "executorch-int8",
     }
     for artifact in manifest.artifacts:
         path = export_root / artifact.path
@@ -166,7 +166,8 @@ def test_mar_carries_model_handler_and_manifest(export_root):
         names = set(archive.namelist())
         mar_manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         signature = json.loads(archive.read("signature.json"))
-    assert {"MAR-INF/MANIFEST.json", "handler.py", "signature.json"} <= names
+    assert {"MAR-INF/MANIFEST.json", "handler.py", "input_validation.py",
+            "signature.json"} <= names
     assert mar_manifest["model"]["serializedFile"] in names
     assert mar_manifest["model"]["modelName"] == "digits-cnn"
     assert signature["input_shape"] == [8, 8, 1]
@@ -229,7 +230,7 @@ def test_parity_failure_exits_non_zero_and_keeps_earlier_artifacts(tmp_path, mon
 
 # --- PyTorch's current path: torch.export, ExecuTorch ----------------------------------------
 
-TORCH_EXPORT_FORMATS = ("exported-program", "executorch-fp32", "executorch-int8")
+TORCH_EXPORT_FORMATS = ("exported-program", "aoti", "executorch-fp32", "executorch-int8")
 
 
 def reference_module(export_root: Path, model: str):  # noqa: ANN201
@@ -294,10 +295,22 @@ def test_a_corrupt_executorch_program_is_named(tmp_path):
         runner_for("executorch-fp32", bad)
 
 
+def test_a_corrupt_aoti_package_is_named(tmp_path):
+    from deploybench.runtimes import ArtifactError
+
+    bad = tmp_path / "broken.pt2"
+    bad.write_bytes(b"not a package")
+    with pytest.raises(ArtifactError, match="broken.pt2: not a loadable AOTInductor package"):
+        runner_for("aoti", bad)
+
+
 def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
         tmp_path, monkeypatch):
-    """A wrong weight in the ExecuTorch path only: the export fails naming executorch-fp32, the
-    formats before it passed, and the earlier published export stays."""
+    """A wrong weight in the ExecuTorch path only, and no C++ compiler for AOTInductor: the
+    export fails naming executorch-fp32 and aoti (the compiler it tried), the formats before
+    them passed, and the earlier published export stays."""
+    from torch._inductor import config as inductor_config
+
     from deploybench.export import formats
 
     first = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
@@ -319,6 +332,7 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
         return real(ctx, variant)
 
     monkeypatch.setattr(formats, "_write_executorch", perturbed)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
     second = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
     assert second.exit_code == 3, second.output
     assert "executorch-fp32" in second.output and "max abs diff" in second.output
@@ -327,5 +341,8 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
     (build,) = failed
     rows = {a["format"]: a for a in json.loads((build / "manifest.json").read_text())["artifacts"]}
     assert rows["executorch-fp32"]["status"] == "parity-failed"
+    assert rows["aoti"]["status"] == "failed"
+    assert "C++ compiler" in rows["aoti"]["reason"]
+    assert "/nonexistent/c++" in rows["aoti"]["reason"]
     assert all(rows[f]["status"] == "ok" for f in ("savedmodel", "torchscript",
                                                    "exported-program", "executorch-int8"))

@@ -21,7 +21,8 @@ from tests.conftest import invoke
 
 MODEL = "mobilenet-v2"
 TFLITE = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
-FP32 = ("savedmodel", "tflite-fp32", "torchscript", "mar", "exported-program", "executorch-fp32")
+FP32 = ("savedmodel", "tflite-fp32", "torchscript", "mar", "exported-program", "aoti",
+        "executorch-fp32")
 # keras.applications.MobileNetV2(alpha=1.0, classes=1000).count_params(): 3,504,872 weights
 # plus 34,112 BatchNorm moving statistics
 KERAS_PARAMS = 3_538_984
@@ -151,8 +152,8 @@ def exported(tmp_path_factory) -> Path:
 def test_every_artifact_passes_parity(exported):
     manifest = load_manifest(exported, MODEL)
     assert [a.format for a in manifest.artifacts] == [
-        "savedmodel", *TFLITE, "torchscript", "mar", "exported-program", "executorch-fp32",
-        "executorch-int8",
+        "savedmodel", *TFLITE, "torchscript", "mar", "exported-program", "aoti",
+        "executorch-fp32", "executorch-int8",
     ]
     assert manifest.inputs[0].name == "image" and manifest.inputs[0].shape == [None, 224, 224, 3]
     assert manifest.outputs[0].name == "logits" and manifest.outputs[0].shape == [None, 1000]

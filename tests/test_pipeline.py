@@ -88,6 +88,12 @@ def test_reports_carry_the_measured_numbers(run_dir):
     assert rates[protocol] == max(rates.values())  # the line leads with the faster one
     assert float(answer.group(2).replace(",", "")) == pytest.approx(rates[protocol], rel=0.01)
     assert "Edge (digits-mlp" in markdown and "Export and parity (digits-mlp)" in markdown
+    # PyTorch's formats side by side, TorchScript and its .mar marked as the legacy path
+    for text in (markdown, html):
+        assert "torchscript (legacy)" in text and "mar (legacy)" in text
+        assert re.search(r"in-process p50: savedmodel [\d.]+ ms, torchscript \(legacy\) "
+                         r"[\d.]+ ms, exported-program [\d.]+ ms, aoti [\d.]+ ms", text)
+    assert "exported-program (legacy)" not in markdown
     assert "<script" not in html and "http://" not in html and "https://" not in html
 
 

@@ -357,7 +357,7 @@ def test_batched_bad_request_fails_alone(export_root, tmp_path, monkeypatch):
 
 def test_handler_parses_json_alike_with_and_without_orjson(monkeypatch):
     """The fast parser and the standard one give the same batch and the same errors."""
-    from deploybench.serving import handler
+    from deploybench.serving import input_validation as handler
 
     assert handler.orjson is not None  # a dependency: the native worker parses with it
     signature = {"input_name": "pixels", "input_shape": [64], "max_rows": 64}
