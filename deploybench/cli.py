@@ -179,8 +179,11 @@ def servers() -> None:
     for target in targets.targets().values():
         speaks = ", ".join(f"{p.name} at {target.endpoint(p.endpoint).default}"
                            for p in target.protocols)
-        console.print(f"{target.name}\t{target.label} ({target.framework_label}, serves "
-                      f"{target.artifact_format}): {speaks}", highlight=False, soft_wrap=True)
+        what = ("a server the kit does not start: `deploybench load --target "
+                f"{target.name} --url URL`" if target.external
+                else f"{target.framework_label}, serves {target.artifact_format}")
+        console.print(f"{target.name}\t{target.label} ({what}): {speaks}", highlight=False,
+                      soft_wrap=True)
 
 
 @command
@@ -237,11 +240,19 @@ def load(
     port_offset: Annotated[int | None, typer.Option(
         help="Servers on the published ports shifted by N (default: the running "
              "deployment's endpoints).")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="Where --target listens when the kit did not start it (e.g. --target oip): "
+             "http://host:port for its REST protocols, host:port for gRPC.")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check/--no-check",
+        help="Check every answer against the exported golden outputs; --no-check measures a "
+             "model the kit did not export (random inputs of the shape its server declares, "
+             "Open Inference Protocol servers only).")] = True,
 ) -> None:
     """Load-test the servers with locust (one headless process per step), answers checked."""
     from deploybench.jobs.stages import load_stage
     from deploybench.jobs.writer import RunWriter
-    from deploybench.loadtest.runner import LoadPlan, check_reachable
+    from deploybench.loadtest.runner import LoadPlan, check_reachable, check_signatures
     from deploybench.loadtest.scenarios import load_scenario
     from deploybench.serving import targets
     from deploybench.serving.manager import Deployment
@@ -256,7 +267,7 @@ def load(
         raise DeploybenchError("--users is for a closed-loop sweep, --rates for an open-loop "
                                f"scenario; {chosen.name} is {chosen.kind}")
     pairs = targets.pairs(target, protocol)
-    deployment = Deployment.load() if port_offset is None else None
+    deployment = Deployment.load() if port_offset is None and url is None else None
     if deployment is not None and deployment.up():
         endpoints, mode = deployment.endpoints_obj(), deployment.mode
         root = artifacts or Path(deployment.root)
@@ -264,12 +275,21 @@ def load(
     else:
         endpoints, mode = targets.loopback_endpoints(port_offset or 0), "external"
         root, served = artifacts or Path("artifacts"), None
+    if url is not None:
+        pairs, endpoints = targets.at_url(pairs, url, endpoints)
+    if not check and not all(targets.get(t).protocol(p).body.startswith("oip-")
+                             for t, p in pairs):
+        raise UsageError("--no-check reads the model's signature from the Open Inference "
+                         "Protocol's metadata: choose a protocol v2-rest, v2-binary or v2-grpc")
+    if not check and model == "all":
+        raise UsageError("--no-check needs --model NAME: the model's name on the server")
     root = root.resolve()
-    plan = LoadPlan(pairs, resolve_models(model, root, all_of=served), root, endpoints, chosen,
-                    out.resolve(), mode)
+    models = resolve_models(model, root, all_of=served) if check else [model]
+    plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode)
     if deployment is not None and deployment.up():
         plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
     check_reachable(plan, skip_unreachable=target == "all")
+    check_signatures(plan, check)
     # the run folder is written only once every target was checked
     run = load_stage(RunWriter(plan.run_dir), plan, console)
     measurements = run.measurements
@@ -359,16 +379,23 @@ def bench(
     max_batch_size: Annotated[int, typer.Option(help="Batching bound, both servers.")] = 4,
     batch_timeout_ms: Annotated[int, typer.Option(help="Batching wait, both servers.")] = 5,
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
+    target: Annotated[str, typer.Option(
+        help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
+    protocol: Annotated[str | None, typer.Option(
+        help="One protocol of each chosen server, e.g. v2-binary (default: every one).")
+    ] = None,
 ) -> None:
     """Serving efficiency: each server's best rate under the p99 bound (batching off and on)
-    against its framework's in-process ceiling on the same cores."""
+    against the in-process ceiling of what it serves, on the same cores."""
     from deploybench.jobs.bench import BenchOptions, run_bench
+    from deploybench.serving import targets
 
+    pairs = tuple(targets.pairs(target, protocol))
     run_bench(BenchOptions(model, artifacts, out, server_cpus, loadgen_cpus,
                            step_seconds=step_seconds, min_requests=min_requests,
                            bound_ms=bound_ms,
                            max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
-                           port_offset=port_offset), console)
+                           port_offset=port_offset, pairs=pairs), console)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -126,6 +126,7 @@ class _ServerRow(_Record):
     target: str
     target_label: str | None = None
     framework: str | None = None
+    software: str | None = None  # the server software (KServe runs one target per framework)
     protocol: str | None = None
     protocol_label: str | None = None
 
@@ -169,6 +170,8 @@ class _Step(_ServerRow):
     stability: Stability | None = None
     locust: LocustFigures | None = None
     heavy_modules_in_locust: list[str] | None = None
+    # False: a model the kit did not export (`load --no-check`): answers counted, not checked
+    answers_checked: bool | None = None
     # open loop only
     target_rps: Number | None = None
     scheduled_rps: Number | None = None

@@ -171,18 +171,74 @@ def load_exported_program(path: Path) -> TorchRunner:
         return TorchRunner(torch.export.load(str(path)).module())
 
 
+class AOTIPackage:
+    """The models of an AOTInductor package: `model`, and one `rows_<low>_<high>` for each
+    piece of the batch range that compiling kept out of it (export/formats.py write_aoti); a
+    batch runs on the model whose range holds it."""
+
+    def __init__(self, path: Path) -> None:
+        import zipfile
+
+        from torch._inductor.package import load_package
+
+        # every package checks its input's shape: a wrong one raises instead of running silently
+        os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")
+        with zipfile.ZipFile(path) as archive:
+            names = {Path(name).parts[3] for name in archive.namelist()
+                     if Path(name).parts[1:3] == ("data", "aotinductor")
+                     and len(Path(name).parts) > 4}
+        self.model = load_package(str(path), "model")
+        self.pieces = []  # (low, high, model)
+        for name in sorted(names - {"model"}):
+            _, low, high = name.split("_")
+            self.pieces.append((int(low), int(high), load_package(str(path), name)))
+
+    def __call__(self, x: Any) -> Any:
+        rows = x.shape[0]
+        for low, high, model in self.pieces:
+            if low <= rows <= high:
+                return model(x)
+        return self.model(x)
+
+
+def aoti_model_name(low: int, high: int) -> str:
+    return f"rows_{low}_{high}"
+
+
+def aoti_lowest_batch(path: Path, one_row: Any, high: int) -> int:
+    """The fewest rows the package's `model` takes (its input check says), searched between 1
+    and `high`, which it takes; every rows count from there to `high` is taken."""
+    model = AOTIPackage(path).model
+
+    def takes(rows: int) -> bool:
+        try:
+            model(one_row.repeat(rows, *([1] * (one_row.dim() - 1))))
+        except RuntimeError:
+            return False
+        return True
+
+    low = 1
+    while low < high:
+        middle = (low + high) // 2
+        if takes(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def load_aoti(path: Path) -> TorchRunner:
-    """An AOTInductor package (.pt2), its compiled model run through torch's runtime. Its
+    """An AOTInductor package (.pt2), its compiled model(s) run through torch's runtime. Its
     kernels use OpenMP's pool, which torch.set_num_threads sizes."""
-    import torch
+    import zipfile
 
     if not Path(path).is_file():
         raise ArtifactError(f"{path}: no such AOTInductor package")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return TorchRunner(torch._inductor.aoti_load_package(str(path)))
-    except (RuntimeError, ValueError, KeyError, OSError) as error:
+            return TorchRunner(AOTIPackage(Path(path)))
+    except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise ArtifactError(
             f"{path}: not a loadable AOTInductor package ({first_line})") from error

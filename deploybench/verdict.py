@@ -45,6 +45,10 @@ class Best:
     scenario: str | None
     level: Any
     open_loop: bool = False
+    framework: str | None = None
+    software: str | None = None  # the server software (KServe: one target per framework)
+    protocol_label: str | None = None
+    cpu_s_per_1k: float | None = None  # the server's, at the best step
 
 
 def bound_of(results: dict[str, Any]) -> float:
@@ -77,14 +81,22 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
             top["scenario"] if top else None,
             top["level"] if top else None,
             bool(top and top.get("level_unit") == "rps"),
+            steps[0].get("framework"), steps[0].get("software"),
+            steps[0].get("protocol_label") or protocol,
+            top.get("server_cpu_s_per_1k") if top else None,
         ))
     return best
 
 
+def unavailable_rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{display name: server record} of every server that could not be measured."""
+    return {server_label({**r, "protocol": None}): r
+            for r in rows(results, "server") if r.get("status") != "up"}
+
+
 def unavailable_servers(results: dict[str, Any]) -> dict[str, str]:
     """{display name: why} of every server that could not be measured."""
-    return {server_label({**r, "protocol": None}): r.get("reason", "")
-            for r in rows(results, "server") if r.get("status") != "up"}
+    return {name: row.get("reason", "") for name, row in unavailable_rows(results).items()}
 
 
 def server_lines(results: dict[str, Any]) -> list[str]:
@@ -117,6 +129,45 @@ def server_lines(results: dict[str, Any]) -> list[str]:
         lines.append("Server: no load measurement in this run.")
     for name, reason in sorted(missing.items()):
         lines.append(f"{name} could not be measured here: {reason}")
+    return lines
+
+
+FRAMEWORK_NAMES = {"tensorflow": "TensorFlow", "pytorch": "PyTorch"}
+
+
+def same_server_lines(results: dict[str, Any]) -> list[str]:
+    """One server hosting both frameworks (KServe) with the same code: the difference between
+    its two rows is the framework's. Per model and protocol: throughput under the bound and the
+    server's CPU-seconds per 1k requests, side by side."""
+    bound = bound_of(results)
+    groups: dict[tuple[str, str, str], dict[str, Best]] = defaultdict(dict)
+    for best in best_under_bound(results, bound):
+        if best.software and best.framework:
+            groups[(best.model, best.software, best.protocol)][best.framework] = best
+    lines = []
+    tensorflow_missing = [name for name, row in unavailable_rows(results).items()
+                          if row.get("framework") == "tensorflow"]
+    for (model, software, _), pair in sorted(groups.items()):
+        if len(pair) < 2:
+            continue
+        ranked = sorted(pair.values(), key=lambda b: b.throughput_rps or 0, reverse=True)
+        first, second = ranked[0], ranked[1]
+        text = (f"Same server, two frameworks ({model}, {software} {first.protocol_label}, "
+                f"p99 under {bound:g} ms): ")
+        parts = []
+        for best in ranked:
+            name = FRAMEWORK_NAMES.get(best.framework or "", best.framework)
+            rate = req_per_s(best.throughput_rps) if best.throughput_rps else "nothing under it"
+            cpu = (f", {best.cpu_s_per_1k:.2f} CPU-s per 1k requests"
+                   if best.cpu_s_per_1k is not None else "")
+            parts.append(f"{name} {rate}{cpu}")
+        text += "; ".join(parts)
+        if first.throughput_rps and second.throughput_rps:
+            text += f" ({first.throughput_rps / second.throughput_rps:.2g}x)"
+        if tensorflow_missing:
+            text += (f"; {', '.join(tensorflow_missing)} could not run here, so this is "
+                     "TensorFlow's serving figure")
+        lines.append(text + ".")
     return lines
 
 
@@ -255,7 +306,8 @@ def parity_lines(results: dict[str, Any]) -> list[str]:
 
 
 def answer_lines(results: dict[str, Any]) -> list[str]:
-    return server_lines(results) + edge_lines(results) + parity_lines(results)
+    return (server_lines(results) + same_server_lines(results) + edge_lines(results)
+            + parity_lines(results))
 
 
 def verdict_table(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -106,10 +106,21 @@ def judge(
 
 def in_batches(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
                rows: int) -> np.ndarray:
-    """`predict` over `inputs`, at most `rows` at a time: what every artifact must take (an
-    exported program's batch dimension, an ExecuTorch program's capacity, end at max_rows)."""
+    """`predict` over `inputs`: the first one alone, then at most `rows` at a time. Every
+    artifact must take both ends of the batch range (an exported program's batch dimension, an
+    ExecuTorch program's capacity, end at max_rows), and a batch of one is what most requests
+    carry: a program compiled for one batch size that ran another silently (an AOTInductor
+    package does not check its input's shape) fails the gate here."""
     rows = max(rows, 1)
-    return np.concatenate([predict(inputs[i:i + rows]) for i in range(0, len(inputs), rows)])
+    starts = [0, *range(1, len(inputs), rows)] if len(inputs) else []
+    parts = []
+    for start in starts:
+        batch = inputs[start:start + (1 if start == 0 else rows)]
+        outputs = predict(batch)
+        if len(outputs) != len(batch):
+            raise ValueError(f"{len(batch)} rows in, {len(outputs)} rows out")
+        parts.append(outputs)
+    return np.concatenate(parts)
 
 
 def export_model(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -25,6 +28,8 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 EXPORTED_PROGRAM_FILE = "model.exported.pt2"  # torch.export.save
 AOTI_FILE = "model.aoti.pt2"  # an AOTInductor package
 REPRESENTATIVE_SAMPLES = 200
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -183,23 +188,60 @@ def write_exported_program(ctx: ExportContext) -> Path:
 
 
 def write_aoti(ctx: ExportContext) -> Path:
-    """An AOTInductor package for CPU servers, compiled from the exported program (so the same
-    batch range, 1 to max_rows) with the machine's C++ compiler."""
+    """An AOTInductor package for CPU servers, compiled from the exported program, covering the
+    same batch range (1 to max_rows), with the machine's C++ compiler.
+
+    Compiling picks each convolution's kernel for the batch sizes in the range, and aten's
+    choice depends on the batch: NNPACK only above 15 rows, oneDNN for a 1x1 convolution only
+    above one row. Each such choice keeps part of the range out of the compiled model (digits-cnn:
+    16 to 64 rows; mobilenet-v2: 2 rows only). So the package holds one model per piece of the
+    range: the first compiled for the whole range (named `model`, what aoti_load_package loads),
+    then, while rows at the bottom are left out, one for them (named `rows_<low>_<high>`); the
+    runner picks the model whose range holds the batch (runtimes.AOTIPackage)."""
     import torch
+    from torch._inductor.package import package_aoti
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
     compiler_check()
     path = ctx.build_dir / AOTI_FILE
+    top = max(ctx.spec.max_rows, 1)
     # Inductor's cache kept in the build folder for the compile and dropped after it: nothing
     # compiled for another export (or another torch) can end up in this package
     with quiet_torch(), tempfile.TemporaryDirectory(dir=ctx.build_dir) as cache, \
-            temporary_cache_dir(cache):
+            temporary_cache_dir(cache), torch.backends.nnpack.flags(enabled=False):
         program = torch.export.load(str(ctx.exported_program_path))
-        # NNPACK only takes convolutions of 16 rows or more: while it is on, compiling a
-        # convolution model splits the batch range at 16 and keeps one side of it
-        with torch.backends.nnpack.flags(enabled=False):
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        rows = program.example_inputs[0][0]
+        models: dict[str, Any] = {}
+        high = top
+        while high >= 1:
+            piece = program if high == top else _export_rows(program.module(), rows, high)
+            files = _aoti_compile(piece)
+            package_aoti(str(path), {"model": files})  # alone first: which rows does it take?
+            with native_stderr_logged("AOTInductor's input check"):
+                low = runtimes.aoti_lowest_batch(path, rows[:1], high)
+            models["model" if high == top else runtimes.aoti_model_name(low, high)] = files
+            high = low - 1
+        package_aoti(str(path), models)
     return path
+
+
+def _export_rows(module: Any, rows: Any, high: int) -> Any:
+    """The program again, for batches of 1 to `high` rows (a fixed batch of one when high is
+    1), with its example batch at the top of that range."""
+    import torch
+
+    example = rows[:1].repeat(high, *([1] * (rows.dim() - 1)))
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=high)},) if high > 1 else None
+    return torch.export.export(module, (example,), dynamic_shapes=dynamic)
+
+
+def _aoti_compile(program: Any) -> list[Any]:
+    """AOTInductor's files for one exported program (what package_aoti packs as one model)."""
+    import torch
+
+    args, kwargs = program.example_inputs
+    return torch._inductor.aot_compile(program.module(), args, kwargs,
+                                       options={"aot_inductor.package": True})
 
 
 def compiler_check() -> str:
@@ -214,6 +256,25 @@ def compiler_check() -> str:
         names = ", ".join(str(name) for name in searched if name)
         raise RuntimeError(f"AOTInductor needs a C++ compiler and none works here (tried "
                            f"{names}): install g++ (`make setup` does) or set CXX") from None
+
+
+@contextlib.contextmanager
+def native_stderr_logged(what: str) -> Iterator[None]:
+    """C++ libraries write to file descriptor 2 themselves (ExecuTorch's cpuinfo probe,
+    AOTInductor's input check): what they write goes to the log, not the terminal."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.info("%s wrote to stderr:\n%s", what, text)
 
 
 @contextlib.contextmanager
@@ -247,7 +308,7 @@ def executorch_writer(variant: str) -> Callable[[ExportContext], Path]:
     every artifact. Also records how much of the program XNNPACK took (its readiness)."""
 
     def write(ctx: ExportContext) -> Path:
-        with quiet_torch():
+        with quiet_torch(), native_stderr_logged(f"ExecuTorch's {variant} lowering"):
             return _write_executorch(ctx, variant)
 
     write.__name__ = f"write_executorch_{variant}"

@@ -50,20 +50,20 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from deploybench.errors import DeploybenchError
 from deploybench.loadtest.recorder import Recorder, write_json
-from deploybench.loadtest.samples import Samples, WrongAnswer, load_samples
-from deploybench.serving import protos, targets  # TF Serving's protos, without TensorFlow
-from deploybench.serving.payload import (
-    JSON_CONTENT_TYPE,
-    NPY_CONTENT_TYPE,
-    PredictionError,
-    error_message,
+from deploybench.loadtest.samples import (
+    Samples,
+    Signature,
+    WrongAnswer,
+    load_samples,
+    synthetic_samples,
 )
+from deploybench.serving import payload, targets
+from deploybench.serving.payload import PredictionError, error_message
 
 grpc.experimental.gevent.init_gevent()  # grpc's own threads would block gevent's loop
 
 log = logging.getLogger("deploybench.locust")
 RECORDER = Recorder()
-PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 _state: dict[str, Any] = {"environment": None, "samples": {}, "window": None, "error": None}
 
 
@@ -80,6 +80,10 @@ def _options(parser: Any) -> None:
                        help="Model to load-test (its golden samples are the requests)")
     group.add_argument("--batch-size", env_var="DEPLOYBENCH_BATCH_SIZE", type=int, default=1,
                        help="Golden rows per request")
+    group.add_argument("--unchecked-signature", env_var="DEPLOYBENCH_UNCHECKED_SIGNATURE",
+                       default="",
+                       help="A model the kit did not export, as NAME:D1xD2...:OUTPUT (its "
+                            "server's metadata): random inputs, answers not checked")
     for target in targets.targets().values():  # where each server is, as declared
         for endpoint in target.endpoints:
             if endpoint.locust_option:
@@ -186,13 +190,14 @@ class _RESTUser(_PredictUser, FastHttpUser):
         super().on_start()
         self.predict_path = self.path_template.format(model=self.model)
         self.request_bodies = self.samples.bodies[self.body]
-        self.headers = {"Content-Type": CONTENT_TYPES[self.body]}
+        encoding = payload.BODIES[self.body]
+        self.request_headers = [encoding.request_headers(body) for body in self.request_bodies]
 
     def send(self, index: int, due: float | None) -> None:
         lag_ms = 0.0 if due is None else (time.perf_counter() - due) * 1000.0
         RECORDER.sent(self.request_name)
         with self.client.post(self.predict_path, data=self.request_bodies[index],
-                              headers=self.headers, name=self.request_name,
+                              headers=self.request_headers[index], name=self.request_name,
                               catch_response=True, context={}) as response:
             service_ms = float(response.request_meta["response_time"])
             if due is not None:  # what the caller waited, counted from the scheduled time
@@ -211,15 +216,16 @@ class _RESTUser(_PredictUser, FastHttpUser):
             message = error_message(response.content or b"", response.status_code)
             return PredictionError(f"HTTP {response.status_code}: {message}")
         try:
-            self.samples.check_rest(index, response.content)
+            self.samples.check_answer(index, self.body, response.content)
         except (WrongAnswer, PredictionError) as error:
             return error
         return None
 
 
-class _TFServingGRPCUser(_PredictUser):
-    """TF Serving's gRPC PredictionService/Predict: one channel per user, requests serialized
-    once, the request event fired here with the measured response time."""
+class _GRPCUser(_PredictUser):
+    """A unary gRPC call (the body's method: TF Serving's Predict, the Open Inference
+    Protocol's ModelInfer): one channel per user, requests serialized once, the request event
+    fired here with the measured response time."""
 
     abstract = True
 
@@ -227,8 +233,9 @@ class _TFServingGRPCUser(_PredictUser):
         super().on_start()
         self.address = getattr(self.environment.parsed_options, self.address_option)
         self.channel = grpc.insecure_channel(self.address)
+        self.method = payload.BODIES[self.body].grpc_method
         # bytes in, bytes out: the request is serialized once, the answer parsed after timing
-        self.call = self.channel.unary_unary(PREDICT_METHOD, request_serializer=None,
+        self.call = self.channel.unary_unary(self.method, request_serializer=None,
                                              response_deserializer=None)
 
     def on_stop(self) -> None:
@@ -252,22 +259,20 @@ class _TFServingGRPCUser(_PredictUser):
         service_ms = (time.perf_counter() - start) * 1000.0
         if exception is None:
             try:
-                self.samples.check(index, protos.predict_outputs(answer,
-                                                                 self.samples.output_name))
+                self.samples.check_answer(index, self.body, answer)
             except (WrongAnswer, PredictionError) as error:
                 exception = error
         self.environment.events.request.fire(
             request_type="gRPC", name=self.request_name, response_time=lag_ms + service_ms,
             response_length=len(answer), exception=exception, context={},
-            url=f"grpc://{self.address}{PREDICT_METHOD}", start_time=time.time(),
+            url=f"grpc://{self.address}{self.method}", start_time=time.time(),
         )
         self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
 
 
-# The user base class of each request body (payload.BODIES), and the REST content types.
-BASES: dict[str, type[_PredictUser]] = {"json": _RESTUser, "npy": _RESTUser,
-                                        "tfserving-grpc": _TFServingGRPCUser}
-CONTENT_TYPES = {"json": JSON_CONTENT_TYPE, "npy": NPY_CONTENT_TYPE}
+# The user base class of each request body (payload.BODIES): REST or gRPC.
+BASES: dict[str, type[_PredictUser]] = {
+    name: _GRPCUser if body.grpc_method else _RESTUser for name, body in payload.BODIES.items()}
 
 
 def _user_classes() -> list[type[_PredictUser]]:
@@ -297,8 +302,9 @@ HTTP_USERS = [user for user in USERS if issubclass(user, _RESTUser)]
 
 # -- the test's life: samples, hosts, the measurement window, the summary ------------------------
 
-def _samples_key(options: Any) -> tuple[str, str, int]:
-    return (str(Path(options.export_root).resolve()), options.model, int(options.batch_size))
+def _samples_key(options: Any) -> tuple[str, str, int, str]:
+    return (str(Path(options.export_root).resolve()), options.model, int(options.batch_size),
+            options.unchecked_signature)
 
 
 def _prepare(environment: Environment) -> None:
@@ -308,8 +314,13 @@ def _prepare(environment: Environment) -> None:
     _state["error"] = None
     if key not in _state["samples"]:
         try:
-            _state["samples"][key] = load_samples(Path(options.export_root), options.model,
-                                                  int(options.batch_size))
+            if options.unchecked_signature:
+                _state["samples"][key] = synthetic_samples(
+                    Signature.parse(options.unchecked_signature), options.model,
+                    int(options.batch_size))
+            else:
+                _state["samples"][key] = load_samples(Path(options.export_root), options.model,
+                                                      int(options.batch_size))
         except (DeploybenchError, OSError, KeyError, ValueError) as error:
             _state["error"] = str(error)
             log.error("cannot load the golden requests: %s", error)

@@ -28,10 +28,13 @@ from deploybench.formatting import fixed
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.cpu import CpuSampler
 from deploybench.loadtest.process import LocustRun, run_locust
+from deploybench.loadtest.samples import Signature
 from deploybench.loadtest.scenarios import Scenario, search_rate
+from deploybench.manifest import load_manifest
 from deploybench.records import Sink, to_record
 from deploybench.results import RESULTS_FILE
-from deploybench.serving import targets
+from deploybench.serving import oip, targets
+from deploybench.serving.payload import PredictionError
 from deploybench.serving.targets import Endpoints, host_port, make_client
 
 PROBE_TIMEOUT_S = 5.0
@@ -60,6 +63,8 @@ class LoadPlan:
     skipped: list[str] = field(default_factory=list)
     server_pids: list[int] = field(default_factory=list)  # native servers: CPU accounting
     loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
+    # models the kit did not export (`load --no-check`): the signature the server declares
+    unchecked: dict[str, Signature] = field(default_factory=dict)
 
 
 class ServerWatch:
@@ -128,6 +133,43 @@ def check_reachable(plan: LoadPlan, skip_unreachable: bool) -> None:
         raise DeploybenchError("no target is reachable: " + "; ".join(plan.skipped)
                                + "; start the servers with `deploybench serve`")
     plan.pairs = reachable
+
+
+def check_signatures(plan: LoadPlan, check: bool) -> None:
+    """Before any load, for every Open Inference Protocol pair: read the model's metadata. With
+    answers checked, the signature it declares must be the export's (one line naming both
+    when it is not); without (`--no-check`), it is what the requests are made of."""
+    for target, protocol in plan.pairs:
+        if not targets.get(target).protocol(protocol).body.startswith("oip-"):
+            continue
+        for model in plan.models:
+            client = make_client(target, protocol, model, plan.endpoints,
+                                 timeout=PROBE_TIMEOUT_S)
+            try:
+                metadata = client.metadata()
+            except (PredictionError, ValueError) as error:
+                raise DeploybenchError(f"{target}/{protocol}: cannot read {model}'s metadata: "
+                                       f"{error}") from None
+            finally:
+                client.close()
+            name, shape, datatype = oip.metadata_signature(metadata)
+            outputs = metadata.get("outputs") or [{}]
+            declared = f"{name} {[int(d) for d in shape]} {datatype}"
+            if check:
+                spec = load_manifest(plan.root, model).inputs[0]
+                expected = f"{spec.name} {[-1, *spec.shape[1:]]} FP32"
+                if (name, [int(d) for d in shape[1:]], datatype) != (
+                        spec.name, list(spec.shape[1:]), "FP32"):
+                    raise DeploybenchError(
+                        f"{target}/{protocol}: {model} there takes {declared}, the exported "
+                        f"{model} takes {expected}: not the same model (--no-check measures "
+                        "a model the kit did not export)")
+                continue
+            if datatype != "FP32" or any(int(d) < 1 for d in shape[1:]):
+                raise DeploybenchError(f"{target}/{protocol}: {model} takes {declared}; the "
+                                       "kit sends FP32 tensors of a fixed shape past the batch")
+            plan.unchecked[model] = Signature(name, tuple(int(d) for d in shape[1:]),
+                                              outputs[0].get("name", "output-0"))
 
 
 def _prefix(plan: LoadPlan, target: str, protocol: str, model: str, level: float) -> Path:
@@ -210,6 +252,8 @@ class LoadRun:
             prefix=_prefix(plan, target, protocol, model, level),
             rate_per_user=rate_per_user, batch_size=scenario.batch_size,
             cpus=plan.loadgen_cpus,
+            extra_args=(["--unchecked-signature", plan.unchecked[model].to_option()]
+                        if model in plan.unchecked else []),
         )
         unit = scenario.level_unit
         total = scenario.warmup_seconds + scenario.measure_seconds(level)
@@ -221,6 +265,7 @@ class LoadRun:
                 task, completed=min(elapsed, total)), watch=ServerWatch(endpoint))
         self.progress.remove_task(task)
         result = measure.build(run, output, scenario.name, level, unit, plan.run_dir, endpoint)
+        result["answers_checked"] = model not in plan.unchecked
         if output.aborted:
             result = measure.aborted(result, f"{target} went away during the step: "
                                              f"{output.aborted}")

@@ -2,11 +2,12 @@
 
 Every server speaking JSON gets the very same bytes (`payload.encode`, TF Serving's predict
 body); the other encodings of payload.BODIES carry the same float32 rows: the .npy body
-(`payload.encode_npy`) and TF Serving's serialized gRPC PredictRequest. Every answer is compared
+(`payload.encode_npy`), TF Serving's serialized gRPC PredictRequest and the Open Inference
+Protocol's three. Every answer is compared
 with the golden output of the rows it was sent (same argmax, within the manifest's tolerance).
 
-Light on purpose: imported inside the locust process (numpy, the manifest, TF Serving's protos
-without TensorFlow; never TensorFlow or torch).
+Light on purpose: imported inside the locust process (numpy, the manifest, TF Serving's and the
+Open Inference Protocol's protos without TensorFlow or KServe; never TensorFlow or torch).
 """
 
 from __future__ import annotations
@@ -33,24 +34,33 @@ class Samples:
     tolerance: float
     input_name: str
     output_name: str
-    # request bodies by encoding (payload.BODIES: json, npy, tfserving-grpc), the same rows in
-    # each; every server speaking JSON gets the very same bytes
+    # request bodies by encoding (payload.BODIES: json, npy, tfserving-grpc, oip-...), the same
+    # rows in each; every server speaking TF Serving's JSON gets the very same bytes
     bodies: dict[str, list[bytes]]
-    references: list[np.ndarray]  # golden outputs, one (batch_size, classes) array per body
+    # golden outputs, one (batch_size, classes) array per body; None: answers not checked
+    # (a model the kit did not export), only that each has a row per input row
+    references: list[np.ndarray] | None
+    count: int = 0
 
     def __len__(self) -> int:
-        return len(self.references)
+        return self.count or len(self.references or [])
 
     def check(self, index: int, outputs: np.ndarray) -> None:
         """Raise WrongAnswer unless `outputs` match the golden output of request `index`."""
+        if self.references is None:
+            if outputs.ndim < 1 or len(outputs) != self.batch_size:
+                raise WrongAnswer(f"{len(outputs) if outputs.ndim else 0} rows for "
+                                  f"{self.batch_size} sent")
+            return
         ok, why = payload.matches_reference(outputs, self.references[index], self.tolerance)
         if not ok:
             if why.startswith("max abs diff"):  # one failure row, not one per distinct figure
                 why = f"outside tolerance {self.tolerance:g}"
             raise WrongAnswer(why)
 
-    def check_rest(self, index: int, body: bytes) -> None:
-        self.check(index, payload.decode(body))
+    def check_answer(self, index: int, body: str, answer: bytes) -> None:
+        """Check the answer to request `index` sent with encoding `body` (payload.BODIES)."""
+        self.check(index, payload.BODIES[body].answer(answer, self.output_name))
 
 
 def load_samples(root: Path, model: str, batch_size: int = 1,
@@ -81,7 +91,47 @@ def load_samples(root: Path, model: str, batch_size: int = 1,
         tolerance=float(manifest.tolerance.get("fp32_max_abs_diff", FP32_TOLERANCE)),
         input_name=input_name,
         output_name=output_name,
-        bodies={name: [payload.BODIES[name](inputs[rows], model, input_name)
+        bodies={name: [payload.BODIES[name].encode(inputs[rows], model, input_name)
                        for rows in batches] for name in encodings},
         references=[outputs[rows] for rows in batches],
+    )
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a server declares a model takes and answers (its metadata), for requests made
+    without an export: `--unchecked-signature pixels:8x8x1:logits`."""
+
+    input_name: str
+    input_shape: tuple[int, ...]  # without the batch dimension
+    output_name: str
+
+    def to_option(self) -> str:
+        return f"{self.input_name}:{'x'.join(map(str, self.input_shape))}:{self.output_name}"
+
+    @classmethod
+    def parse(cls, text: str) -> Signature:
+        try:
+            name, shape, output = text.split(":")
+            return cls(name, tuple(int(d) for d in shape.split("x") if d), output)
+        except ValueError:
+            raise DeploybenchError(f"not a signature (NAME:D1xD2...:OUTPUT): {text!r}") from None
+
+
+UNCHECKED_REQUESTS = 64  # distinct requests of random inputs when nothing was exported
+
+
+def synthetic_samples(signature: Signature, model: str, batch_size: int = 1,
+                      encodings: tuple[str, ...] = tuple(payload.BODIES)) -> Samples:
+    """Requests of seeded random inputs (uniform in [0, 1)) of the declared shape, for a model
+    the kit did not export: answers are not checked against anything, only counted."""
+    rows = np.random.default_rng(0).random(
+        (UNCHECKED_REQUESTS * batch_size, *signature.input_shape), dtype=np.float32)
+    batches = [rows[i * batch_size:(i + 1) * batch_size] for i in range(UNCHECKED_REQUESTS)]
+    return Samples(
+        model=model, batch_size=batch_size, tolerance=0.0,
+        input_name=signature.input_name, output_name=signature.output_name,
+        bodies={name: [payload.BODIES[name].encode(batch, model, signature.input_name)
+                       for batch in batches] for name in encodings},
+        references=None, count=UNCHECKED_REQUESTS,
     )

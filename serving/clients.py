@@ -201,3 +201,135 @@ class TFServingGRPC:
 
     def close(self) -> None:
         self.channel.close()
+
+
+class KServeV1(_HTTPClient):
+    """KServe's V1 protocol: TF Serving's REST predict API, the same request bytes."""
+
+    target, protocol = "kserve", "v1"
+    PREDICT_PATH = "/v1/models/{model}:predict"
+
+    def __init__(self, url: str, model: str, timeout: float = 30.0) -> None:
+        super().__init__(timeout)
+        self.model, self.url = model, url.rstrip("/")
+        self.predict_url = self.url + self.PREDICT_PATH.format(model=model)
+
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
+                output_name: str = "logits", timeout: float = 30.0) -> KServeV1:
+        return cls(addresses["rest"], model, timeout)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._post_predict(self.predict_url, batch)
+
+    def ready(self) -> bool:
+        return (self._status(f"{self.url}/v1/models/{self.model}") or {}).get("ready") is True
+
+    def metadata(self) -> dict[str, Any]:
+        return self._request("GET", f"{self.url}/v2/models/{self.model}").json()
+
+
+class OIPRest(_HTTPClient):
+    """The Open Inference Protocol over REST, JSON tensors (Triton, MLServer, KServe...)."""
+
+    target, protocol = "oip", "v2-rest"
+    body = "oip-json"
+    PREDICT_PATH = "/v2/models/{model}/infer"
+
+    def __init__(self, url: str, model: str, input_name: str = "pixels",
+                 output_name: str = "logits", timeout: float = 30.0) -> None:
+        super().__init__(timeout)
+        self.model, self.url = model, url.rstrip("/")
+        self.input_name, self.output_name = input_name, output_name
+        self.model_url = f"{self.url}/v2/models/{model}"
+        self.encoding = payload.BODIES[self.body]
+
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
+                output_name: str = "logits", timeout: float = 30.0) -> OIPRest:
+        return cls(addresses["rest"], model, input_name, output_name, timeout)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        body = self.encoding.encode(batch, self.model, self.input_name)
+        response = self._request("POST", self.model_url + "/infer", data=body,
+                                 headers=self.encoding.request_headers(body))
+        if response.status_code != 200:
+            raise PredictionError(
+                f"{self.target} answered {response.status_code}: "
+                f"{payload.error_message(response.content, response.status_code)}",
+                response.status_code)
+        return self.encoding.answer(response.content, self.output_name)
+
+    def ready(self) -> bool:
+        return (self._status(self.model_url + "/ready") or {}).get("ready") is True
+
+    def metadata(self) -> dict[str, Any]:
+        response = self._request("GET", self.model_url)
+        if response.status_code != 200:
+            raise PredictionError(f"{self.model_url}: {response.status_code} "
+                                  f"{payload.error_message(response.content)}")
+        return response.json()
+
+
+class OIPBinary(OIPRest):
+    """The Open Inference Protocol over REST with the binary tensor extension."""
+
+    protocol, body = "v2-binary", "oip-binary"
+
+
+class OIPGRPC:
+    """The Open Inference Protocol over gRPC (GRPCInferenceService), raw tensor contents."""
+
+    target, protocol = "oip", "v2-grpc"
+    body = "oip-grpc"
+
+    def __init__(self, address: str, model: str, input_name: str = "pixels",
+                 output_name: str = "logits", timeout: float = 30.0) -> None:
+        import grpc
+
+        from deploybench.serving import oip
+
+        self.oip, self.grpc = oip, grpc
+        self.model, self.address = model, address
+        self.input_name, self.output_name = input_name, output_name
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address)
+        self.stub = oip.grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.encoding = payload.BODIES[self.body]
+        self.infer = self.channel.unary_unary(self.encoding.grpc_method,
+                                              request_serializer=None,
+                                              response_deserializer=None)
+
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
+                output_name: str = "logits", timeout: float = 30.0) -> OIPGRPC:
+        return cls(addresses["grpc"], model, input_name, output_name, timeout)
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except self.grpc.RpcError as error:
+            code = error.code()
+            raise PredictionError(f"{self.target} gRPC at {self.address}: "
+                                  f"{code.name if code else 'error'}: {error.details()}"
+                                  ) from None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        body = self.encoding.encode(batch, self.model, self.input_name)
+        return self.encoding.answer(self._call(self.infer, body), self.output_name)
+
+    def ready(self) -> bool:
+        request = self.oip.grpc_predict_v2_pb2.ModelReadyRequest(name=self.model)
+        try:
+            return self._call(self.stub.ModelReady, request).ready
+        except PredictionError:
+            return False
+
+    def metadata(self) -> dict[str, Any]:
+        from google.protobuf.json_format import MessageToDict
+
+        request = self.oip.grpc_predict_v2_pb2.ModelMetadataRequest(name=self.model)
+        return MessageToDict(self._call(self.stub.ModelMetadata, request))
+
+    def close(self) -> None:
+        self.channel.close()

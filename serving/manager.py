@@ -145,7 +145,7 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
     `overrides` gives, per server, lines of its config to override, native mode only (e.g.
     {"torchserve": {"enable_model_api": "true"}} to register a new model version on a
     loopback server)."""
-    servers = tuple(targets.targets()) if servers is None else servers
+    servers = targets.parse_targets("all") if servers is None else servers
     root = root.resolve()
     existing = Deployment.load()
     if existing and any(processes.group_members(p) for p in existing.processes):

@@ -1,7 +1,8 @@
 """Native mode: the servers as local processes, with the same settings as the compose stack.
 
 TorchServe runs from the installed package with the machine's Java; TF Serving runs through
-`tensorflow_model_server` when it is on PATH (it has no PyPI or Debian package).
+`tensorflow_model_server` when it is on PATH (it has no PyPI or Debian package); KServe's model
+server runs from the installed package, one process per framework.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -167,3 +168,28 @@ def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: Se
         **settings.process_env(),
     }
     return command, env
+
+
+def kserve_native(framework: str) -> Callable[[NativeSetup], tuple[list[str], dict[str, str]]]:
+    """KServe's model server (serving/kserve_server.py) hosting `framework`: the same code for
+    both frameworks, the same threads as the other servers, on the endpoints' host only."""
+
+    def start(setup: NativeSetup) -> tuple[list[str], dict[str, str]]:
+        if setup.overrides:
+            raise ServerUnavailable("the KServe server takes no config overrides")
+        rest, grpc = urlparse(setup.addresses["rest"]), setup.addresses["grpc"].rsplit(":", 1)
+        if rest.hostname != grpc[0]:
+            raise ServerUnavailable(f"REST ({rest.hostname}) and gRPC ({grpc[0]}) must listen "
+                                    "on one host")
+        command = [
+            sys.executable, "-m", "deploybench.serving.kserve_server",
+            "--artifacts", str(setup.root.resolve()), "--models", ",".join(setup.models),
+            "--framework", framework, "--host", str(rest.hostname),
+            "--http-port", str(rest.port), "--grpc-port", grpc[1],
+            "--threads", str(setup.settings.intra_op_threads),
+        ]
+        env = {"OMP_NUM_THREADS": str(setup.settings.intra_op_threads),
+               "TF_CPP_MIN_LOG_LEVEL": "2", **setup.settings.process_env()}
+        return command, env
+
+    return start

@@ -1,11 +1,13 @@
 """Request bodies, encoded in one place so every server and client gets the same bytes.
 
-- JSON, TF Serving's REST predict body: the one format both REST servers answer.
+- JSON, TF Serving's REST predict body: the one format every REST server of the kit answers.
 - .npy, numpy's self-describing binary array file (dtype, shape, then raw little-endian
   float32): TorchServe's binary request body (Content-Type NPY_CONTENT_TYPE). A 224x224x3 image
   is 0.6 MB as .npy and 3 MB as JSON, whose decoding in TorchServe's Python worker costs about
   4x the model itself; the binary body is to TorchServe what gRPC's tensor_content is to TF
   Serving. Answers are JSON either way (1000 logits are small).
+- TF Serving's gRPC PredictRequest, and the Open Inference Protocol's REST JSON, REST binary
+  and gRPC requests (serving/oip.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -49,17 +52,67 @@ def encode_npy(batch: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _tfserving_predict(rows: np.ndarray, model: str, input_name: str) -> bytes:
+@dataclass(frozen=True)
+class Body:
+    """One request encoding: how rows become a request, how the answer gives logits back, and
+    what carries it (a REST content type, or a gRPC method)."""
+
+    encode: Callable[[np.ndarray, str, str], bytes]  # (rows, model, input name) -> bytes
+    answer: Callable[[bytes, str], np.ndarray]  # (answer bytes, output name) -> logits
+    content_type: str = ""  # REST bodies
+    grpc_method: str = ""  # gRPC bodies: the method's path
+    # REST bodies whose request needs a header computed from the body itself
+    headers: Callable[[bytes], dict[str, str]] | None = None
+
+    def request_headers(self, body: bytes) -> dict[str, str]:
+        return {"Content-Type": self.content_type, **(self.headers(body) if self.headers else {})}
+
+
+def _tfserving_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
     from deploybench.serving import protos  # TF Serving's protos, loaded only when needed
 
     return protos.predict_request(rows, model, input_name)
 
 
+def _tfserving_answer(answer: bytes, output_name: str) -> np.ndarray:
+    from deploybench.serving import protos
+
+    return protos.predict_outputs(answer, output_name)
+
+
+def _oip(function: str) -> Callable[..., Any]:
+    """A function of serving/oip.py, imported on first use (it imports this module)."""
+
+    def call(*args: Any) -> Any:
+        from deploybench.serving import oip
+
+        return getattr(oip, function)(*args)
+
+    call.__name__ = function
+    return call
+
+
+def _oip_binary_headers(body: bytes) -> dict[str, str]:
+    from deploybench.serving import oip
+
+    return {oip.HEADER_LENGTH: str(oip.binary_header_length(body))}
+
+
 # Request bodies by name (a target's protocol declares which it sends): the same rows each way.
-BODIES: dict[str, Callable[[np.ndarray, str, str], bytes]] = {
-    "json": lambda rows, model, input_name: encode(rows),  # TF Serving's REST predict body
-    "npy": lambda rows, model, input_name: encode_npy(rows),
-    "tfserving-grpc": _tfserving_predict,  # a serialized PredictRequest
+BODIES: dict[str, Body] = {
+    # TF Serving's REST predict body, answered by every server speaking TF Serving's REST API
+    "json": Body(lambda rows, model, input_name: encode(rows),
+                 lambda answer, output_name: decode(answer), JSON_CONTENT_TYPE),
+    "npy": Body(lambda rows, model, input_name: encode_npy(rows),
+                lambda answer, output_name: decode(answer), NPY_CONTENT_TYPE),
+    "tfserving-grpc": Body(_tfserving_request, _tfserving_answer,  # a PredictRequest
+                           grpc_method="/tensorflow.serving.PredictionService/Predict"),
+    # the Open Inference Protocol (serving/oip.py): REST JSON, REST binary, gRPC
+    "oip-json": Body(_oip("json_request"), _oip("rest_outputs"), JSON_CONTENT_TYPE),
+    "oip-binary": Body(_oip("binary_request"), _oip("rest_outputs"), "application/octet-stream",
+                       headers=_oip_binary_headers),
+    "oip-grpc": Body(_oip("grpc_request"), _oip("grpc_outputs"),
+                     grpc_method="/inference.GRPCInferenceService/ModelInfer"),
 }
 
 

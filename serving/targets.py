@@ -25,7 +25,8 @@ from deploybench.errors import DeploybenchError, UsageError
 from deploybench.serving import clients, native, payload
 
 PLUGINS_ENV = "DEPLOYBENCH_TARGETS"
-FRAMEWORKS = {"tensorflow": "TensorFlow", "pytorch": "PyTorch"}
+FRAMEWORKS = {"tensorflow": "TensorFlow", "pytorch": "PyTorch",
+              "any": "any framework"}  # a server the kit did not start (the oip target)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class Protocol:
     client: type
     locust_user: str  # the class name locust lists (its web UI, the headless command line)
 
+    @property
+    def binary(self) -> bool:
+        """Whether its requests carry raw tensor bytes (gRPC, .npy, OIP binary), not JSON."""
+        return payload.BODIES[self.body].content_type != payload.JSON_CONTENT_TYPE
+
 
 # (target folder, models, settings, addresses, overrides) -> (command, extra environment)
 NativeStart = Callable[["native.NativeSetup"], tuple[list[str], dict[str, str]]]
@@ -71,6 +77,12 @@ class Target:
     native: NativeStart | None = None  # None: not startable by the kit natively
     compose_service: str | None = None
     metrics: tuple[str, str] | None = None  # (endpoint key, path) of its Prometheus metrics
+    batching: bool = True  # dynamic batching (MAX_BATCH_SIZE, BATCH_TIMEOUT_MS) is offered
+    # the server software, when several targets run it (one per framework): reports compare
+    # its frameworks side by side; "" means the label
+    software: str = ""
+    # a server the kit never starts (measured at --url): left out of "all"
+    external: bool = False
 
     def protocol(self, name: str) -> Protocol:
         for protocol in self.protocols:
@@ -100,7 +112,7 @@ class Target:
     def describe(self, protocol: str | None = None) -> dict[str, str]:
         """The fields every record about this target carries, so reports need no registry."""
         fields = {"target": self.name, "target_label": self.label,
-                  "framework": self.framework}
+                  "framework": self.framework, "software": self.software or self.label}
         if protocol is not None:
             fields |= {"protocol": protocol, "protocol_label": self.protocol(protocol).label}
         return fields
@@ -165,8 +177,8 @@ def get(name: str) -> Target:
 def parse_targets(text: str) -> tuple[str, ...]:
     """A comma-separated list of target names ('all': every one), checked."""
     names = [part.strip() for part in text.split(",") if part.strip()]
-    if names == ["all"]:
-        return tuple(targets())
+    if names == ["all"]:  # every server the kit starts
+        return tuple(name for name, target in targets().items() if not target.external)
     unknown = [name for name in names if name not in targets()]
     if unknown or not names:
         raise UsageError(f"unknown server(s) {unknown or [text]}; known: "
@@ -175,14 +187,52 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 
 def pairs(target: str, protocol: str | None) -> list[tuple[str, str]]:
-    """(target, protocol) pairs for `--target NAME|all` and `--protocol NAME|None`."""
-    chosen = tuple(targets()) if target == "all" else (get(target).name,)
+    """(target, protocol) pairs for `--target NAME[,NAME...]|all` and `--protocol NAME|None`:
+    with a protocol, each chosen target that speaks it."""
+    chosen = parse_targets(target)
     known = sorted({p.name for t in targets().values() for p in t.protocols})
     if protocol is not None and protocol not in known:
         raise UsageError(f"unknown protocol {protocol!r}: {', '.join(known)}")
     found = [(t, p) for t in chosen for p in get(t).protocol_names if protocol in (None, p)]
     if not found:
-        get(target).protocol(protocol or "")  # raises: names what the target speaks
+        get(chosen[0]).protocol(protocol or "")  # raises: names what the target speaks
+    return found
+
+
+def at_url(pairs: list[tuple[str, str]], url: str, endpoints: Endpoints
+           ) -> tuple[list[tuple[str, str]], Endpoints]:
+    """`--url`: one target's address, given. A URL (http://host:port) is where its REST
+    protocols are, host:port where its gRPC ones are; the pairs are those it points at."""
+    names = {target for target, _ in pairs}
+    if len(names) != 1:
+        raise UsageError(f"--url is one server's address: name one --target, not "
+                         f"{', '.join(sorted(names))}")
+    (name,) = names
+    target = get(name)
+    rest = "://" in url
+    if host_port(url)[1] is None:
+        raise UsageError(f"--url {url!r} has no port")
+    chosen = [(t, p) for t, p in pairs
+              if ("://" in target.endpoint(target.protocol(p).endpoint).default) == rest]
+    if not chosen:
+        kind = "a URL (http://host:port)" if not rest else "host:port"
+        raise UsageError(f"--url {url!r} cannot reach {name}/{pairs[0][1]}: give {kind}")
+    keys = {target.protocol(p).endpoint for _, p in chosen}
+    return chosen, Endpoints(endpoints.to_dict(), **{f"{name}_{key}": url for key in keys})
+
+
+def run_pairs(servers: tuple[str, ...], binary_only: bool = False) -> list[tuple[str, str]]:
+    """What `deploybench run` measures by default: each server's first JSON protocol (TF
+    Serving's REST body, the same bytes to every server that takes it) and its first binary
+    one; `binary_only`: the binary one alone."""
+    found = []
+    for name in servers:
+        protocols = get(name).protocols
+        json_one = next((p for p in protocols if not p.binary), None)
+        binary_one = next((p for p in protocols if p.binary), None)
+        for protocol in (binary_one,) if binary_only else (json_one, binary_one):
+            if protocol is not None:
+                found.append((name, protocol.name))
     return found
 
 
@@ -334,4 +384,59 @@ register(Target(
     native=native.torchserve_native,
     compose_service="torchserve",
     metrics=("metrics", "/metrics"),
+))
+
+def oip_protocols(user_prefix: str) -> tuple[Protocol, ...]:
+    """The Open Inference Protocol's three ways, on endpoints `rest` and `grpc`."""
+    return (
+        Protocol("v2-rest", "V2 REST", "rest", "oip-json", clients.OIPRest,
+                 f"{user_prefix}V2RESTUser"),
+        Protocol("v2-binary", "V2 binary", "rest", "oip-binary", clients.OIPBinary,
+                 f"{user_prefix}V2BinaryUser"),
+        Protocol("v2-grpc", "V2 gRPC", "grpc", "oip-grpc", clients.OIPGRPC,
+                 f"{user_prefix}V2GRPCUser"),
+    )
+
+
+# KServe's model server, one process per framework with the same code (serving/kserve_server.py):
+# the SavedModel in TensorFlow, the AOTInductor package in torch
+for _framework, _served, _rest, _grpc in (("tensorflow", "savedmodel", 8090, 8091),
+                                          ("pytorch", "aoti", 8092, 8093)):
+    _user = "KServe" + FRAMEWORKS[_framework]
+    register(Target(
+        name=f"kserve-{_framework}",
+        label=f"KServe-{FRAMEWORKS[_framework]}",
+        framework=_framework,
+        artifact_format=_served,
+        protocols=(
+            # V1 is TF Serving's REST predict API: the very bytes TF Serving gets
+            Protocol("v1", "V1 REST", "rest", "json", clients.KServeV1, f"{_user}V1User"),
+            *oip_protocols(_user),
+        ),
+        endpoints=(
+            Endpoint("rest", f"http://127.0.0.1:{_rest}", f"kserve-{_framework}-url"),
+            Endpoint("grpc", f"127.0.0.1:{_grpc}", f"kserve-{_framework}-grpc-target"),
+        ),
+        native=native.kserve_native(_framework),
+        compose_service=f"kserve-{_framework}",
+        metrics=("rest", "/metrics"),
+        batching=False,  # none in KServe's Python server (on Kubernetes: a separate agent)
+        software="KServe",
+    ))
+
+# Any Open Inference Protocol endpoint the kit did not start (Triton, MLServer, OpenVINO Model
+# Server, a KServe InferenceService): `deploybench load --target oip --url URL` (Triton's ports
+# by default)
+register(Target(
+    name="oip",
+    label="OIP endpoint",
+    framework="any",
+    artifact_format="",
+    protocols=oip_protocols("OIP"),
+    endpoints=(
+        Endpoint("rest", "http://127.0.0.1:8000", "oip-url"),
+        Endpoint("grpc", "127.0.0.1:8001", "oip-grpc-target"),
+    ),
+    batching=False,
+    external=True,
 ))

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from deploybench.serving.manager import Deployment, serve, stop
-from deploybench.serving.targets import Endpoints, loopback_endpoints
+from deploybench.serving.targets import Endpoints, host_port, loopback_endpoints, targets
 
-DEFAULT_PORTS = (8500, 8501, 8080, 8081, 8082, 7070, 7071)
+# every port a declared server listens on by default
+DEFAULT_PORTS = tuple(host_port(endpoint.default)[1] for target in targets().values()
+                      for endpoint in target.endpoints)
 
 
 def port_free(port: int) -> bool:
@@ -67,3 +69,10 @@ def native_torchserve(root: Path, models: list[str], state_dir: Path,
             yield deployment
         finally:
             stop(deployment)
+
+
+def inet_connections(process: Any) -> list[Any]:
+    """A process's TCP/UDP sockets (psutil 6 renamed `connections` to `net_connections`; kserve
+    keeps psutil below 6)."""
+    method = getattr(process, "net_connections", None) or process.connections
+    return method("inet")

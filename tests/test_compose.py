@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 CONFIG_DIR = REPO / "serving" / "config"
 ENV = read_env_file(REPO / ".env")
-SERVERS = ("tfserving", "torchserve")
+SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch")
+KSERVE = ("kserve-tensorflow", "kserve-pytorch")
 LOCUST = ("locust-master", "locust-worker")
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 LOCUSTFILE_IN_CONTAINER = "/opt/deploybench/loadtest/locustfile.py"  # COPY'd by the image
@@ -255,6 +256,16 @@ def test_images_are_pinned_to_the_versions_the_project_uses(services: dict[str, 
         assert base == base_image, name
         assert services[name]["image"].startswith("deploybench-"), name  # never the base's tag
     assert ts.endswith(f":{version('torchserve')}-cpu")
+    # one KServe image for both frameworks, with the versions this checkout pins
+    assert services["kserve-tensorflow"]["image"] == services["kserve-pytorch"]["image"]
+    assert services["kserve-tensorflow"]["image"] == f"deploybench-kserve:{version('kserve')}"
+    build = services["kserve-pytorch"]["build"]
+    kserve_file = (REPO / build["context"] / build["dockerfile"]).read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    for pin in ('"kserve==', '"torch==', '"orjson'):
+        (spec,) = re.findall(rf'{pin}[^"]*"', pyproject)
+        assert spec in kserve_file, spec
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-\S+$", kserve_file, re.MULTILINE)
     # the torchserve image adds the handler's JSON parser, in the range the tests run with
     (spec,) = re.findall(r'"(orjson[^"]*)"', (REPO / "pyproject.toml").read_text())
     assert f'"{spec}"' in (REPO / "docker/torchserve/Dockerfile").read_text()
@@ -300,6 +311,8 @@ def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
     expected = {
         "tfserving": {8500, 8501},
         "torchserve": {8080, 8081, 8082},
+        "kserve-tensorflow": {8080, 8081},
+        "kserve-pytorch": {8080, 8081},
         "locust-master": {8089},
         "locust-worker": set(),
     }
@@ -326,6 +339,8 @@ def test_mounts_are_read_only(services: dict[str, Any], export_root: Path) -> No
 def test_servers_run_unprivileged_on_read_only_root(services: dict[str, Any]) -> None:
     assert services["tfserving"]["user"] == "65534:65534"  # nobody
     assert services["torchserve"]["user"] == "model-server"  # the image's own user
+    for name in KSERVE:
+        assert services[name]["user"] == "kserve"  # created by docker/kserve/Dockerfile
     for name in LOCUST:
         assert services[name]["user"] == "locust"
     for name in SERVERS:
@@ -353,6 +368,14 @@ def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any])
         batching.num_batch_threads.value * batching.max_execution_batch_size.value)
     assert str(ts["environment"]["DEPLOYBENCH_TORCH_THREADS"]) == intra
     assert str(ts["environment"]["OMP_NUM_THREADS"]) == intra
+    for name in KSERVE:  # the same limits, the same intra-op threads for either framework
+        kserve = services[name]
+        assert float(kserve["cpus"]) == float(ts["cpus"])
+        assert size_bytes(kserve["mem_limit"]) == size_bytes(ts["mem_limit"])
+        assert f"--threads={intra}" in kserve["command"], name
+        assert str(kserve["environment"]["OMP_NUM_THREADS"]) == intra
+    assert ({c for c in services["kserve-tensorflow"]["command"] if "framework" not in c}
+            == {c for c in services["kserve-pytorch"]["command"] if "framework" not in c})
     # one allocator setting for both (glibc keeps freed memory: no page faults per batch)
     for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         assert int(ENV[key]) > 0
@@ -368,6 +391,8 @@ def test_limits_follow_the_environment(export_root: Path) -> None:
     assert "--tensorflow_intra_op_parallelism=3" in services["tfserving"]["command"]
     assert "--rest_api_num_threads=12" in services["tfserving"]["command"]
     assert str(services["torchserve"]["environment"]["DEPLOYBENCH_TORCH_THREADS"]) == "3"
+    for name in KSERVE:
+        assert "--threads=3" in services[name]["command"], name
 
 
 def test_healthchecks_ask_for_model_readiness(services: dict[str, Any]) -> None:
@@ -376,8 +401,11 @@ def test_healthchecks_ask_for_model_readiness(services: dict[str, Any]) -> None:
                                             "/models/models.config"]
     ts = services["torchserve"]["healthcheck"]["test"]
     assert ts[0] == "CMD" and ts[-1] == "health" and "ping" not in " ".join(ts)
+    for name in KSERVE:  # the V2 model-ready endpoint of every exported model
+        check = services[name]["healthcheck"]["test"]
+        assert check[0] == "CMD" and "--health" in check and "--models=all" in check, check
     for name in LOCUST[:1]:
-        for server in SERVERS:
+        for server in SERVERS:  # the load starts once every server is healthy
             assert services[name]["depends_on"][server]["condition"] == "service_healthy"
 
 

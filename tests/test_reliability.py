@@ -42,7 +42,13 @@ from deploybench.serving.payload import PredictionError, matches_reference
 from deploybench.serving.targets import Endpoints
 from deploybench.settings import load_settings
 from tests.conftest import invoke
-from tests.servers import free_endpoints, free_offset, native_torchserve, wait_for
+from tests.servers import (
+    free_endpoints,
+    free_offset,
+    inet_connections,
+    native_torchserve,
+    wait_for,
+)
 
 MODEL = "digits-mlp"
 DEPLOYBENCH = [str(Path(sys.executable).with_name("deploybench"))]  # the console script
@@ -81,7 +87,7 @@ def locust_listening(parent: psutil.Process) -> list[tuple[str, int]]:
         try:
             if "locust" not in " ".join(child.cmdline()):
                 continue
-            addresses += [(c.laddr.ip, c.laddr.port) for c in child.net_connections("inet")
+            addresses += [(c.laddr.ip, c.laddr.port) for c in inet_connections(child)
                           if c.status == psutil.CONN_LISTEN]
         except psutil.Error:
             continue
@@ -198,7 +204,7 @@ def test_every_listening_socket_of_native_torchserve_is_loopback(torchserve: Dep
     assert len(members) >= 3  # launcher, JVM, one worker
     listening = []
     for process in members:
-        for conn in process.net_connections("inet"):
+        for conn in inet_connections(process):
             if conn.status == psutil.CONN_LISTEN or conn.type == socket.SOCK_DGRAM:
                 listening.append((process.name(), conn.laddr.ip, conn.laddr.port))
     ports = {port for _, _, port in listening}

@@ -18,6 +18,7 @@ import requests
 
 from deploybench.loadtest.process import LOCUSTFILE
 from deploybench.serving import native
+from tests.servers import inet_connections
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,7 @@ def test_locust_web_ui_listens_on_loopback_by_default(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not listening:
             assert process.poll() is None, (tmp_path / "locust.log").read_text()[-2000:]
             listening = [(c.laddr.ip, c.laddr.port)
-                         for c in psutil.Process(process.pid).net_connections("inet")
+                         for c in inet_connections(psutil.Process(process.pid))
                          if c.status == psutil.CONN_LISTEN]
             time.sleep(0.2)
         assert listening == [("127.0.0.1", port)], listening

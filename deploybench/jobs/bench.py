@@ -13,8 +13,11 @@ load generator on separate cores,
     batch N (on one core a big batch can be slower per image than batch 1: the ceiling never
     flatters the server).
 
-TorchServe is measured with both request bodies it takes: JSON (the one both REST servers
-answer) and the binary .npy body.
+Every protocol of every server by default (`--target`, `--protocol` choose): TorchServe with
+JSON and its binary .npy body, KServe's servers with V1 and the Open Inference Protocol's three.
+A server is held to the ceiling of what it serves: TorchServe to TorchScript in torch,
+KServe-PyTorch to the AOTInductor package, the TensorFlow servers to the SavedModel. KServe's
+servers offer no batching: their batching-on row says so.
 
     deploybench bench --model mobilenet-v2 --out runs/bench
 """
@@ -45,16 +48,18 @@ from deploybench.serving.targets import loopback_endpoints
 from deploybench.settings import load_settings
 from deploybench.verdict import server_label
 
-# Each framework's in-process ceiling: the runtime and the artifact it runs there.
-CEILINGS = {"pytorch": ("torch", "torchscript"), "tensorflow": ("tensorflow", "savedmodel")}
+# The in-process ceiling a server is held to, by the artifact it serves: the runtime that runs
+# the same model there, and the artifact it runs (the .mar holds the TorchScript file).
+CEILINGS = {"mar": ("torch", "torchscript"), "savedmodel": ("tensorflow", "savedmodel"),
+            "aoti": ("aoti", "aoti"), "torchscript": ("torch", "torchscript")}
 CEILING_FORMATS = dict(CEILINGS.values())
-FRAMEWORK_NAME = {runtime: targets.FRAMEWORKS[framework]
-                  for framework, (runtime, _) in CEILINGS.items()}
+FRAMEWORK_NAME = {"torch": "PyTorch", "tensorflow": "TensorFlow", "aoti": "PyTorch"}
 
 
 def ceiling_runtime(target: str) -> str:
-    """The runtime whose in-process ceiling `target` is held to: its framework's."""
-    return CEILINGS[targets.get(target).framework][0]
+    """The runtime whose in-process ceiling `target` is held to: the one running what it
+    serves."""
+    return CEILINGS[targets.get(target).artifact_format][0]
 
 # ceilings always measured besides batch 1 and the batching bound, for the picture of how each
 # framework scales with the batch (the servers are held to batch 1 and the bound only)
@@ -81,6 +86,16 @@ class BenchOptions:
     max_batch_size: int = 4
     batch_timeout_ms: int = 5
     port_offset: int = 0
+    # (target, protocol) pairs to measure (targets.pairs); None: every protocol of every server
+    pairs: tuple[tuple[str, str], ...] | None = None
+
+    def chosen(self) -> tuple[tuple[str, str], ...]:
+        return self.pairs if self.pairs is not None else tuple(targets.pairs("all", None))
+
+    def servers(self, batching: bool) -> tuple[str, ...]:
+        """The servers to start: with batching on, those that offer it."""
+        chosen = dict.fromkeys(target for target, _ in self.chosen())
+        return tuple(t for t in chosen if not batching or targets.get(t).batching)
 
 
 def cpu_count(cpus: str) -> int:
@@ -140,9 +155,11 @@ def saturation_scenario(options: BenchOptions, batching: bool) -> Scenario:
 
 def measure_ceilings(options: BenchOptions, when: str, console: Console, writer: RunWriter
                      ) -> dict[tuple[str, int], float]:
-    """Every ceiling once, saved as it comes; run before and after the servers (`when`)."""
+    """Every ceiling the chosen servers are held to, once, saved as it comes; run before and
+    after the servers (`when`)."""
     ceilings = {}
-    for runtime in CEILING_FORMATS:
+    runtimes = dict.fromkeys(ceiling_runtime(target) for target, _ in options.chosen())
+    for runtime in runtimes:
         for batch in sorted({1, *CEILING_BATCHES, options.max_batch_size}):
             console.print(f"ceiling ({when}): {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
                           f"{options.server_cpus} ...", highlight=False)
@@ -188,10 +205,12 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                                  batch_timeout_ms=options.batch_timeout_ms,
                                  intra_op_threads=threads, inter_op_threads=1,
                                  cpus=float(threads))
+        servers = options.servers(batching)
+        if not servers:
+            continue
         deployment = serve(root, "native", [options.model],
                            options.out / f"serving-batching-{'on' if batching else 'off'}",
-                           loopback_endpoints(options.port_offset), tuple(targets.targets()),
-                           settings,
+                           loopback_endpoints(options.port_offset), servers, settings,
                            log=lambda text: console.print(text, highlight=False),
                            cpus=options.server_cpus)
         try:
@@ -199,7 +218,7 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
             for target in deployment.up():
                 _, ceiling = ceiling_for(before, ceiling_runtime(target), batching,
                                          options.max_batch_size)
-                for protocol in targets.get(target).protocol_names:
+                for protocol in [p for t, p in options.chosen() if t == target]:
                     steps = measure_load(options, deployment, target, protocol,
                                          saturation_scenario(options, batching), console,
                                          writer)
@@ -295,12 +314,17 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
             "saturated_efficiency": (round(saturated / ceiling, 3)
                                      if saturated and ceiling else None),
         })
-    for target in targets.targets():
+    for target in dict.fromkeys(target for target, _ in options.chosen()):
         if not any(r["target"] == target for r in rows):
             rows.append({"kind": "bench", "model": options.model,
                          **targets.get(target).describe(), "protocol": None,
                          "batching": None, "max_rate_rps": None,
                          "reason": "server not available here (see the server rows)"})
+        elif not targets.get(target).batching:
+            rows.append({"kind": "bench", "model": options.model,
+                         **targets.get(target).describe(), "protocol": None,
+                         "batching": True, "max_rate_rps": None,
+                         "reason": f"{targets.get(target).label} offers no batching"})
     return rows
 
 
@@ -313,7 +337,8 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
         table.add_column(column, justify="left" if column == "server" else "right")
     for r in rows:
         if r.get("protocol") is None:
-            table.add_row(r["target"], "-", "not measured", "-", "-", "-", "-", "-")
+            table.add_row(r["target"], "on" if r["batching"] else "-",
+                          f"not measured: {r['reason']}", "-", "-", "-", "-", "-")
             continue
         table.add_row(
             server_label(r), "on" if r["batching"] else "off",

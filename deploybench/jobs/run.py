@@ -36,6 +36,9 @@ class RunOptions:
     edge_runs: int = 300
     export: bool = True
     endpoints: Endpoints | None = None
+    # False: each server's JSON and binary protocol in the sweep and its binary one in the rate
+    # search (targets.run_pairs); True: every protocol in both
+    all_protocols: bool = False
 
 
 def default_run_dir() -> Path:
@@ -66,7 +69,7 @@ def run(options: RunOptions, console: Console) -> Path:
     writer.set_partial(True)
     writer.set_environment(run={
         "models": [s.name for s in options.specs],
-        "servers": list(options.servers or targets.targets()),
+        "servers": list(options.servers or targets.parse_targets("all")),
         "users": list(options.users), "step_seconds": options.step_seconds,
         "warmup_seconds": options.warmup_seconds, "rate_bound_ms": options.rate_bound_ms,
         "edge_threads": list(options.edge_threads), "edge_runs": options.edge_runs,
@@ -75,6 +78,16 @@ def run(options: RunOptions, console: Console) -> Path:
     deployment = None
     stage = "export"
     failure: BaseException | None = None
+    stage_seconds: dict[str, float] = {}
+    clock = [started]
+
+    def finished(name: str) -> None:
+        """Record a stage's wall time (results.json: environment.stage_seconds)."""
+        now = time.perf_counter()
+        stage_seconds[name] = round(now - clock[0], 1)
+        clock[0] = now
+        writer.set_environment(stage_seconds=dict(stage_seconds))
+
     try:
         console.print(Rule("1/5 export"))
         models = [s.name for s in options.specs]
@@ -83,6 +96,7 @@ def run(options: RunOptions, console: Console) -> Path:
 
             export(options.specs, artifacts, console)
         writer.add(*export_rows(artifacts, models))
+        finished("export")
 
         stage = "serve"
         console.print(Rule("2/5 serve"))
@@ -94,6 +108,7 @@ def run(options: RunOptions, console: Console) -> Path:
                            log=lambda text: console.print(text, highlight=False))
         writer.set_environment(mode=deployment.mode, deployment=deployment.settings)
         writer.add(*server_records(deployment, mode=deployment.mode))
+        finished("serve")
 
         stage = "load"
         console.print(Rule("3/5 load"))
@@ -103,6 +118,7 @@ def run(options: RunOptions, console: Console) -> Path:
             console.print("no server is up: load skipped (reasons above)")
         stop(deployment)
         deployment = None
+        finished("load")
 
         stage = "edge"
         console.print(Rule("4/5 edge"))
@@ -114,6 +130,7 @@ def run(options: RunOptions, console: Console) -> Path:
                            options.edge_runs, 20, console)
             except DeploybenchError as error:  # failed rows are in the results already
                 writer.note(f"edge: {error}")
+        finished("edge")
         writer.note(f"all stages ran in {time.perf_counter() - started:.0f} s")
         writer.set_partial(False)
     except (Exception, KeyboardInterrupt) as error:
@@ -129,6 +146,7 @@ def run(options: RunOptions, console: Console) -> Path:
             stop(deployment)
         console.print(Rule("5/5 report"))
         html, markdown = write_reports(run_dir)
+        finished("report")  # after it: results.json has every stage's time, the report not
         console.print(f"report: {html} and {markdown}", highlight=False)
     if failure is not None:
         raise failure
@@ -140,15 +158,19 @@ def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  
     from deploybench.jobs.stages import load_stage
     from deploybench.loadtest.runner import LoadPlan
     from deploybench.loadtest.scenarios import load_scenario
-    pairs = [(target, protocol) for target in deployment.up()
+    servers = tuple(deployment.up())
+    every = [(target, protocol) for target in servers
              for protocol in targets.get(target).protocol_names]
-    scenarios = [load_scenario("sweep", levels=options.users, step_seconds=options.step_seconds,
-                               warmup_seconds=options.warmup_seconds)]
+    scenarios = [(load_scenario("sweep", levels=options.users, step_seconds=options.step_seconds,
+                                warmup_seconds=options.warmup_seconds),
+                  every if options.all_protocols else targets.run_pairs(servers))]
     if options.rate_search:
-        scenarios.append(load_scenario("rate", step_seconds=options.step_seconds,
-                                       warmup_seconds=options.warmup_seconds,
-                                       rate_bound_ms=options.rate_bound_ms))
-    for scenario in scenarios:
+        scenarios.append((load_scenario("rate", step_seconds=options.step_seconds,
+                                        warmup_seconds=options.warmup_seconds,
+                                        rate_bound_ms=options.rate_bound_ms),
+                          every if options.all_protocols
+                          else targets.run_pairs(servers, binary_only=True)))
+    for scenario, pairs in scenarios:
         plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
                         scenario, writer.run_dir, deployment.mode)
         plan.server_pids = [p.pid for p in deployment.processes if p.alive()]

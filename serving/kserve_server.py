@@ -1,0 +1,284 @@
+"""KServe's Python model server hosting the kit's models in one framework: the SavedModel in
+TensorFlow, or the AOTInductor package in torch (TorchScript when no package was exported).
+Two processes run this same code, one per framework, so the difference between them is the
+framework's, not the server's.
+
+    python -m deploybench.serving.kserve_server --artifacts ROOT --models digits-mlp \\
+        --framework pytorch --host 127.0.0.1 --http-port 8092 --grpc-port 8093 --threads 1
+
+It speaks TF Serving's REST predict API as KServe's V1 protocol (and takes TorchServe's .npy
+body there, Content-Type application/x-npy) and the Open Inference Protocol (V2: REST JSON,
+REST with the binary tensor extension, gRPC). What it does that KServe does not:
+- it listens on --host (KServe 0.21 hard-codes every interface: `0.0.0.0` and `[::]`);
+- every input is checked before the framework sees it (input_validation.py, the checks
+  TorchServe's handler makes), and a bad one answers 400 naming the problem: a wrong rank
+  reaching TensorFlow would abort the whole process;
+- a request KServe itself cannot decode answers 400, not 500 (a 500 drops the keep-alive
+  connection);
+- inference runs on one thread of its own, one request at a time, off the event loop: the
+  server keeps reading and answering other requests meanwhile, as TorchServe's frontend does
+  for its one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FRAMEWORK_FORMATS = {  # what each framework serves, in order of preference
+    "tensorflow": ("savedmodel",),
+    "pytorch": ("aoti", "torchscript"),
+}
+RUNTIMES = {"savedmodel": "tensorflow", "aoti": "aoti", "torchscript": "torch"}
+PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "aoti": "pytorch_aoti",
+             "torchscript": "pytorch_torchscript"}
+STOP_GRACE_S = 2
+
+log = logging.getLogger("deploybench.kserve")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="deploybench.serving.kserve_server")
+    parser.add_argument("--artifacts", type=Path, required=True, help="export root")
+    parser.add_argument("--models", required=True,
+                        help="comma-separated exported models, or all: every one exported")
+    parser.add_argument("--framework", choices=sorted(FRAMEWORK_FORMATS))
+    parser.add_argument("--health", action="store_true",
+                        help="exit 0 when every model is ready on the V2 model-ready endpoint of "
+                             "the server at --http-port (a container's healthcheck), else 1")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--http-port", type=int, default=8090)
+    parser.add_argument("--grpc-port", type=int, default=8091)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    return parser.parse_args(argv)
+
+
+def served_format(manifest: Any, framework: str) -> str:
+    """The first format of the framework's preference that the export produced."""
+    for fmt in FRAMEWORK_FORMATS[framework]:
+        if any(a.format == fmt and a.status == "ok" for a in manifest.artifacts):
+            return fmt
+    wanted = " or ".join(FRAMEWORK_FORMATS[framework])
+    raise SystemExit(f"{manifest.model}: no {wanted} artifact was exported")
+
+
+def make_model(root: Path, name: str, framework: str, threads: int) -> Any:
+    """A kserve.Model for one exported model, its artifact loaded and checked first."""
+    import kserve
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    from deploybench import runtimes
+    from deploybench.manifest import load_manifest, verify_artifacts
+    from deploybench.serving import input_validation
+
+    manifest = load_manifest(root, name)
+    fmt = served_format(manifest, framework)
+    verify_artifacts(root, manifest, [fmt])
+    spec = manifest.inputs[0]
+    signature = {"input_name": spec.name, "input_shape": list(spec.shape[1:]),
+                 "max_rows": manifest.max_rows}
+    output_name = manifest.outputs[0].name
+    backend = runtimes.BACKENDS[RUNTIMES[fmt]](root / manifest.artifact(fmt).path, threads)
+
+    def v2_batch(request: InferRequest) -> np.ndarray:
+        if len(request.inputs) != 1:
+            raise ValueError(f"expected one input {spec.name!r}, got {len(request.inputs)}")
+        tensor = request.inputs[0]
+        raw = tensor._raw_data  # KServe keeps binary and gRPC raw contents here
+        if raw is not None:
+            if len(raw) % 4:
+                raise ValueError(f"wrong size: {len(raw)} bytes is not a whole number of "
+                                 "float32 values")
+            size: int | None = len(raw) // 4
+        else:
+            size = None
+        input_validation.check_tensor(tensor.name, tensor.shape, tensor.datatype, size,
+                                      signature)
+        if raw is not None:
+            array = np.frombuffer(raw, dtype="<f4")
+        else:
+            try:
+                array = np.asarray(tensor.data, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError("wrong dtype: input data must be numbers (FP32)") from None
+            if array.size != int(np.prod(tensor.shape)):
+                raise ValueError(f"wrong size: input {tensor.name!r} has {array.size} values, "
+                                 f"its shape {list(tensor.shape)} needs "
+                                 f"{int(np.prod(tensor.shape))}")
+        batch = input_validation.check_finite(array.reshape(tensor.shape))
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    class KitModel(kserve.Model):
+        def __init__(self) -> None:
+            super().__init__(name)
+            self.format = fmt
+            # one inference at a time, on its own thread: the event loop keeps serving I/O
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+            self.runner: Any = None
+
+        def load(self) -> bool:
+            self.runner = backend.load()
+            self.ready = True
+            return True
+
+        def get_input_types(self) -> list[dict[str, Any]]:
+            return [{"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape[1:]]}]
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            return [{"name": output_name, "datatype": "FP32",
+                     "shape": [-1, *manifest.outputs[0].shape[1:]]}]
+
+        async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> Any:
+            try:
+                if isinstance(payload, InferRequest):
+                    batch, form = v2_batch(payload), None
+                elif is_npy(headers):  # TorchServe's binary body, accepted on V1 alike
+                    batch, form = input_validation.decode_npy_body(payload, signature), "instances"
+                else:
+                    batch, form = input_validation.decode_predict_body(payload, signature)
+            except ValueError as error:
+                raise InvalidInput(str(error)) from None
+            loop = asyncio.get_running_loop()
+            logits = await loop.run_in_executor(self.executor, self.runner.predict, batch)
+            if form is not None:  # V1: TF Serving's answer
+                return {"predictions" if form == "instances" else "outputs": logits.tolist()}
+            output = InferOutput(output_name, list(logits.shape), "FP32")
+            output.set_data_from_numpy(np.ascontiguousarray(logits, dtype=np.float32),
+                                       binary_data=False)
+            # KServe's REST answer requires an id; the protocol lets a request leave it out
+            return InferResponse(payload.id or "", name, [output])
+
+    model = KitModel()
+    model.load()
+    log.info("%s: %s loaded (%s)", name, fmt, PLATFORMS[fmt])
+    return model
+
+
+def is_npy(headers: dict[str, str] | None) -> bool:
+    from deploybench.serving.input_validation import NPY_TYPE
+
+    content_type = (headers or {}).get("content-type", "")
+    return content_type.split(";")[0].strip().lower() == NPY_TYPE
+
+
+def bad_request_handlers(app: Any) -> None:
+    """KServe's own decoding raises KeyError, ValueError or TypeError on a malformed body (a V2
+    input without a name, a binary tensor shorter than its shape...), and FastAPI refuses a V2
+    body without `inputs` in its own words (422, {"detail": [...]}). KServe's generic handler
+    makes the first a 500 and drops the connection. The request was bad: 400, in the protocol's
+    error body ({"error": ...}), with the problem named."""
+    import pydantic
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import ORJSONResponse
+
+    async def bad_request(request: Any, error: Exception) -> ORJSONResponse:
+        if isinstance(error, pydantic.ValidationError):  # an answer KServe could not encode
+            log.error("cannot encode the answer: %s", error)
+            return ORJSONResponse({"error": f"server error: {error}"}, status_code=500)
+        text = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+        return ORJSONResponse({"error": f"malformed request: {text}"}, status_code=400)
+
+    async def invalid_body(request: Any, error: RequestValidationError) -> ORJSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in problem['loc'][2:]) or 'body'}: {problem['msg']}"
+            for problem in error.errors() if problem["loc"][1:2] != ("bytes",))
+        return ORJSONResponse({"error": f"malformed request: {problems or 'not JSON'}"},
+                              status_code=400)
+
+    for kind in (KeyError, ValueError, TypeError):
+        app.add_exception_handler(kind, bad_request)
+    app.add_exception_handler(RequestValidationError, invalid_body)
+
+
+def serve(models: list[Any], host: str, http_port: int, grpc_port: int) -> None:
+    """KServe's REST and gRPC servers for `models`, on `host` only."""
+    import kserve
+    from grpc import aio
+    from kserve import model_server
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.rest.server import RESTServer
+
+    server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=1,
+                                enable_grpc=False, grace_period=STOP_GRACE_S)
+    for model in models:
+        server.register_model(model)
+    rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,
+                      server.model_repository_extension, http_port, workers=1,
+                      grace_period=STOP_GRACE_S)
+    rest.config.host = host  # KServe's RESTServer binds 0.0.0.0 and offers no option
+    bad_request_handlers(model_server.app)
+
+    async def grpc_serve() -> None:
+        grpc_server = aio.server(interceptors=(ExceptionToStatusInterceptor(),))
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(server.dataplane, server.model_repository_extension), grpc_server)
+        grpc_server.add_insecure_port(f"{host}:{grpc_port}")  # KServe's binds [::]
+        await grpc_server.start()
+        try:
+            await grpc_server.wait_for_termination()
+        finally:
+            await grpc_server.stop(STOP_GRACE_S)
+
+    async def both() -> None:
+        grpc_task = asyncio.create_task(grpc_serve())
+        try:
+            await rest.start()  # returns when uvicorn stops (SIGTERM, SIGINT)
+        finally:
+            grpc_task.cancel()
+
+    asyncio.run(both())
+
+
+def model_names(root: Path, text: str) -> list[str]:
+    from deploybench.manifest import exported_models
+
+    names = exported_models(root) if text == "all" else [n for n in text.split(",") if n]
+    if not names:
+        raise SystemExit(f"{root}: no exported model to serve")
+    return names
+
+
+def healthy(root: Path, models: str, port: int) -> bool:
+    """Every model ready on the V2 model-ready endpoint (a container's healthcheck)."""
+    import urllib.error
+    import urllib.request
+
+    for name in model_names(root, models):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{name}/ready",
+                                        timeout=5) as answer:
+                if answer.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError):
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    root = args.artifacts.resolve()
+    if args.health:
+        sys.exit(0 if healthy(root, args.models, args.http_port) else 1)
+    if args.framework is None:
+        raise SystemExit("--framework is required to serve: tensorflow or pytorch")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    models = [make_model(root, name, args.framework, args.threads)
+              for name in model_names(root, args.models)]
+    serve(models, args.host, args.http_port, args.grpc_port)
+
+
+if __name__ == "__main__":
+    main()

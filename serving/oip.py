@@ -1,0 +1,152 @@
+"""The Open Inference Protocol (KServe's V2; Triton, MLServer, OpenVINO Model Server and KServe
+speak it): request bodies and answers in one place, for clients and the load generator.
+
+- REST JSON: `POST /v2/models/<model>/infer`, {"inputs": [{"name", "shape", "datatype",
+  "data"}]} -> {"outputs": [{"name", "shape", "datatype", "data"}]}.
+- REST binary (the binary tensor extension): the same JSON header, the tensor's raw
+  little-endian bytes after it, the header's length in `Inference-Header-Content-Length`.
+- gRPC: `inference.GRPCInferenceService/ModelInfer`, the tensor in `raw_input_contents`.
+
+The gRPC messages are KServe's generated ones, imported without running `kserve/__init__.py`
+(its model server, a second and more of imports), so the load generator stays light.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploybench.serving.payload import PredictionError
+
+_PACKAGES = ("kserve", "kserve.protocol", "kserve.protocol.grpc")
+
+
+def _register_proto_packages() -> list[str]:
+    if "kserve" in sys.modules:
+        return []
+    spec = importlib.util.find_spec("kserve")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for name in _PACKAGES:
+        module = types.ModuleType(name)
+        module.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+        sys.modules[name] = module
+    return list(_PACKAGES)
+
+
+_stubs = _register_proto_packages()
+
+from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc  # noqa: E402
+
+# A later `import kserve` then loads the real package, which reuses these modules.
+for _name in _stubs:
+    sys.modules.pop(_name, None)
+
+__all__ = ["grpc_predict_v2_pb2", "grpc_predict_v2_pb2_grpc"]
+
+INFER_PATH = "/v2/models/{model}/infer"
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+DATATYPE = "FP32"
+
+
+def _rows(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows, dtype="<f4")
+
+
+def json_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
+    """A V2 REST JSON request: the tensor as a flat list of numbers."""
+    array = _rows(rows)
+    return json.dumps({"inputs": [{"name": input_name, "shape": list(array.shape),
+                                   "datatype": DATATYPE,
+                                   "data": array.ravel().tolist()}]}).encode()
+
+
+def binary_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
+    """A V2 REST request with the binary tensor extension: JSON header, then raw bytes. The
+    header's length goes in Inference-Header-Content-Length (binary_header_length)."""
+    array = _rows(rows)
+    header = json.dumps({"inputs": [{"name": input_name, "shape": list(array.shape),
+                                     "datatype": DATATYPE,
+                                     "parameters": {"binary_data_size": array.nbytes}}]})
+    return header.encode() + array.tobytes()
+
+
+def binary_header_length(body: bytes) -> int:
+    """The length of a binary request's JSON header (what precedes the raw tensor bytes)."""
+    try:
+        return json.JSONDecoder().raw_decode(body.decode("latin-1"))[1]
+    except json.JSONDecodeError as error:
+        raise PredictionError(f"not a binary V2 request: {error}") from None
+
+
+def grpc_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
+    """A serialized ModelInferRequest with the tensor in raw_input_contents."""
+    array = _rows(rows)
+    request = grpc_predict_v2_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name=input_name, datatype=DATATYPE)
+    tensor.shape.extend(array.shape)
+    request.raw_input_contents.append(array.tobytes())
+    return request.SerializeToString()
+
+
+def rest_outputs(body: bytes | str, output_name: str) -> np.ndarray:
+    """The named output of a V2 REST JSON answer (an error answer raises with its message)."""
+    try:
+        answer = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PredictionError(f"answer is not JSON: {error}") from None
+    if not isinstance(answer, dict):
+        raise PredictionError("answer is not a JSON object")
+    if "error" in answer:
+        raise PredictionError(str(answer["error"]))
+    for output in answer.get("outputs") or []:
+        if isinstance(output, dict) and output.get("name") == output_name:
+            return _tensor(output.get("data"), output.get("shape"), output.get("datatype"))
+    names = [o.get("name") for o in answer.get("outputs") or [] if isinstance(o, dict)]
+    raise PredictionError(f"answer has no output {output_name!r} (has {names})")
+
+
+def grpc_outputs(response: bytes, output_name: str) -> np.ndarray:
+    """The named output of a serialized ModelInferResponse (raw contents or typed ones)."""
+    message = grpc_predict_v2_pb2.ModelInferResponse.FromString(response)
+    for index, output in enumerate(message.outputs):
+        if output.name != output_name:
+            continue
+        shape = list(output.shape)
+        if index < len(message.raw_output_contents):
+            if output.datatype != DATATYPE:
+                raise PredictionError(f"output {output_name!r} is {output.datatype}, "
+                                      f"expected {DATATYPE}")
+            return np.frombuffer(message.raw_output_contents[index],
+                                 dtype="<f4").reshape(shape).copy()
+        return _tensor(list(output.contents.fp32_contents), shape, output.datatype)
+    names = [o.name for o in message.outputs]
+    raise PredictionError(f"answer has no output {output_name!r} (has {names})")
+
+
+def _tensor(data: Any, shape: Any, datatype: Any) -> np.ndarray:
+    if datatype != DATATYPE:
+        raise PredictionError(f"output is {datatype}, expected {DATATYPE}")
+    try:
+        return np.asarray(data, dtype=np.float32).reshape(shape)
+    except (TypeError, ValueError) as error:
+        raise PredictionError(f"output is not a {shape} tensor: {error}") from None
+
+
+def metadata_signature(metadata: dict[str, Any]) -> tuple[str, list[int], str]:
+    """(name, shape, datatype) of the one input a V2 model metadata answer declares."""
+    inputs = metadata.get("inputs") or []
+    if len(inputs) != 1:
+        raise PredictionError(f"model {metadata.get('name')!r} declares {len(inputs)} inputs; "
+                              "the kit sends one")
+    declared = inputs[0]
+    return declared.get("name"), list(declared.get("shape") or []), declared.get("datatype")
