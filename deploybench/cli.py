@@ -218,8 +218,8 @@ def load(
     target: Annotated[str, typer.Option(
         help="A server (`deploybench servers` lists them), or all.")] = "all",
     protocol: Annotated[str | None, typer.Option(
-        help="One of the server's protocols, e.g. rest, grpc, npy (default: every protocol "
-             "it speaks).")] = None,
+        help="Protocols, comma-separated, e.g. rest, grpc, npy, v2-binary (default: every "
+             "protocol each server speaks).")] = None,
     scenario: Annotated[str, typer.Option(
         help="sweep (closed loop), rate (open-loop SLO search), or a JSON/YAML file.")] = "sweep",
     users: Annotated[str | None, typer.Option(
@@ -302,8 +302,8 @@ def load(
 @command
 def run(
     model: Annotated[str, typer.Option(
-        help="Model from the zoo, or 'all': the quick digits models (larger ones by name)."
-    )] = "all",
+        help="Model from the zoo, or 'all': both quick digits models (larger ones by name).")
+    ] = "digits-cnn",
     artifacts: Annotated[Path, typer.Option(help="Export root.")] = Path("artifacts"),
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<timestamp>).")
                    ] = None,
@@ -311,11 +311,15 @@ def run(
         help="docker or native (default: docker when a Docker engine answers).")] = None,
     servers: Annotated[str, typer.Option(
         help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
-    users: Annotated[str, typer.Option(help="Closed-loop sweep levels.")] = "1,2,4,8",
-    step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 5.0,
-    warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds per step.")] = 2.0,
+    users: Annotated[str, typer.Option(help="Closed-loop sweep levels.")] = "1,4",
+    step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 4.0,
+    warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds per step.")] = 1.0,
     rate_search: Annotated[bool, typer.Option(
         help="Also search the highest open-loop rate under the p99 bound.")] = True,
+    all_protocols: Annotated[bool, typer.Option(
+        help="Every protocol of every server in the sweep and the rate search (default: each "
+             "server's JSON and binary protocol in the sweep, its binary one in the rate "
+             "search).")] = False,
     rate_bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
     edge_threads: Annotated[str, typer.Option(help="Edge thread counts.")] = "1,2",
     edge_runs: Annotated[int, typer.Option(min=1, help="Timed runs per edge measurement.")] = 300,
@@ -349,7 +353,7 @@ def run(
         users=levels, step_seconds=step_seconds,
         warmup_seconds=warmup_seconds, rate_search=rate_search, rate_bound_ms=rate_bound_ms,
         edge_threads=tuple(parse_threads(edge_threads)), edge_runs=edge_runs, export=export,
-        endpoints=loopback_endpoints(port_offset),
+        endpoints=loopback_endpoints(port_offset), all_protocols=all_protocols,
     )
     run_pipeline(options, console)
 
@@ -382,7 +386,8 @@ def bench(
     target: Annotated[str, typer.Option(
         help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
     protocol: Annotated[str | None, typer.Option(
-        help="One protocol of each chosen server, e.g. v2-binary (default: every one).")
+        help="Protocols, comma-separated: of each chosen server, those it speaks (e.g. "
+             "npy,v2-binary; default: every one).")
     ] = None,
 ) -> None:
     """Serving efficiency: each server's best rate under the p99 bound (batching off and on)

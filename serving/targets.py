@@ -187,15 +187,19 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 
 def pairs(target: str, protocol: str | None) -> list[tuple[str, str]]:
-    """(target, protocol) pairs for `--target NAME[,NAME...]|all` and `--protocol NAME|None`:
-    with a protocol, each chosen target that speaks it."""
+    """(target, protocol) pairs for `--target NAME[,NAME...]|all` and
+    `--protocol NAME[,NAME...]|None`: with protocols, what each chosen target speaks of them."""
     chosen = parse_targets(target)
     known = sorted({p.name for t in targets().values() for p in t.protocols})
-    if protocol is not None and protocol not in known:
-        raise UsageError(f"unknown protocol {protocol!r}: {', '.join(known)}")
-    found = [(t, p) for t in chosen for p in get(t).protocol_names if protocol in (None, p)]
+    wanted = None if protocol is None else [p.strip() for p in protocol.split(",") if p.strip()]
+    unknown = [p for p in wanted or [] if p not in known]
+    if unknown or wanted == []:
+        raise UsageError(f"unknown protocol {', '.join(unknown) or protocol!r}: "
+                         f"{', '.join(known)}")
+    found = [(t, p) for t in chosen for p in get(t).protocol_names
+             if wanted is None or p in wanted]
     if not found:
-        get(chosen[0]).protocol(protocol or "")  # raises: names what the target speaks
+        get(chosen[0]).protocol((wanted or [""])[0])  # raises: names what the target speaks
     return found
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from deploybench.formatting import number
 from deploybench.jobs.bench import BenchOptions, run_bench
+from deploybench.serving import targets
 from tests.servers import free_offset, port_free
 
 pytestmark = pytest.mark.slow
@@ -25,8 +26,11 @@ def bench_run(export_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     options = BenchOptions(
         model="digits-mlp", artifacts=export_root, out=tmp_path_factory.mktemp("bench"),
         server_cpus=str(cpus[-1]), loadgen_cpus=str(cpus[0]), ceiling_seconds=1.0,
-        step_seconds=1.5, warmup_seconds=0.5, max_batch_size=4, batch_timeout_ms=5,
-        port_offset=offset)
+        step_seconds=1.5, warmup_seconds=0.5, max_batch_size=8, batch_timeout_ms=5,
+        port_offset=offset,
+        # TorchServe with both bodies; KServe-PyTorch (held to the AOTInductor package) with
+        # its binary one
+        pairs=tuple(targets.pairs("torchserve,kserve-pytorch", "rest,npy,v2-binary")))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path_factory.mktemp("bench-state")))
         rows = run_bench(options, Console(file=io.StringIO(), width=200))
@@ -39,21 +43,23 @@ def measurements(bench_run: dict, kind: str) -> list[dict]:
     return [m for m in bench_run["results"]["measurements"] if m["kind"] == kind]
 
 
-def ceilings(bench_run: dict, framework: str) -> dict[int, float]:
+def ceilings(bench_run: dict, fmt: str) -> dict[int, float]:
     """The ceiling per batch size: the mean of the runs before and after the servers."""
     runs: dict[int, list[float]] = {}
     for c in measurements(bench_run, "bench-ceiling"):
-        if c["framework"] == framework:
+        if c["format"] == fmt:
             runs.setdefault(c["batch"], []).append(c["inferences_per_s"])
     assert all(len(both) == 2 for both in runs.values())
     return {batch: round(sum(both) / 2, 2) for batch, both in runs.items()}
 
 
-def test_ceilings_of_both_frameworks_at_batch_1_and_the_bound(bench_run):
+def test_a_ceiling_for_what_each_server_serves_at_batch_1_and_the_bound(bench_run):
     rows = measurements(bench_run, "bench-ceiling")
-    assert sorted((c["framework"], c["batch"], c["when"]) for c in rows) == sorted(
-        (f, b, w) for f in ("PyTorch", "TensorFlow") for b in (1, 4, 8)
+    assert sorted((c["format"], c["batch"], c["when"]) for c in rows) == sorted(
+        (f, b, w) for f in ("torchscript", "aoti") for b in (1, 8)
         for w in ("before", "after"))
+    assert {c["format"]: c["framework"] for c in rows} == {
+        "torchscript": "PyTorch", "aoti": "PyTorch"}
     for ceiling in rows:
         assert ceiling["inferences_per_s"] > 0 and ceiling["threads"] == 1
         assert ceiling["inferences_per_s"] == pytest.approx(
@@ -61,38 +67,47 @@ def test_ceilings_of_both_frameworks_at_batch_1_and_the_bound(bench_run):
 
 
 def test_every_torchserve_body_with_and_without_batching(bench_run):
-    torch = ceilings(bench_run, "PyTorch")
+    torch = ceilings(bench_run, "torchscript")
     rows = {(r["protocol"], r["batching"]): r for r in bench_run["rows"]
             if r["target"] == "torchserve"}
     assert set(rows) == {(p, b) for p in ("rest", "npy") for b in (False, True)}
     for (_, batching), row in rows.items():
         # batch 1 without batching; with it, the better of batch 1 and the bound
-        expected = max(torch[1], torch[4]) if batching else torch[1]
+        expected = max(torch[1], torch[8]) if batching else torch[1]
         assert row["ceiling_rps"] == expected
         assert 0 <= row["ceiling_drift"] < 1
         assert row["max_rate_rps"], row  # digits-mlp meets a 100 ms p99 easily
         assert row["efficiency"] == round(row["max_rate_rps"] / expected, 3)
         assert row["saturated_rps"] > 0
         assert row["saturated_efficiency"] == round(row["saturated_rps"] / expected, 3)
-        assert row["saturated_users"] == (8 if batching else 2)
+        assert row["saturated_users"] == (16 if batching else 2)
         # a server with no overhead under the same bound: below the throughput ceiling
         assert 0 < row["ideal_rate_rps"] <= row["ceiling_rps"]
         assert row["bound_efficiency"] == round(row["max_rate_rps"] / row["ideal_rate_rps"], 3)
     for protocol in ("rest", "npy"):
         on, off = rows[(protocol, True)], rows[(protocol, False)]
         assert on["batching_gain"] == round(on["max_rate_rps"] / off["max_rate_rps"], 2)
-    (tfserving,) = [r for r in bench_run["rows"] if r["target"] == "tfserving"]
-    assert tfserving["max_rate_rps"] is None and "not available" in tfserving["reason"]
+
+
+def test_kserve_is_held_to_the_aoti_ceiling_and_says_it_has_no_batching(bench_run):
+    aoti = ceilings(bench_run, "aoti")
+    rows = {r["batching"]: r for r in bench_run["rows"] if r["target"] == "kserve-pytorch"}
+    off, on = rows[False], rows[True]
+    assert off["protocol"] == "v2-binary" and off["ceiling_rps"] == aoti[1]
+    assert off["max_rate_rps"] and off["efficiency"] == round(off["max_rate_rps"] / aoti[1], 3)
+    assert off["saturated_efficiency"] == round(off["saturated_rps"] / aoti[1], 3)
+    assert on["max_rate_rps"] is None and "offers no batching" in on["reason"]
 
 
 def test_load_steps_are_answered_right_and_the_report_shows_them(bench_run):
     steps = measurements(bench_run, "load")
     saturation = [s for s in steps if s["scenario"].startswith("bench-saturation-")]
-    assert len(saturation) == 4 and all(s["level_unit"] == "users" for s in saturation)
+    assert len(saturation) == 5 and all(s["level_unit"] == "users" for s in saturation)
     assert all(s["wrong_answers"] == 0 for s in steps)
     searches = measurements(bench_run, "load-slo")
     assert {(s["protocol"], s["scenario"]) for s in searches} == {
-        (p, f"bench-batching-{b}") for p in ("rest", "npy") for b in ("on", "off")}
+        (p, f"bench-batching-{b}") for p in ("rest", "npy") for b in ("on", "off")} | {
+        ("v2-binary", "bench-batching-off")}
     report = (bench_run["out"] / "report.md").read_text()
     assert "Serving efficiency" in report and "saturated" in report
     assert "ideal server under bound" in report

@@ -36,6 +36,7 @@ CONFIG_DIR = REPO / "serving" / "config"
 ENV = read_env_file(REPO / ".env")
 SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch")
 KSERVE = ("kserve-tensorflow", "kserve-pytorch")
+BATCHING_SERVERS = ("tfserving", "torchserve")  # KServe's Python server has no batching
 LOCUST = ("locust-master", "locust-worker")
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 LOCUSTFILE_IN_CONTAINER = "/opt/deploybench/loadtest/locustfile.py"  # COPY'd by the image
@@ -413,10 +414,12 @@ def test_batching_is_off_by_default_and_switches_both_servers(
     services: dict[str, Any], export_root: Path
 ) -> None:
     assert ENV["BATCHING"] == "false"
-    for name in SERVERS:
+    for name in BATCHING_SERVERS:
         assert str(services[name]["environment"]["BATCHING"]) == "false"
     on = render(export_root, BATCHING="true", MAX_BATCH_SIZE="16", BATCH_TIMEOUT_MS="2")
-    for name in SERVERS:
+    for name in KSERVE:
+        assert "BATCHING" not in services[name]["environment"], name
+    for name in BATCHING_SERVERS:
         environment = on["services"][name]["environment"]
         assert str(environment["BATCHING"]) == "true"
         assert str(environment["MAX_BATCH_SIZE"]) == "16"

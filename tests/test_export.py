@@ -332,8 +332,8 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
         return real(ctx, variant)
 
     monkeypatch.setattr(formats, "_write_executorch", perturbed)
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    second = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        second = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
     assert second.exit_code == 3, second.output
     assert "executorch-fp32" in second.output and "max abs diff" in second.output
     assert (tmp_path / "digits-mlp").resolve() == published

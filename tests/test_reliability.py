@@ -566,7 +566,7 @@ def test_tfserving_clients_name_unknown_models_versions_and_bad_shapes(double: A
 # (case, arguments, exit code, what the line names); {tmp}, {export} and {offset} filled in
 CLI_BAD_INPUTS = [
     ("load: unknown target", ["load", "--out", "{tmp}/run", "--target", "nginx"], 2,
-     "unknown server 'nginx'"),
+     "unknown server(s) ['nginx']"),
     ("load: unknown model", ["load", "--out", "{tmp}/run", "--model", "no-such-model",
                              "--artifacts", "{export}", "--port-offset", "{offset}"], 1,
      "no-such-model/manifest.json: no manifest"),

@@ -85,7 +85,7 @@ def test_torchserve_worker_gets_the_settings_of_dot_env(served):
     """Threads and the allocator setting reach the Python worker that runs the model."""
     deployment, _ = served
     settings = load_settings()
-    (record,) = deployment.processes
+    (record,) = [r for r in deployment.processes if r.name == "torchserve"]
     workers = [p for p in psutil.Process(record.pid).children(recursive=True)
                if "model_service_worker" in " ".join(p.cmdline())]
     assert workers

@@ -19,7 +19,8 @@ from tests.conftest import invoke
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE = Path(__file__).resolve().with_name("double_target.py")
-KIT_SERVERS = ("tfserving", "torchserve")
+KIT_SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch")
+EXTERNAL = ("oip",)  # declared, never started by the kit: left out of "all"
 
 # Modules that must learn about servers from the registry only (the servers' own modules,
 # clients.py, native.py, handler.py, faults.py, are where a server's specifics live).
@@ -35,7 +36,7 @@ def test_readers_never_spell_a_server_name() -> None:
         spelled = [node.value for node in ast.walk(tree)
                    if isinstance(node, ast.Constant) and isinstance(node.value, str)
                    and any(node.value == name or node.value.startswith((f"{name}/", f"{name}_"))
-                           for name in KIT_SERVERS)]
+                           for name in (*KIT_SERVERS, *EXTERNAL))]
         assert not spelled, f"{path} spells {spelled}: read the registry instead"
 
 
@@ -65,6 +66,30 @@ def test_clients_and_pairs_come_from_the_declarations() -> None:
     with pytest.raises(UsageError, match=r"unknown server\(s\) \['nginx'\]"):
         targets.parse_targets("torchserve,nginx")
     assert targets.parse_targets("all") == KIT_SERVERS
+    assert targets.pairs("oip", "v2-grpc") == [("oip", "v2-grpc")]
+
+
+def test_run_measures_each_servers_json_and_binary_protocol() -> None:
+    servers = targets.parse_targets("all")
+    assert targets.run_pairs(servers) == [
+        ("tfserving", "rest"), ("tfserving", "grpc"), ("torchserve", "rest"),
+        ("torchserve", "npy"), ("kserve-tensorflow", "v1"), ("kserve-tensorflow", "v2-binary"),
+        ("kserve-pytorch", "v1"), ("kserve-pytorch", "v2-binary")]
+    assert targets.run_pairs(servers, binary_only=True) == [
+        ("tfserving", "grpc"), ("torchserve", "npy"), ("kserve-tensorflow", "v2-binary"),
+        ("kserve-pytorch", "v2-binary")]
+
+
+def test_a_url_points_one_target_at_its_rest_or_grpc_protocols() -> None:
+    pairs, endpoints = targets.at_url(targets.pairs("oip", None), "http://10.0.0.7:8000",
+                                      Endpoints())
+    assert pairs == [("oip", "v2-rest"), ("oip", "v2-binary")]
+    assert endpoints.address("oip", "v2-binary") == "http://10.0.0.7:8000"
+    assert endpoints.address("oip", "v2-grpc") == "127.0.0.1:8001"  # untouched
+    pairs, endpoints = targets.at_url(targets.pairs("oip", None), "10.0.0.7:8001", Endpoints())
+    assert pairs == [("oip", "v2-grpc")] and endpoints.of("oip")["grpc"] == "10.0.0.7:8001"
+    with pytest.raises(UsageError, match="has no port"):
+        targets.at_url(targets.pairs("oip", None), "http://10.0.0.7", Endpoints())
 
 
 def test_a_declaration_is_checked() -> None:
@@ -91,8 +116,11 @@ def test_locustfile_imports_stay_light() -> None:
                           cwd="/", timeout=120, check=True)
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["heavy"] == []
-    assert found["users"] == ["TFServingRESTUser", "TFServingGRPCUser", "TorchServeRESTUser",
-                              "TorchServeNpyUser"]
+    assert found["users"] == [
+        "TFServingRESTUser", "TFServingGRPCUser", "TorchServeRESTUser", "TorchServeNpyUser",
+        *(f"KServe{framework}{protocol}User" for framework in ("TensorFlow", "PyTorch")
+          for protocol in ("V1", "V2REST", "V2Binary", "V2GRPC")),
+        "OIPV2RESTUser", "OIPV2BinaryUser", "OIPV2GRPCUser"]
 
 
 @pytest.fixture

@@ -27,9 +27,9 @@ class RunOptions:
     run_dir: Path | None = None
     mode: str | None = None  # docker | native | None: docker when an engine answers
     servers: tuple[str, ...] | None = None  # None: every registered target
-    users: tuple[int, ...] = (1, 2, 4, 8)
-    step_seconds: float = 5.0
-    warmup_seconds: float = 2.0
+    users: tuple[int, ...] = (1, 4)
+    step_seconds: float = 4.0
+    warmup_seconds: float = 1.0
     rate_search: bool = True
     rate_bound_ms: float = 100.0
     edge_threads: tuple[int, ...] = (1, 2)
