@@ -18,7 +18,7 @@ from rich.table import Table
 
 from deploybench import layout
 from deploybench.errors import IncompleteExportError, ParityError, UsageError
-from deploybench.export.formats import FORMATS, ExportContext, Format
+from deploybench.export.formats import FORMATS, ExportContext, Format, native_stderr_logged
 from deploybench.files import (
     atomic_symlink,
     atomic_write_text,
@@ -180,7 +180,8 @@ def export_model(
         artifact.bytes = size_of(path)
         step(f"parity of {fmt.name}")
         try:
-            outputs = in_batches(fmt.runner(path), golden.inputs, spec.max_rows)
+            with native_stderr_logged(f"{fmt.name}'s runtime"):  # C++ start-up lines
+                outputs = in_batches(fmt.runner(path), golden.inputs, spec.max_rows)
             judge(fmt, outputs, golden, artifact, min_top1_agreement)
         except Exception as error:
             log.exception("%s: %s could not be run for parity", spec.name, fmt.name)

@@ -158,9 +158,14 @@ def measure_ceilings(options: BenchOptions, when: str, console: Console, writer:
     """Every ceiling the chosen servers are held to, once, saved as it comes; run before and
     after the servers (`when`)."""
     ceilings = {}
-    runtimes = dict.fromkeys(ceiling_runtime(target) for target, _ in options.chosen())
-    for runtime in runtimes:
-        for batch in sorted({1, *CEILING_BATCHES, options.max_batch_size}):
+    batching: dict[str, bool] = {}  # runtime -> whether a server held to it batches
+    for target, _ in options.chosen():
+        runtime = ceiling_runtime(target)
+        batching[runtime] = batching.get(runtime, False) or targets.get(target).batching
+    for runtime, batches in batching.items():
+        # a server without batching runs batch 1 only, and so does its ceiling (an AOTInductor
+        # package takes no more rows than the model's max_rows anyway)
+        for batch in sorted({1, *CEILING_BATCHES, options.max_batch_size} if batches else {1}):
             console.print(f"ceiling ({when}): {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
                           f"{options.server_cpus} ...", highlight=False)
             row = measure_ceiling(options, runtime, batch) | {"when": when}
