@@ -17,7 +17,9 @@ REST with the binary tensor extension, gRPC). What it does that KServe does not:
   connection);
 - inference runs on one thread of its own, one request at a time, off the event loop: the
   server keeps reading and answering other requests meanwhile, as TorchServe's frontend does
-  for its one worker.
+  for its one worker;
+- a binary V2 request's tensors stay bytes until numpy reads them (KServe makes a Python list
+  of every number first: 58 ms for one 224x224x3 image).
 """
 
 from __future__ import annotations
@@ -171,6 +173,51 @@ def is_npy(headers: dict[str, str] | None) -> bool:
     return content_type.split(";")[0].strip().lower() == NPY_TYPE
 
 
+def binary_request(body: bytes, header_length: int, model_name: str) -> Any:
+    """A V2 REST request with the binary tensor extension, its tensors left as raw bytes.
+
+    KServe's own decoding (InferRequest.from_bytes) turns every binary tensor into a Python list
+    of numbers: 58 ms for one 224x224x3 image, three times mobilenet-v2's inference. Here the
+    bytes stay bytes (what KServe does for gRPC's raw contents), and the model reads them with
+    numpy, without a copy."""
+    import orjson
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+    try:
+        header = orjson.loads(body[:header_length])
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"Unrecognized request format: {error}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput("malformed request: a V2 request has a list of 'inputs'")
+    start, inputs = header_length, []
+    for declared in header["inputs"]:
+        if not isinstance(declared, dict):
+            raise InvalidInput("malformed request: an input is not an object")
+        parameters = declared.get("parameters") or {}
+        tensor = InferInput(declared.get("name"), declared.get("shape"),
+                            declared.get("datatype"), parameters=parameters)
+        if declared.get("data") is not None:
+            tensor.data = declared["data"]
+        elif isinstance(parameters.get("binary_data_size"), int):
+            end = start + parameters["binary_data_size"]
+            if end > len(body):
+                raise InvalidInput(f"malformed request: input {tensor.name!r} declares "
+                                   f"{parameters['binary_data_size']} bytes, "
+                                   f"{len(body) - start} follow")
+            tensor._raw_data = body[start:end]
+            start = end
+        else:
+            raise InvalidInput(f"malformed request: input {tensor.name!r} has neither 'data' "
+                               "nor 'binary_data_size'")
+        inputs.append(tensor)
+    outputs = [RequestedOutput(name=o.get("name"), parameters=o.get("parameters"))
+               for o in header.get("outputs") or [] if isinstance(o, dict)] or None
+    return InferRequest(model_name=model_name, infer_inputs=inputs,
+                        request_id=header.get("id"), parameters=header.get("parameters"),
+                        request_outputs=outputs)
+
+
 def bad_request_handlers(app: Any) -> None:
     """KServe's own decoding raises KeyError, ValueError or TypeError on a malformed body (a V2
     input without a name, a binary tensor shorter than its shape...), and FastAPI refuses a V2
@@ -205,13 +252,23 @@ def serve(models: list[Any], host: str, http_port: int, grpc_port: int) -> None:
     import kserve
     from grpc import aio
     from kserve import model_server
+    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.rest.server import RESTServer
 
+    class KitDataPlane(DataPlane):
+        def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
+            length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER) if headers else None
+            if isinstance(body, bytes) and length is not None and length.isdigit():
+                return binary_request(body, int(length), model_name)
+            return super().decode_inference_request(body, headers, model_name)
+
     server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=1,
                                 enable_grpc=False, grace_period=STOP_GRACE_S)
+    server.dataplane = KitDataPlane(model_registry=server.registered_models)
     for model in models:
         server.register_model(model)
     rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,

@@ -129,7 +129,10 @@ BAD_V2_INPUTS = {
     "v2: negative size": (v2_tensor([-1, 64], ROW), "wrong shape"),
     "v2 binary: shorter than its shape": (binary(
         {"inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32",
-                     "parameters": {"binary_data_size": 256}}]}, ONE.tobytes()), "malformed"),
+                     "parameters": {"binary_data_size": 256}}]}, ONE.tobytes()), "wrong size"),
+    "v2 binary: fewer bytes than declared": (binary(
+        {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 512}}]}, ONE.tobytes()), "malformed"),
     "v2 binary: NaN": (binary(
         {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
                      "parameters": {"binary_data_size": 256}}]},
