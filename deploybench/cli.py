@@ -287,7 +287,7 @@ def load(
     models = resolve_models(model, root, all_of=served) if check else [model]
     plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode)
     if deployment is not None and deployment.up():
-        plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
+        plan.server_pids = deployment.server_pids()
     check_reachable(plan, skip_unreachable=target == "all")
     check_signatures(plan, check)
     # the run folder is written only once every target was checked

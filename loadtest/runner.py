@@ -61,7 +61,8 @@ class LoadPlan:
     run_dir: Path
     mode: str  # how the servers run: docker | native | external (not started by us)
     skipped: list[str] = field(default_factory=list)
-    server_pids: list[int] = field(default_factory=list)  # native servers: CPU accounting
+    # native servers' processes by target: a step's CPU and memory are its target's own
+    server_pids: dict[str, list[int]] = field(default_factory=dict)
     loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
     # models the kit did not export (`load --no-check`): the signature the server declares
     unchecked: dict[str, Signature] = field(default_factory=dict)
@@ -260,7 +261,7 @@ class LoadRun:
         task = self.progress.add_task(
             f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}", total=total)
         endpoint = plan.endpoints.address(target, protocol)
-        with CpuSampler(plan.server_pids) as sampler:
+        with CpuSampler(plan.server_pids.get(target, [])) as sampler:
             output = run_locust(run, tick=lambda elapsed: self.progress.update(
                 task, completed=min(elapsed, total)), watch=ServerWatch(endpoint))
         self.progress.remove_task(task)

@@ -62,6 +62,15 @@ class Deployment:
     def endpoints_obj(self) -> Endpoints:
         return Endpoints(self.endpoints)
 
+    def server_pids(self) -> dict[str, list[int]]:
+        """The process (group leader) of each server still running, by server name: the load
+        runner accounts a step's CPU and memory to the target's own processes only."""
+        pids: dict[str, list[int]] = {}
+        for record in self.processes:
+            if record.alive():
+                pids.setdefault(record.name, []).append(record.pid)
+        return pids
+
     def save(self, directory: Path | None = None) -> Path:
         path = (directory or state_dir()) / STATE_FILE
         atomic_write_json(path, asdict(self))

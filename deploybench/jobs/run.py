@@ -173,5 +173,5 @@ def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  
     for scenario, pairs in scenarios:
         plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
                         scenario, writer.run_dir, deployment.mode)
-        plan.server_pids = [p.pid for p in deployment.processes if p.alive()]
+        plan.server_pids = deployment.server_pids()
         load_stage(writer, plan, console)
