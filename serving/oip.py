@@ -8,46 +8,22 @@ speak it): request bodies and answers in one place, for clients and the load gen
 - gRPC: `inference.GRPCInferenceService/ModelInfer`, the tensor in `raw_input_contents`.
 
 The gRPC messages are KServe's generated ones, imported without running `kserve/__init__.py`
-(its model server, a second and more of imports), so the load generator stays light.
+(its model server, a second and more of imports; package_stubs.py), so the load generator
+stays light.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deploybench.serving.package_stubs import empty_packages
 from deploybench.serving.payload import PredictionError
 
-_PACKAGES = ("kserve", "kserve.protocol", "kserve.protocol.grpc")
-
-
-def _register_proto_packages() -> list[str]:
-    if "kserve" in sys.modules:
-        return []
-    spec = importlib.util.find_spec("kserve")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    root = Path(next(iter(spec.submodule_search_locations)))
-    for name in _PACKAGES:
-        module = types.ModuleType(name)
-        module.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
-        sys.modules[name] = module
-    return list(_PACKAGES)
-
-
-_stubs = _register_proto_packages()
-
-from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc  # noqa: E402
-
-# A later `import kserve` then loads the real package, which reuses these modules.
-for _name in _stubs:
-    sys.modules.pop(_name, None)
+with empty_packages("kserve", "kserve.protocol", "kserve.protocol.grpc"):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 
 __all__ = ["grpc_predict_v2_pb2", "grpc_predict_v2_pb2_grpc"]
 
