@@ -137,39 +137,51 @@ class TorchServeNpy(TorchServeREST):
     protocol = "npy"
 
 
-class TFServingGRPC:
+class _GRPCClient:
+    """One channel to a gRPC server: connect, a call whose failure is a PredictionError naming
+    the server, close."""
+
+    target = ""
+
+    def __init__(self, address: str, model: str, input_name: str = "pixels",
+                 output_name: str = "logits", timeout: float = 30.0) -> None:
+        import grpc
+
+        self.grpc = grpc
+        self.model, self.address = model, address
+        self.input_name, self.output_name = input_name, output_name
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address)
+
+    @classmethod
+    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
+                output_name: str = "logits", timeout: float = 30.0) -> _GRPCClient:
+        return cls(addresses["grpc"], model, input_name, output_name, timeout)
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except self.grpc.RpcError as error:
+            code = error.code()
+            raise PredictionError(f"{self.target} gRPC at {self.address}: "
+                                  f"{code.name if code else 'error'}: {error.details()}"
+                                  ) from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class TFServingGRPC(_GRPCClient):
     target, protocol = "tfserving", "grpc"
 
     def __init__(self, target: str, model: str, input_name: str = "pixels",
                  output_name: str = "logits", timeout: float = 30.0) -> None:
-        import grpc
-
         from deploybench.serving import protos
 
+        super().__init__(target, model, input_name, output_name, timeout)
         self.protos = protos
-        self.model, self.address = model, target
-        self.input_name, self.output_name = input_name, output_name
-        self.timeout = timeout
-        self.channel = grpc.insecure_channel(target)
         self.predict_stub = protos.prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_stub = protos.model_service_pb2_grpc.ModelServiceStub(self.channel)
-
-    @classmethod
-    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
-                output_name: str = "logits", timeout: float = 30.0) -> TFServingGRPC:
-        return cls(addresses["grpc"], model, input_name, output_name, timeout)
-
-    def _call(self, method: Any, request: Any) -> Any:
-        import grpc
-
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as error:
-            code = error.code()
-            raise PredictionError(
-                f"tfserving gRPC at {self.address}: {code.name if code else 'error'}: "
-                f"{error.details()}"
-            ) from None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         request = self.protos.predict_pb2.PredictRequest()
@@ -199,8 +211,6 @@ class TFServingGRPC:
         request.metadata_field.append("signature_def")
         return MessageToDict(self._call(self.predict_stub.GetModelMetadata, request))
 
-    def close(self) -> None:
-        self.channel.close()
 
 
 class KServeV1(_HTTPClient):
@@ -277,7 +287,7 @@ class OIPBinary(OIPRest):
     protocol, body = "v2-binary", "oip-binary"
 
 
-class OIPGRPC:
+class OIPGRPC(_GRPCClient):
     """The Open Inference Protocol over gRPC (GRPCInferenceService), raw tensor contents."""
 
     target, protocol = "oip", "v2-grpc"
@@ -285,34 +295,15 @@ class OIPGRPC:
 
     def __init__(self, address: str, model: str, input_name: str = "pixels",
                  output_name: str = "logits", timeout: float = 30.0) -> None:
-        import grpc
-
         from deploybench.serving import oip
 
-        self.oip, self.grpc = oip, grpc
-        self.model, self.address = model, address
-        self.input_name, self.output_name = input_name, output_name
-        self.timeout = timeout
-        self.channel = grpc.insecure_channel(address)
+        super().__init__(address, model, input_name, output_name, timeout)
+        self.oip = oip
         self.stub = oip.grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.encoding = payload.BODIES[self.body]
         self.infer = self.channel.unary_unary(self.encoding.grpc_method,
                                               request_serializer=None,
                                               response_deserializer=None)
-
-    @classmethod
-    def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str = "pixels",
-                output_name: str = "logits", timeout: float = 30.0) -> OIPGRPC:
-        return cls(addresses["grpc"], model, input_name, output_name, timeout)
-
-    def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout)
-        except self.grpc.RpcError as error:
-            code = error.code()
-            raise PredictionError(f"{self.target} gRPC at {self.address}: "
-                                  f"{code.name if code else 'error'}: {error.details()}"
-                                  ) from None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         body = self.encoding.encode(batch, self.model, self.input_name)
@@ -330,6 +321,3 @@ class OIPGRPC:
 
         request = self.oip.grpc_predict_v2_pb2.ModelMetadataRequest(name=self.model)
         return MessageToDict(self._call(self.stub.ModelMetadata, request))
-
-    def close(self) -> None:
-        self.channel.close()
