@@ -7,16 +7,18 @@ server runs from the installed package, one process per framework.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from deploybench import layout
-from deploybench.files import atomic_write_text
+from deploybench.files import atomic_symlink, atomic_write_text
 from deploybench.serving import torchserve_models
 from deploybench.settings import REPO_ROOT, ServerSettings
 
@@ -105,9 +107,27 @@ def torchserve_command(config: Path, root: Path, models: list[str]) -> list[str]
     ]
 
 
+# A Unix socket's path holds at most 107 bytes, and TorchServe's workers listen on
+# <TEMP>/.ts.sock.<port>: in a deep run folder they could not start at all ("AF_UNIX path too
+# long"), and the server would never turn ready.
+UNIX_SOCKET_PATH_LIMIT = 107
+
+
+def socket_safe(tmp: Path) -> Path:
+    """`tmp`, or where its path is too long for a socket inside it, a short link to it in the
+    system's temp folder (one per folder, named by the folder: a rerun reuses it)."""
+    if len(os.fsencode(tmp / ".ts.sock.65535")) <= UNIX_SOCKET_PATH_LIMIT:
+        return tmp
+    digest = hashlib.sha256(os.fsencode(tmp.resolve())).hexdigest()[:16]
+    alias = Path(tempfile.gettempdir()) / f"deploybench-{digest}"
+    atomic_symlink(str(tmp.resolve()), alias)
+    return alias
+
+
 def torchserve_env(run_dir: Path, settings: ServerSettings) -> dict[str, str]:
     tmp = run_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
+    tmp = socket_safe(tmp)
     return {
         # TorchServe keeps its pid file in the temp folder: one per instance, not one per host
         "TMPDIR": str(tmp), "TEMP": str(tmp),

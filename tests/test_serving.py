@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,9 @@ def monkeypatch_module():
 def served(export_root, state_dir, tmp_path_factory):
     """`deploybench serve --mode native` for both servers; `deploybench stop` afterwards."""
     offset = free_offset()
-    run_dir = tmp_path_factory.mktemp("serve-run")
+    # deeper than a Unix socket's path may be: TorchServe's workers must still start
+    run_dir = tmp_path_factory.mktemp("serve-run") / ("a-run-folder-deep-down-" * 4)
+    assert len(str(run_dir / "torchserve" / "tmp" / ".ts.sock.9000")) > 107
     result = invoke("serve", "--artifacts", str(export_root), "--mode", "native",
                     "--port-offset", str(offset), "--run-dir", str(run_dir))
     assert result.exit_code == 0, result.output
@@ -310,10 +311,9 @@ def test_the_whole_matrix_leaves_the_worker_alive_and_correct(export_root, serve
     assert ok, why
 
 
-def test_serving_refuses_a_tampered_artifact(export_root, tmp_path, monkeypatch):
+def test_serving_refuses_a_tampered_artifact(export_copy, tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
-    copy = tmp_path / "export"
-    shutil.copytree(export_root, copy, symlinks=True)
+    copy = export_copy
     mar = (copy / "digits-mlp" / "digits-mlp.mar").resolve()
     mar.write_bytes(mar.read_bytes()[:-100])  # truncated
     with pytest.raises(DeploybenchError, match=r"digits-mlp\.mar.*sha256"):
