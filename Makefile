@@ -35,7 +35,9 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	# two workers, a test file each at a time, the longest files first (tests/conftest.py):
+	# much of the suite waits on servers, so two files overlap well even on two cores
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check .

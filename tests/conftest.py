@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,27 @@ DIGITS_MODELS = ("digits-mlp", "digits-cnn")
 @pytest.fixture(scope="session")
 def export_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both digits models exported for real, once per session (the larger zoo models have
-    tests of their own)."""
-    root = tmp_path_factory.mktemp("export")
-    for model in DIGITS_MODELS:
-        result = invoke("export", "--model", model, "--out", str(root))
-        assert result.exit_code == 0, result.output
+    tests of their own). With parallel workers (`-n`), the first to need it exports into the
+    folder they share while the others wait; tests copy it before changing anything."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "export", shared / "export.done"
+    with FileLock(str(shared / "export.lock")):
+        if not done.exists():
+            for model in DIGITS_MODELS:
+                result = invoke("export", "--model", model, "--out", str(root))
+                assert result.exit_code == 0, result.output
+            done.touch()
+    return root
+
+
+@pytest.fixture
+def export_copy(export_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's export, to break or export into on purpose."""
+    root = tmp_path / "export"
+    shutil.copytree(export_root, root, symlinks=True)
     return root
 
 
@@ -39,3 +56,17 @@ def test_artifacts() -> Path:
     """Where tests keep screenshots and logs worth looking at after a run."""
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     return ARTIFACTS_DIR
+
+
+# The longest modules first, so that parallel workers (`-n`) start with them and end together;
+# mobilenet-v2's needs no digits export, so one worker exports that while another exports these.
+LONGEST_FIRST = ("test_mobilenet.py", "test_bench.py", "test_pipeline.py", "test_edge.py",
+                 "test_export.py", "test_reliability.py", "test_kserve.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)

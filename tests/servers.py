@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -30,9 +31,13 @@ def port_free(port: int) -> bool:
 
 
 def free_offset() -> int:
-    """A shift of the published ports under which every one of them is free."""
+    """A shift of the published ports under which every one of them is free. Each of pytest's
+    parallel workers draws from its own share of the shifts, so two tests running at once never
+    pick the same one."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     for _ in range(200):
-        offset = random.randrange(10_000, 40_000, 10)
+        offset = random.randrange(10_000 + 10 * worker, 40_000, 10 * workers)
         if all(port_free(port + offset) for port in DEFAULT_PORTS):
             return offset
     raise RuntimeError("no free port range on 127.0.0.1")
