@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,6 @@ def edge_run(export_root, tmp_path_factory) -> tuple[Path, list[dict], str]:
                     "--out", str(run_dir))
     assert result.exit_code == 0, result.output
     return run_dir, rows_of(run_dir), result.output
-
-
-@pytest.fixture
-def export_copy(export_root, tmp_path) -> Path:
-    """A private copy of the export, to break on purpose."""
-    root = tmp_path / "export"
-    shutil.copytree(export_root, root, symlinks=True)
-    return root
 
 
 def reseal(root: Path, model: str, fmt: str) -> None:

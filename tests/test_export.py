@@ -201,13 +201,16 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path):
     assert "cannot write to output folder" in result.output
 
 
-def test_parity_failure_exits_non_zero_and_keeps_earlier_artifacts(tmp_path, monkeypatch):
+def test_parity_failure_exits_non_zero_and_keeps_earlier_artifacts(export_copy, monkeypatch):
+    """A wrong Keras weight: the TensorFlow formats fail the gate. Only they are re-exported
+    here (the gate judges every format alike; the torch path's own failure is tested below)."""
+    from deploybench.export import exporter
     from deploybench.zoo import spec as spec_module
 
-    first = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
-    assert first.exit_code == 0, first.output
-    before = load_manifest(tmp_path, "digits-mlp")
-    published = (tmp_path / "digits-mlp").resolve()
+    monkeypatch.setattr(exporter, "FORMATS", FORMATS[:2])  # savedmodel, tflite-fp32
+    root = export_copy  # holds the session's published export
+    before = load_manifest(root, "digits-mlp")
+    published = (root / "digits-mlp").resolve()
 
     real = spec_module.torch_to_keras_weights
 
@@ -217,15 +220,15 @@ def test_parity_failure_exits_non_zero_and_keeps_earlier_artifacts(tmp_path, mon
         return weights
 
     monkeypatch.setattr(spec_module, "torch_to_keras_weights", perturbed)
-    second = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
+    second = invoke("export", "--model", "digits-mlp", "--out", str(root))
     assert second.exit_code == 3
     assert "savedmodel" in second.output and "max abs diff" in second.output
     # the earlier export is still the published one, intact
-    assert (tmp_path / "digits-mlp").resolve() == published
-    after = load_manifest(tmp_path, "digits-mlp")
+    assert (root / "digits-mlp").resolve() == published
+    after = load_manifest(root, "digits-mlp")
     assert after.created == before.created
     for artifact in after.artifacts:
-        assert tree_sha256(tmp_path / artifact.path) == artifact.sha256
+        assert tree_sha256(root / artifact.path) == artifact.sha256
 
 
 # --- PyTorch's current path: torch.export, ExecuTorch ----------------------------------------
@@ -305,7 +308,7 @@ def test_a_corrupt_aoti_package_is_named(tmp_path):
 
 
 def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
-        tmp_path, monkeypatch):
+        export_copy, monkeypatch):
     """A wrong weight in the ExecuTorch path only, and no C++ compiler for AOTInductor: the
     export fails naming executorch-fp32 and aoti (the compiler it tried), the formats before
     them passed, and the earlier published export stays."""
@@ -313,9 +316,8 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
 
     from deploybench.export import formats
 
-    first = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
-    assert first.exit_code == 0, first.output
-    published = (tmp_path / "digits-mlp").resolve()
+    root = export_copy  # holds the session's published export
+    published = (root / "digits-mlp").resolve()
     real = formats._write_executorch
 
     def perturbed(ctx, variant):  # noqa: ANN001, ANN202
@@ -333,11 +335,12 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
 
     monkeypatch.setattr(formats, "_write_executorch", perturbed)
     with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
-        second = invoke("export", "--model", "digits-mlp", "--out", str(tmp_path))
+        second = invoke("export", "--model", "digits-mlp", "--out", str(root))
     assert second.exit_code == 3, second.output
     assert "executorch-fp32" in second.output and "max abs diff" in second.output
-    assert (tmp_path / "digits-mlp").resolve() == published
-    failed = [p for p in (tmp_path / ".builds").iterdir() if p.resolve() != published]
+    assert (root / "digits-mlp").resolve() == published
+    failed = [p for p in (root / ".builds").iterdir()
+              if p.name.startswith("digits-mlp-") and p.resolve() != published]
     (build,) = failed
     rows = {a["format"]: a for a in json.loads((build / "manifest.json").read_text())["artifacts"]}
     assert rows["executorch-fp32"]["status"] == "parity-failed"

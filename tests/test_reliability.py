@@ -406,9 +406,15 @@ def test_version_rollover_under_load_loses_no_request(export_root: Path, tmp_pat
     """Version 2 exported by `deploybench export --version 2`, registered in a running
     TorchServe (model API on, loopback only: a separate config for this drill), made the
     default, and version 1 removed, while locust runs: no failed or wrong answer."""
+    from deploybench.export import exporter
+
     v2_root = tmp_path / "v2"
     shutil.copytree(export_root, v2_root, symlinks=True)
-    exported = invoke("export", "--model", MODEL, "--version", "2", "--out", str(v2_root))
+    # the .mar is all TorchServe serves: only it (and the TorchScript in it) is re-exported
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporter, "FORMATS", tuple(f for f in FORMATS
+                                                 if f.name in ("torchscript", "mar")))
+        exported = invoke("export", "--model", MODEL, "--version", "2", "--out", str(v2_root))
     assert exported.exit_code == 0, exported.output
     assert load_manifest(v2_root, MODEL).version == 2
     root = tmp_path / "served"
@@ -457,10 +463,9 @@ def test_version_rollover_under_load_loses_no_request(export_root: Path, tmp_pat
 
 # --- artifacts ---------------------------------------------------------------------------------
 
-def test_run_refuses_a_tampered_artifact_before_serving(export_root: Path, tmp_path: Path,
+def test_run_refuses_a_tampered_artifact_before_serving(export_copy: Path, tmp_path: Path,
                                                        state: Path) -> None:
-    copy = tmp_path / "export"
-    shutil.copytree(export_root, copy, symlinks=True)
+    copy = export_copy
     mar = (copy / MODEL / f"{MODEL}.mar").resolve()
     mar.write_bytes(mar.read_bytes()[:-64])
     run_dir = tmp_path / "run"
@@ -478,11 +483,10 @@ def test_run_refuses_a_tampered_artifact_before_serving(export_root: Path, tmp_p
 
 @pytest.mark.slow
 def test_export_killed_midway_leaves_the_published_model_intact(export_root: Path,
-                                                                tmp_path: Path) -> None:
+                                                                export_copy: Path) -> None:
     """`deploybench export` SIGKILLed while it builds into a root that holds a published
     digits-mlp: the published manifest, every sha256 and the artifacts themselves still hold."""
-    root = tmp_path / "export"
-    shutil.copytree(export_root, root, symlinks=True)
+    root = export_copy
     published = (root / MODEL).resolve()
     before = {path: path.read_bytes() for path in (root / "models.config",
                                                    root / "model-store" / f"{MODEL}.mar")}
