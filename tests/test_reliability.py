@@ -264,6 +264,7 @@ def kill_during_load(process: subprocess.Popen, run_dir: Path,
         if process.poll() is None:
             process.kill()
             process.wait()
+            processes.stop(record)  # a SIGKILLed command leaves its servers behind
 
 
 @pytest.mark.slow
@@ -386,6 +387,7 @@ def test_run_terminated_stops_its_servers_and_locust_and_keeps_what_it_measured(
         if process.poll() is None:
             process.kill()
             process.wait()
+            processes.stop(record)  # a SIGKILLed command leaves its servers behind
     assert process.returncode == 143, stderr[-2000:]
     assert "terminated (SIGTERM)" in stderr
     psutil.wait_procs(locusts, timeout=10)
