@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := docker-compose chromium default-jre-headless g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages run test lint clean
+.PHONY: setup system-packages test-docker-packages run test lint clean
 
 setup: system-packages $(STAMP)
 
@@ -30,13 +30,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The Docker tests need an engine: one that answers (a user's Docker, CI's) is used as it is.
+# Where neither an engine nor dockerd is installed, the tests install Debian's docker.io and
+# start its dockerd themselves (as root). Only `make test` does this, never `make setup`:
+# docker.io conflicts with docker-ce. DEPLOYBENCH_NO_DOCKER=1 skips the install and the tests.
+test-docker-packages:
+	@if [ "$$DEPLOYBENCH_NO_DOCKER" != 1 ] && ! docker info >/dev/null 2>&1 \
+	    && ! command -v dockerd >/dev/null; then \
+	  echo "installing Debian's docker.io for the Docker tests"; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends docker.io; \
+	fi
+
 run: setup
 	$(BIN)/deploybench run
 
-test: setup
+# Two pytest workers, a test file each at a time, the longest files first (tests/conftest.py):
+# much of the suite waits on servers, so two files overlap well even on two cores.
+test: setup test-docker-packages
 	$(BIN)/ruff check .
-	# two workers, a test file each at a time, the longest files first (tests/conftest.py):
-	# much of the suite waits on servers, so two files overlap well even on two cores
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: setup

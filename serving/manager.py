@@ -37,13 +37,14 @@ class ServerStatus:
     name: str
     status: str  # up | unavailable | failed | stopped
     reason: str = ""
+    mode: str = ""  # docker | native: how this server ran (or was tried)
 
 
 @dataclass
 class Deployment:
     """What `serve` started: read back by `stop`, `load` and `run`."""
 
-    mode: str
+    mode: str  # docker | native | docker+native (servers whose image is missing ran natively)
     root: str
     models: list[str]
     run_dir: str
@@ -58,6 +59,9 @@ class Deployment:
 
     def up(self) -> list[str]:
         return [s.name for s in self.servers if s.status == "up"]
+
+    def uses_compose(self) -> bool:
+        return "docker" in self.mode.split("+")
 
     def endpoints_obj(self) -> Endpoints:
         return Endpoints(self.endpoints)
@@ -171,28 +175,27 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
         manifest = load_manifest(root, model)
         verify_artifacts(root, manifest, [targets.get(s).artifact_format for s in servers])
     settings = settings or load_settings()
-    no_docker = ""
-    if mode is None:
-        has_engine, no_docker = docker_engine_available()
-        mode = "docker" if has_engine else "native"
-    if mode not in ("docker", "native"):  # before anything is written
+    if mode not in (None, "docker", "native"):  # before anything is written
         raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
     if overrides and mode != "native":
         raise DeploybenchError("server config overrides apply to native mode only")
+    in_docker, natively, why_not_docker = _plan_modes(mode, root, servers, log)
+    mode = "+".join(m for m, chosen in (("docker", in_docker), ("native", natively)) if chosen)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     run_dir = (run_dir or Path("runs") / f"serve-{stamp}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     endpoints = endpoints or loopback_endpoints()
     deployment = Deployment(mode, str(root), models, str(run_dir), endpoints.to_dict(),
                             settings.to_dict())
+    for server, reason in why_not_docker.items():
+        if server not in natively:  # --mode docker: no native fallback
+            deployment.servers.append(ServerStatus(server, "unavailable", reason, "docker"))
     try:
-        if mode == "docker":
-            _serve_docker(deployment, root, servers, timeout, log)
-        elif mode == "native":
-            _serve_native(deployment, root, servers, settings, timeout, log, no_docker,
+        if in_docker:
+            _serve_docker(deployment, root, in_docker, timeout, log)
+        if natively:
+            _serve_native(deployment, root, natively, settings, timeout, log, why_not_docker,
                           overrides or {}, cpus)
-        else:
-            raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
     except BaseException:
         stop(deployment)
         raise
@@ -200,9 +203,82 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
     return deployment
 
 
+def _plan_modes(mode: str | None, root: Path, servers: tuple[str, ...], log,  # noqa: ANN001
+                ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    """Which servers run in Docker and which natively, and why each that does not run in
+    Docker cannot. With no mode given: Docker when an engine answers, for each server whose
+    image the engine has or can pull; the others natively (an air-gapped engine, images not
+    built), each named in one line with how to get its image."""
+    if mode == "native":
+        return (), servers, {}
+    available, no_engine = docker_engine_available()
+    if not available:
+        if mode == "docker":
+            raise DeploybenchError(f"--mode docker: {no_engine}; use --mode native")
+        return (), servers, dict.fromkeys(servers, no_engine)
+    why_not = {s: "no compose service" for s in servers if not targets.get(s).compose_service}
+    services = {s: targets.get(s).compose_service for s in servers if s not in why_not}
+    missing = missing_images(root, services)
+    for server, reason in missing.items():
+        why_not[server] = reason
+        log(f"{server}: {reason}" + ("" if mode == "docker" else "; serving it natively"))
+    in_docker = tuple(s for s in servers if s not in why_not)
+    if mode == "docker" and not in_docker:
+        raise DeploybenchError("--mode docker: no server can run in Docker here: "
+                               + "; ".join(f"{s}: {why}" for s, why in why_not.items()))
+    natively = () if mode == "docker" else tuple(s for s in servers if s in why_not)
+    return in_docker, natively, why_not
+
+
+def compose_images(root: Path, services: list[str]) -> dict[str, tuple[str, bool]]:
+    """Each service's image as compose resolves it (.env and the environment applied), and
+    whether compose can build it (a `build:` section)."""
+    import yaml
+
+    result = _compose(str(root), "config")
+    if result.returncode != 0:
+        raise DeploybenchError(f"docker compose config failed: {result.stderr.strip()[-500:]}")
+    config = yaml.safe_load(result.stdout)["services"]
+    return {s: (config[s]["image"], "build" in config[s]) for s in services}
+
+
+def missing_images(root: Path, services: dict[str, str]) -> dict[str, str]:
+    """By server: one line for each image that the Docker engine neither holds nor can pull
+    (compose would try to pull it, and fail the whole stack), saying how to get it."""
+    from docker.errors import ImageNotFound
+
+    import docker
+
+    images = compose_images(root, sorted(set(services.values())))
+    client = docker.from_env(timeout=10)
+    missing: dict[str, str] = {}
+    try:
+        for server, service in services.items():
+            image, buildable = images[service]
+            try:
+                client.images.get(image)
+                continue
+            except ImageNotFound:
+                pass
+            try:
+                client.images.get_registry_data(image)  # the registry has it: compose pulls it
+                continue
+            except Exception as error:  # no registry reachable, or not on it
+                # the engine's own words (an APIError's explanation), not the HTTP wrapping
+                why = str(getattr(error, "explanation", None) or error).splitlines()[0][:200]
+            how = (f"`docker compose build {service}` builds it" if buildable
+                   else f"`docker pull {image}` where a registry is reachable")
+            missing[server] = (f"image {image} is not on this Docker engine and cannot be pulled "
+                               f"({why}): {how}")
+    finally:
+        client.close()
+    return missing
+
+
 def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
                   settings: ServerSettings, timeout: float, log,  # noqa: ANN001
-                  no_docker: str = "", overrides: dict[str, dict[str, str]] | None = None,
+                  why_not_docker: dict[str, str] | None = None,
+                  overrides: dict[str, dict[str, str]] | None = None,
                   cpus: str | None = None) -> None:
     run_dir = Path(deployment.run_dir)
     endpoints = deployment.endpoints_obj()
@@ -218,8 +294,9 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
                 folder, root, deployment.models, settings, endpoints.of(server),
                 (overrides or {}).get(server, {})))
         except native.ServerUnavailable as error:
+            no_docker = (why_not_docker or {}).get(server)
             reason = f"{no_docker}, and {error}" if no_docker else str(error)
-            deployment.servers.append(ServerStatus(server, "unavailable", reason))
+            deployment.servers.append(ServerStatus(server, "unavailable", reason, "native"))
             log(f"{server}: unavailable: {reason}")
             continue
         _, record = processes.launch(server, pinned(command, cpus),
@@ -232,10 +309,10 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
             wait_ready(deployment, server, root, record, timeout)
         except DeploybenchError as error:
             processes.stop(record)
-            deployment.servers.append(ServerStatus(server, "failed", str(error)))
+            deployment.servers.append(ServerStatus(server, "failed", str(error), "native"))
             log(f"{server}: failed: {error}")
             continue
-        deployment.servers.append(ServerStatus(server, "up"))
+        deployment.servers.append(ServerStatus(server, "up", mode="native"))
         log(f"{server}: up, answering correctly ({run_dir / server})")
 
 
@@ -249,23 +326,17 @@ def compose_command() -> list[str]:
     raise DeploybenchError("neither `docker compose` nor `docker-compose` is installed")
 
 
-def _compose(deployment: Deployment, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEPLOYBENCH_ARTIFACTS": deployment.root}
+def _compose(root: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEPLOYBENCH_ARTIFACTS": root}
     command = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", COMPOSE_PROJECT, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
 
 
 def _serve_docker(deployment: Deployment, root: Path, servers: tuple[str, ...],
                   timeout: float, log) -> None:  # noqa: ANN001
-    available, reason = docker_engine_available()
-    if not available:
-        raise DeploybenchError(f"--mode docker: {reason}; use --mode native")
+    """Servers whose compose service and image are there (`_plan_modes` checked)."""
     services = {s: targets.get(s).compose_service for s in servers}
-    for server in [s for s, service in services.items() if not service]:
-        deployment.servers.append(ServerStatus(server, "unavailable", "no compose service"))
-        log(f"{server}: unavailable: no compose service")
-    servers = tuple(s for s, service in services.items() if service)
-    result = _compose(deployment, "up", "-d", *(services[s] for s in servers))
+    result = _compose(deployment.root, "up", "-d", *services.values())
     deployment.save()
     if result.returncode != 0:
         raise DeploybenchError(f"docker compose up failed: {result.stderr.strip()[-500:]}")
@@ -273,10 +344,10 @@ def _serve_docker(deployment: Deployment, root: Path, servers: tuple[str, ...],
         try:
             wait_ready(deployment, server, root, None, timeout)
         except DeploybenchError as error:
-            deployment.servers.append(ServerStatus(server, "failed", str(error)))
+            deployment.servers.append(ServerStatus(server, "failed", str(error), "docker"))
             log(f"{server}: failed: {error}")
             continue
-        deployment.servers.append(ServerStatus(server, "up"))
+        deployment.servers.append(ServerStatus(server, "up", mode="docker"))
         log(f"{server}: up, answering correctly (docker)")
 
 
@@ -286,8 +357,8 @@ def stop(deployment: Deployment | None = None) -> list[str]:
     if deployment is None:
         return []
     stopped = []
-    if deployment.mode == "docker":
-        result = _compose(deployment, "down")
+    if deployment.uses_compose():
+        result = _compose(deployment.root, "down")
         if result.returncode == 0:
             stopped.append("compose stack")
     for record in deployment.processes:

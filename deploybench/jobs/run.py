@@ -107,7 +107,7 @@ def run(options: RunOptions, console: Console) -> Path:
                            endpoints=options.endpoints, servers=options.servers,
                            log=lambda text: console.print(text, highlight=False))
         writer.set_environment(mode=deployment.mode, deployment=deployment.settings)
-        writer.add(*server_records(deployment, mode=deployment.mode))
+        writer.add(*server_records(deployment))  # each with the mode it ran in
         finished("serve")
 
         stage = "load"

@@ -21,7 +21,7 @@ def server_records(deployment: Deployment, **context: Any) -> list[ServerRecord]
     """One record per server a deployment tried: up, or why not, with the registry's words
     for it and the job's `context` (mode, batching)."""
     return [ServerRecord(**targets.get(s.name).describe(), status=s.status, reason=s.reason,
-                         **context) for s in deployment.servers]
+                         **{"mode": s.mode or None, **context}) for s in deployment.servers]
 
 
 def load_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> LoadRun:
