@@ -91,12 +91,14 @@ class Deployment:
         return cls(**data)
 
 
-def docker_engine_available() -> tuple[bool, str]:
-    """Whether a Docker engine answers (SDK ping), and why not."""
+def docker_engine_available(host: str | None = None) -> tuple[bool, str]:
+    """Whether a Docker engine answers (SDK ping) at `host`, by default where DOCKER_HOST or
+    the default socket says, and why not."""
     try:
         import docker
 
-        client = docker.from_env(timeout=5)
+        client = (docker.DockerClient(base_url=host, timeout=5) if host
+                  else docker.from_env(timeout=5))
         client.ping()
         client.close()
         return True, ""

@@ -11,25 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from deploybench.serving.manager import docker_engine_available
 from tests.servers import wait_for
 
 # DEPLOYBENCH_NO_DOCKER=1 skips the tests that need an engine, on a machine where none can run
 # (not root, no dockerd); without it they fail naming the reason, never skip silently.
 NO_DOCKER = os.environ.get("DEPLOYBENCH_NO_DOCKER") == "1"
-
-
-def _answers(host: str | None) -> bool:
-    import docker
-
-    try:
-        client = docker.DockerClient(base_url=host, timeout=5) if host else docker.from_env(
-            timeout=5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # the SDK raises several kinds; all mean "no engine here"
-        return False
 
 
 @contextmanager
@@ -39,7 +26,7 @@ def docker_engine(folder: Path) -> Iterator[str]:
     here with its own socket and state under `folder`, stopped afterwards with what it ran."""
     if NO_DOCKER:
         pytest.skip("DEPLOYBENCH_NO_DOCKER=1: tests that need a Docker engine are skipped")
-    if _answers(None):
+    if docker_engine_available()[0]:
         yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         return
     dockerd = shutil.which("dockerd")
@@ -55,7 +42,8 @@ def docker_engine(folder: Path) -> Iterator[str]:
              "--exec-root", str(folder / "exec"), "--pidfile", str(folder / "dockerd.pid")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: process.poll() is not None or _answers(host), 60, "dockerd answers")
+        wait_for(lambda: process.poll() is not None or docker_engine_available(host)[0], 60,
+                 "dockerd answers")
         if process.poll() is not None:
             pytest.fail(f"dockerd exited at start ({process.returncode}): "
                         + (folder / "dockerd.log").read_text()[-800:])
