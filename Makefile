@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := docker-compose chromium default-jre-headless g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages test-docker-packages run test lint clean
+.PHONY: setup system-packages test-docker-packages images run test lint clean
 
 setup: system-packages $(STAMP)
 
@@ -41,6 +41,16 @@ test-docker-packages:
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends docker.io; \
 	fi
+	@if [ "$$DEPLOYBENCH_NO_DOCKER" != 1 ] && ! command -v debootstrap >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends debootstrap; \
+	fi
+
+# The compose stack's images, built offline where no registry is reachable: a Debian base from
+# debootstrap, the host's wheels, the kit's Dockerfiles on that base (serving/images.py).
+# Needs a Docker engine that answers; the Debian base needs root (debootstrap).
+images: setup
+	$(BIN)/deploybench images
 
 run: setup
 	$(BIN)/deploybench run
@@ -55,4 +65,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) artifacts runs test-artifacts .pytest_cache
+	rm -rf $(VENV) artifacts runs test-artifacts .pytest_cache .cache

@@ -162,6 +162,20 @@ def stop() -> None:
 
 
 @command
+def images() -> None:
+    """Build the compose stack's images offline (a Debian base from debootstrap, wheels from
+    this host's pip) and tag them as docker-compose.yml names them; idempotent."""
+    from deploybench.formatting import mib
+    from deploybench.serving.images import build_images
+
+    with console.status("building images (details in .cache/images/build.log)"):
+        rows = build_images(log=lambda text: console.print(text, highlight=False))
+    for row in rows:
+        size = f"{mib(row.size_bytes)} MiB" if row.size_bytes is not None else row.note
+        console.print(f"{row.service}\t{row.image}\t{size}", highlight=False, soft_wrap=True)
+
+
+@command
 def models() -> None:
     """List the models in the zoo."""
     from deploybench.zoo import all_specs
@@ -287,7 +301,7 @@ def load(
     models = resolve_models(model, root, all_of=served) if check else [model]
     plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode)
     if deployment is not None and deployment.up():
-        plan.server_pids = deployment.server_pids()
+        plan.server_usage = deployment.usage_sources()
     check_reachable(plan, skip_unreachable=target == "all")
     check_signatures(plan, check)
     # the run folder is written only once every target was checked

@@ -310,7 +310,25 @@ class RolloverRecord(_Fault):
     steps: list[str]
 
 
-FaultRecord = Annotated[WorkerKillRecord | RolloverRecord, Field(discriminator="fault")]
+class ContainerCrashRecord(_Fault):
+    """A server's container whose processes were killed, as a crash kills them, and how long
+    until its restart policy had it answering right again."""
+
+    fault: Literal["container-crash"] = "container-crash"
+    service: str
+    container: str
+    killed_at: Number
+    exit_code: int | None = None
+    restarts: int  # the engine's RestartCount after recovery, less before the kill
+    recovery_s: Number | None = None
+    probes: int
+    probe_errors: dict[str, int]
+    status: str  # recovered | not-recovered
+    reason: str
+
+
+FaultRecord = Annotated[WorkerKillRecord | RolloverRecord | ContainerCrashRecord,
+                        Field(discriminator="fault")]
 
 
 class BenchCeilingRecord(_Record):

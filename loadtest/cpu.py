@@ -15,39 +15,19 @@ from typing import Any
 
 import psutil
 
+from deploybench.serving.usage import Usage
+
 
 def _busy_seconds() -> float:
     times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _tree_usage(pids: list[int]) -> tuple[float | None, int]:
-    """CPU seconds and resident memory of the servers' whole process trees (TorchServe: the JVM
-    and its Python workers)."""
-    total, rss, found = 0.0, 0, False
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for process in processes:
-            try:
-                with process.oneshot():
-                    times = process.cpu_times()
-                    rss += process.memory_info().rss
-            except psutil.Error:
-                continue
-            total += times.user + times.system
-            found = True
-    return (total if found else None), rss
-
-
 class CpuSampler:
     """Samples (wall time, machine busy seconds, server seconds) every `interval` seconds."""
 
-    def __init__(self, server_pids: list[int] | None = None, interval: float = 0.25) -> None:
-        self.server_pids = list(server_pids or [])
+    def __init__(self, server_usage: Usage | None = None, interval: float = 0.25) -> None:
+        self.server_usage = server_usage
         self.interval = interval
         self.samples: list[tuple[float, float, float | None]] = []
         self.server_peak_rss_bytes = 0
@@ -55,7 +35,7 @@ class CpuSampler:
         self._thread: threading.Thread | None = None
 
     def sample(self) -> None:
-        server_seconds, rss = _tree_usage(self.server_pids)
+        server_seconds, rss = self.server_usage() if self.server_usage else (None, 0)
         self.server_peak_rss_bytes = max(self.server_peak_rss_bytes, rss)
         self.samples.append((time.time(), _busy_seconds(), server_seconds))
 
@@ -109,4 +89,5 @@ class CpuSampler:
             "server_cpu_seconds": (None if server is None
                                    else round(server_end - server_start, 4)),  # type: ignore[operator]
             "server_peak_rss_bytes": self.server_peak_rss_bytes or None,
+            "server_usage_from": self.server_usage.source if self.server_usage else None,
         }

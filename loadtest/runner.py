@@ -36,6 +36,7 @@ from deploybench.results import RESULTS_FILE
 from deploybench.serving import oip, targets
 from deploybench.serving.payload import PredictionError
 from deploybench.serving.targets import Endpoints, host_port, make_client
+from deploybench.serving.usage import Usage
 
 PROBE_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 1.0  # how often a running step checks that its server is still there
@@ -62,7 +63,8 @@ class LoadPlan:
     mode: str  # how the servers run: docker | native | external (not started by us)
     skipped: list[str] = field(default_factory=list)
     # native servers' processes by target: a step's CPU and memory are its target's own
-    server_pids: dict[str, list[int]] = field(default_factory=dict)
+    # each server's CPU and memory, read around every step (Deployment.usage_sources)
+    server_usage: dict[str, Usage] = field(default_factory=dict)
     loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
     # models the kit did not export (`load --no-check`): the signature the server declares
     unchecked: dict[str, Signature] = field(default_factory=dict)
@@ -261,7 +263,7 @@ class LoadRun:
         task = self.progress.add_task(
             f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}", total=total)
         endpoint = plan.endpoints.address(target, protocol)
-        with CpuSampler(plan.server_pids.get(target, [])) as sampler:
+        with CpuSampler(plan.server_usage.get(target)) as sampler:
             output = run_locust(run, tick=lambda elapsed: self.progress.update(
                 task, completed=min(elapsed, total)), watch=ServerWatch(endpoint))
         self.progress.remove_task(task)

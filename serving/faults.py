@@ -29,8 +29,8 @@ import requests
 
 from deploybench.errors import DeploybenchError
 from deploybench.manifest import FP32_TOLERANCE
-from deploybench.records import RolloverRecord, WorkerKillRecord
-from deploybench.serving.clients import TorchServeREST
+from deploybench.records import ContainerCrashRecord, RolloverRecord, WorkerKillRecord
+from deploybench.serving.clients import PredictClient, TorchServeREST
 from deploybench.serving.payload import PredictionError, matches_reference
 from deploybench.serving.processes import ProcessRecord
 from deploybench.serving.targets import Endpoints
@@ -113,20 +113,8 @@ def kill_torchserve_worker(
     os.kill(victim, sig)
     kill = WorkerKill(model, sig.name, victim, killed_at)
     client = TorchServeREST(endpoints.torchserve_inference, management, model, timeout=timeout)
-    try:
-        while time.monotonic() - began < timeout:
-            kill.probes += 1
-            try:
-                ok, why = matches_reference(client.predict(inputs), outputs, tolerance)
-            except PredictionError as error:
-                ok, why = False, str(error)
-            if ok:
-                kill.recovery_s = round(time.monotonic() - began, 3)
-                break
-            kill.probe_errors[why[:200]] = kill.probe_errors.get(why[:200], 0) + 1
-            time.sleep(poll_s)
-    finally:
-        client.close()
+    kill.recovery_s, kill.probes, kill.probe_errors = probe_until_correct(
+        client, inputs, outputs, tolerance, began, timeout, poll_s)
     workers = torchserve_workers(management, model)
     fresh = [w for w in workers if w.get("status") == "READY" and w.get("pid")
              and int(w["pid"]) != victim]
@@ -141,6 +129,93 @@ def kill_torchserve_worker(
         kill.reason = (f"no correct answer within {timeout:g} s" if kill.recovery_s is None
                        else f"no new READY worker (workers: {workers})")
     return kill
+
+
+def probe_until_correct(client: PredictClient, inputs: np.ndarray, outputs: np.ndarray,
+                        tolerance: float, began: float, timeout: float, poll_s: float,
+                        ) -> tuple[float | None, int, dict[str, int]]:
+    """Send golden `inputs` until the answer matches `outputs`: (seconds from `began`, a
+    monotonic time, to that answer or None after `timeout`; probes sent; their failures by
+    reason). Closes `client`."""
+    probes, errors = 0, {}
+    try:
+        while time.monotonic() - began < timeout:
+            probes += 1
+            try:
+                ok, why = matches_reference(client.predict(inputs), outputs, tolerance)
+            except PredictionError as error:
+                ok, why = False, str(error)
+            if ok:
+                return round(time.monotonic() - began, 3), probes, errors
+            errors[why[:200]] = errors.get(why[:200], 0) + 1
+            time.sleep(poll_s)
+    finally:
+        client.close()
+    return None, probes, errors
+
+
+@dataclass
+class ContainerCrash:
+    """A server container whose processes were all killed at once, and how it came back."""
+
+    service: str
+    model: str
+    container: str
+    killed_at: float  # wall clock
+    exit_code: int | None = None
+    restarts: int = 0
+    recovery_s: float | None = None  # kill -> first golden answer, correct, sent after the kill
+    probes: int = 0
+    probe_errors: dict[str, int] = field(default_factory=dict)
+    status: str = "not-recovered"
+    reason: str = ""
+
+    def measurement(self, target: str, **context: Any) -> ContainerCrashRecord:
+        return ContainerCrashRecord(target=target, **asdict(self), **context)
+
+    def note(self) -> str:
+        if self.status != "recovered":
+            return f"fault: crashed the {self.service} container: NOT recovered: {self.reason}"
+        return (f"fault: crashed the {self.service} container (exit {self.exit_code}): its "
+                f"restart policy restarted it, answering correctly again after "
+                f"{self.recovery_s} s")
+
+
+def crash_container(service: str, client: PredictClient, inputs: np.ndarray,
+                    outputs: np.ndarray, tolerance: float = FP32_TOLERANCE,
+                    timeout: float = RECOVERY_TIMEOUT_S, poll_s: float = 0.1) -> ContainerCrash:
+    """Kill every process of `service`'s container at once, as a crash or the kernel's OOM
+    killer would (SIGKILL from inside, to all but its init, which then exits with the server's
+    status), and probe with `client` until it answers `outputs` again. Not `docker kill`: Docker
+    counts that as an operator's stop, which no restart policy undoes."""
+    from deploybench.serving.manager import compose_containers
+
+    running = compose_containers(service)
+    if not running:
+        raise FaultError(f"no running container of compose service {service}")
+    container = running[0]
+    restarts_before = container.attrs["RestartCount"]
+    began, killed_at = time.monotonic(), time.time()
+    result = container.exec_run(["/bin/bash", "-c", "kill -KILL -1"])
+    if result.exit_code not in (0, None, 137, -1):  # the exec's own shell may die with the rest
+        raise FaultError(f"could not kill the processes of {container.name}: "
+                         f"{result.output.decode(errors='replace')[:200]}")
+    crash = ContainerCrash(service, client.model, container.name, killed_at)
+    crash.recovery_s, crash.probes, crash.probe_errors = probe_until_correct(
+        client, inputs, outputs, tolerance, began, timeout, poll_s)
+    container.reload()
+    crash.restarts = container.attrs["RestartCount"] - restarts_before
+    # the exit status as the engine saw it die (a restarted container's own state is fresh)
+    for event in container.client.events(since=int(killed_at) - 1, until=int(time.time()) + 1,
+                                         decode=True, filters={"container": container.id,
+                                                               "event": "die"}):
+        crash.exit_code = int(event["Actor"]["Attributes"].get("exitCode", -1))
+    if crash.recovery_s is not None and crash.restarts >= 1:
+        crash.status = "recovered"
+    else:
+        crash.reason = (f"no correct answer within {timeout:g} s" if crash.recovery_s is None
+                        else "answered, but the engine shows no restart (was it killed?)")
+    return crash
 
 
 def _is_worker(pid: int) -> bool:

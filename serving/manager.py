@@ -17,7 +17,7 @@ from deploybench.files import atomic_write_json
 from deploybench.fresh import pinned
 from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest, verify_artifacts
-from deploybench.serving import native, processes, targets
+from deploybench.serving import engine, native, processes, targets, usage
 from deploybench.serving.payload import PredictionError, matches_reference
 from deploybench.serving.targets import Endpoints, loopback_endpoints, make_client
 from deploybench.settings import REPO_ROOT, ServerSettings, load_settings
@@ -66,14 +66,21 @@ class Deployment:
     def endpoints_obj(self) -> Endpoints:
         return Endpoints(self.endpoints)
 
-    def server_pids(self) -> dict[str, list[int]]:
-        """The process (group leader) of each server still running, by server name: the load
-        runner accounts a step's CPU and memory to the target's own processes only."""
+    def usage_sources(self) -> dict[str, usage.Usage]:
+        """Where each running server's CPU and memory are read, by server name: the load runner
+        accounts a step's CPU and memory to the target's own processes only. Natively, the
+        process trees of the processes `serve` started; in Docker, the engine's stats of the
+        service's containers."""
         pids: dict[str, list[int]] = {}
         for record in self.processes:
-            if record.alive():
+            if record.alive() and record.name in targets.targets():
                 pids.setdefault(record.name, []).append(record.pid)
-        return pids
+        sources = {name: usage.process_tree_usage(found) for name, found in pids.items()}
+        for server in self.servers:
+            if server.mode == "docker" and server.status == "up":
+                containers = compose_containers(targets.get(server.name).compose_service)
+                sources[server.name] = usage.container_usage([c.id for c in containers])
+        return sources
 
     def save(self, directory: Path | None = None) -> Path:
         path = (directory or state_dir()) / STATE_FILE
@@ -89,21 +96,6 @@ class Deployment:
         data["servers"] = [ServerStatus(**s) for s in data["servers"]]
         data["processes"] = [processes.ProcessRecord(**p) for p in data["processes"]]
         return cls(**data)
-
-
-def docker_engine_available(host: str | None = None) -> tuple[bool, str]:
-    """Whether a Docker engine answers (SDK ping) at `host`, by default where DOCKER_HOST or
-    the default socket says, and why not."""
-    try:
-        import docker
-
-        client = (docker.DockerClient(base_url=host, timeout=5) if host
-                  else docker.from_env(timeout=5))
-        client.ping()
-        client.close()
-        return True, ""
-    except Exception as error:  # the SDK raises several kinds; all mean "no engine"
-        return False, f"no Docker engine answers ({type(error).__name__})"
 
 
 def check_answers(deployment: Deployment, server: str, root: Path) -> None:
@@ -181,14 +173,27 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
         raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
     if overrides and mode != "native":
         raise DeploybenchError("server config overrides apply to native mode only")
-    in_docker, natively, why_not_docker = _plan_modes(mode, root, servers, log)
-    mode = "+".join(m for m, chosen in (("docker", in_docker), ("native", natively)) if chosen)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     run_dir = (run_dir or Path("runs") / f"serve-{stamp}").resolve()
+    # --mode docker with no engine answering: as root, a dockerd of our own, which `stop` stops
+    started_engine = None
+    if mode == "docker" and not engine.engine_available()[0]:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started_engine = engine.start_dockerd(run_dir / "dockerd.log")
+        log(f"started dockerd (pid {started_engine.pid}); `deploybench stop` stops it")
+    try:
+        in_docker, natively, why_not_docker = _plan_modes(mode, root, servers, log)
+    except BaseException:
+        if started_engine is not None:
+            processes.stop(started_engine, grace_seconds=30)
+        raise
+    mode = "+".join(m for m, chosen in (("docker", in_docker), ("native", natively)) if chosen)
     run_dir.mkdir(parents=True, exist_ok=True)
     endpoints = endpoints or loopback_endpoints()
     deployment = Deployment(mode, str(root), models, str(run_dir), endpoints.to_dict(),
                             settings.to_dict())
+    if started_engine is not None:
+        deployment.processes.append(started_engine)
     for server, reason in why_not_docker.items():
         if server not in natively:  # --mode docker: no native fallback
             deployment.servers.append(ServerStatus(server, "unavailable", reason, "docker"))
@@ -213,7 +218,7 @@ def _plan_modes(mode: str | None, root: Path, servers: tuple[str, ...], log,  # 
     built), each named in one line with how to get its image."""
     if mode == "native":
         return (), servers, {}
-    available, no_engine = docker_engine_available()
+    available, no_engine = engine.engine_available()
     if not available:
         if mode == "docker":
             raise DeploybenchError(f"--mode docker: {no_engine}; use --mode native")
@@ -232,12 +237,13 @@ def _plan_modes(mode: str | None, root: Path, servers: tuple[str, ...], log,  # 
     return in_docker, natively, why_not
 
 
-def compose_images(root: Path, services: list[str]) -> dict[str, tuple[str, bool]]:
+def compose_images(root: Path, services: list[str], profile: str | None = None,
+                   ) -> dict[str, tuple[str, bool]]:
     """Each service's image as compose resolves it (.env and the environment applied), and
     whether compose can build it (a `build:` section)."""
     import yaml
 
-    result = _compose(str(root), "config")
+    result = _compose(str(root), *(("--profile", profile) if profile else ()), "config")
     if result.returncode != 0:
         raise DeploybenchError(f"docker compose config failed: {result.stderr.strip()[-500:]}")
     config = yaml.safe_load(result.stdout)["services"]
@@ -318,6 +324,19 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
         log(f"{server}: up, answering correctly ({run_dir / server})")
 
 
+def compose_containers(service: str, all_states: bool = False) -> list:
+    """The containers of one service of the kit's compose project (docker SDK objects)."""
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        return client.containers.list(all=all_states, filters={"label": [
+            f"com.docker.compose.project={COMPOSE_PROJECT}",
+            f"com.docker.compose.service={service}"]})
+    finally:
+        client.close()
+
+
 def compose_command() -> list[str]:
     if shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
@@ -328,8 +347,16 @@ def compose_command() -> list[str]:
     raise DeploybenchError("neither `docker compose` nor `docker-compose` is installed")
 
 
-def _compose(root: str, *args: str) -> subprocess.CompletedProcess:
+def _compose(root: str, *args: str, endpoints: Endpoints | None = None,
+             ) -> subprocess.CompletedProcess:
+    """docker compose on the kit's file and project, serving `root`, each server's ports
+    published where `endpoints` has them (docker-compose.yml's <SERVER>_<ENDPOINT>_PORT)."""
     env = {**os.environ, "DEPLOYBENCH_ARTIFACTS": root}
+    for target in targets.targets().values():
+        if target.compose_service and endpoints is not None:
+            for key, address in endpoints.of(target.name).items():
+                name = f"{target.name}_{key}_PORT".upper().replace("-", "_")
+                env[name] = str(targets.host_port(address)[1])
     command = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", COMPOSE_PROJECT, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
 
@@ -338,7 +365,8 @@ def _serve_docker(deployment: Deployment, root: Path, servers: tuple[str, ...],
                   timeout: float, log) -> None:  # noqa: ANN001
     """Servers whose compose service and image are there (`_plan_modes` checked)."""
     services = {s: targets.get(s).compose_service for s in servers}
-    result = _compose(deployment.root, "up", "-d", *services.values())
+    result = _compose(deployment.root, "up", "-d", *services.values(),
+                      endpoints=deployment.endpoints_obj())
     deployment.save()
     if result.returncode != 0:
         raise DeploybenchError(f"docker compose up failed: {result.stderr.strip()[-500:]}")
@@ -360,7 +388,7 @@ def stop(deployment: Deployment | None = None) -> list[str]:
         return []
     stopped = []
     if deployment.uses_compose():
-        result = _compose(deployment.root, "down")
+        result = _compose(deployment.root, "down", "--volumes", "--remove-orphans")
         if result.returncode == 0:
             stopped.append("compose stack")
     for record in deployment.processes:
