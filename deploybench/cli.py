@@ -262,6 +262,10 @@ def load(
         help="Check every answer against the exported golden outputs; --no-check measures a "
              "model the kit did not export (random inputs of the shape its server declares, "
              "Open Inference Protocol servers only).")] = True,
+    workers: Annotated[int, typer.Option(
+        min=0, help="Distributed locust: a master and N workers in docker-compose.yml's "
+                    "loadtest profile, against servers `deploybench serve --mode docker` "
+                    "runs (0: one local locust process).")] = 0,
 ) -> None:
     """Load-test the servers with locust (one headless process per step), answers checked."""
     from deploybench.jobs.stages import load_stage
@@ -297,11 +301,20 @@ def load(
                          "Protocol's metadata: choose a protocol v2-rest, v2-binary or v2-grpc")
     if not check and model == "all":
         raise UsageError("--no-check needs --model NAME: the model's name on the server")
+    if workers:
+        in_docker = {s.name for s in deployment.servers if s.mode == "docker"} if (
+            deployment is not None) else set()
+        outside = sorted({t for t, _ in pairs} - in_docker)
+        if outside:
+            raise UsageError(f"--workers runs locust in compose's loadtest profile, which "
+                             f"reaches servers running in Docker only; not in Docker: "
+                             f"{', '.join(outside)} (`deploybench serve --mode docker`)")
     root = root.resolve()
     models = resolve_models(model, root, all_of=served) if check else [model]
-    plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode)
+    plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode,
+                    locust_workers=workers)
     if deployment is not None and deployment.up():
-        plan.server_usage = deployment.usage_sources()
+        plan.observers = deployment.observers()
     check_reachable(plan, skip_unreachable=target == "all")
     check_signatures(plan, check)
     # the run folder is written only once every target was checked

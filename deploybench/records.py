@@ -86,6 +86,16 @@ class CpuWindow(_Strict):
     other_percent: Number | None = None
     server_cpu_seconds: Number | None = None
     server_peak_rss_bytes: int | None = None
+    server_usage_from: str | None = None  # process tree (native) or container stats (Docker)
+
+
+class WorkerFigures(_Strict):
+    """One locust worker's own share of a distributed step, beside the master's merge."""
+
+    worker: str
+    requests: int
+    failures: int
+    p99_ms: Number | None = None
 
 
 class TriedRate(_Strict):
@@ -170,6 +180,8 @@ class _Step(_ServerRow):
     stability: Stability | None = None
     locust: LocustFigures | None = None
     heavy_modules_in_locust: list[str] | None = None
+    # distributed locust: each worker's own figures (the step's are the master's exact merge)
+    loadgen_workers: list[WorkerFigures] | None = None
     # False: a model the kit did not export (`load --no-check`): answers counted, not checked
     answers_checked: bool | None = None
     # open loop only

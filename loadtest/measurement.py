@@ -118,6 +118,12 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
         "locust": locust_figures(output.files["json"]),
         "heavy_modules_in_locust": summary.get("heavy_modules", []),
     }
+    if summary.get("workers"):
+        measurement["loadgen_workers"] = [
+            {"worker": worker, "requests": int(own["requests"]), "failures": int(own["failures"]),
+             "p99_ms": histogram.latency_ms(histogram.decode(own["histogram"])).get("p99")}
+            for worker, tallies in sorted(summary["workers"].items())
+            for own in tallies.values()]
     if run.rate_per_user > 0:
         scheduled = int(tally["scheduled"]) if tally else 0
         measurement.update({

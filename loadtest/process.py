@@ -41,6 +41,8 @@ class LocustRun:
     batch_size: int = 1
     extra_args: list[str] = field(default_factory=list)
     cpus: str | None = None  # taskset CPU list: keep the load generator off the server's cores
+    # > 0: a master and this many workers through compose's loadtest profile (loadtest/compose.py)
+    workers: int = 0
 
     @property
     def user_class(self) -> str:
@@ -66,27 +68,29 @@ class LocustRun:
             "summary": Path(f"{base}.summary.json"),
         }
 
-    def command(self) -> list[str]:
-        files = self.files()
+    def arguments(self, prefix: str, export_root: str, addresses: bool = True) -> list[str]:
+        """locust's options for this step, its files under `prefix`."""
         backstop = math.ceil(self.warmup_seconds + self.measure_seconds + 30)
-        return pinned([
-            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+        return [
             "--headless", "--only-summary",
             "--users", str(self.users), "--spawn-rate", str(self.users),
             "--run-time", f"{backstop}s",  # a backstop: the locustfile ends the run itself
             "--exit-code-on-error", "0",  # failures are figures here, not a crash
-            "--csv", str(self.prefix), "--html", str(files["html"]),
-            "--json-file", str(self.prefix),
-            "--export-root", str(self.export_root), "--model", self.model,
+            "--csv", prefix, "--html", f"{prefix}.html", "--json-file", prefix,
+            "--export-root", export_root, "--model", self.model,
             "--batch-size", str(self.batch_size),
-            *self.address_options(),
+            *(self.address_options() if addresses else []),
             "--warmup-seconds", f"{self.warmup_seconds:g}",
             "--measure-seconds", f"{self.measure_seconds:g}",
             "--rate-per-user", f"{self.rate_per_user:g}",
-            "--summary-file", str(files["summary"]),
+            "--summary-file", f"{prefix}.summary.json",
             *self.extra_args,
-            self.user_class,
-        ], self.cpus)
+        ]
+
+    def command(self) -> list[str]:
+        return pinned([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+                       *self.arguments(str(self.prefix), str(self.export_root)),
+                       self.user_class], self.cpus)
 
 
 @dataclass
@@ -117,13 +121,22 @@ def run_locust(run: LocustRun, tick: Callable[[float], None] | None = None,
     for path in files.values():
         path.unlink(missing_ok=True)
     limit = run.warmup_seconds + run.measure_seconds + STARTUP_ALLOWANCE_S
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command, env = run.command(), {**os.environ, "PYTHONUNBUFFERED": "1"}
+    distributed = None
+    if run.workers:
+        from deploybench.loadtest.compose import ComposeLocust
+
+        distributed = ComposeLocust(run)
+        command, env = distributed.master_invocation()
     start = time.monotonic()
     aborted = None
     with files["log"].open("wb") as log:
-        process = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                   cwd=distributed.cwd if distributed else None)
         try:
+            if distributed is not None:
+                distributed.start_workers(process, log)
             while process.poll() is None:
                 elapsed = time.monotonic() - start
                 if elapsed > limit:
@@ -139,6 +152,9 @@ def run_locust(run: LocustRun, tick: Callable[[float], None] | None = None,
         except BaseException:  # interrupted: never leave a locust behind
             _stop(process)
             raise
+        finally:
+            if distributed is not None:  # its containers removed, its files where ours go
+                distributed.finish(log)
     returncode = process.wait()
     summary = None
     if files["summary"].is_file():

@@ -84,6 +84,7 @@ class Recorder:
         self.in_flight_at_end: dict[str, int] = {}
         self.in_flight_limit_hits = 0
         self.workers_reported: set[str] = set()
+        self.by_worker: dict[str, dict[str, Tally]] = {}  # master: each worker's own tallies
         self.worker_cpu_max: float | None = None  # master: the busiest worker's CPU, percent
         self._cpu_mark = (time.time(), _process_cpu_seconds())
 
@@ -95,6 +96,7 @@ class Recorder:
     def clear(self) -> None:
         """Drop what was recorded so far (warm-up end, the UI's reset button); keep the window."""
         self.tallies = {}
+        self.by_worker = {}
         self.cpu_warnings = 0
         self.in_flight_limit_hits = 0
 
@@ -178,8 +180,10 @@ class Recorder:
         if not delta:
             return
         self.workers_reported.add(client_id)
+        own = self.by_worker.setdefault(client_id, {})
         for name, data in delta.get("tallies", {}).items():
             self.tally(name).add(data)
+            own.setdefault(name, Tally()).add(data)  # each worker's own, to check the merge
         self.cpu_warnings += int(delta.get("cpu_warnings", 0))
         self.in_flight_limit_hits += int(delta.get("in_flight_limit_hits", 0))
         cpu = delta.get("cpu_percent")
@@ -204,6 +208,8 @@ class Recorder:
             "in_flight_at_end": self.in_flight_at_end,
             "heavy_modules": [m for m in HEAVY_MODULES if m in sys.modules],
             "requests": {name: tally.to_dict() for name, tally in self.tallies.items()},
+            "workers": {worker: {name: tally.to_dict() for name, tally in tallies.items()}
+                        for worker, tallies in self.by_worker.items()},
             **extra,
         }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -36,7 +37,7 @@ from deploybench.results import RESULTS_FILE
 from deploybench.serving import oip, targets
 from deploybench.serving.payload import PredictionError
 from deploybench.serving.targets import Endpoints, host_port, make_client
-from deploybench.serving.usage import Usage
+from deploybench.serving.usage import Observer
 
 PROBE_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 1.0  # how often a running step checks that its server is still there
@@ -62,22 +63,27 @@ class LoadPlan:
     run_dir: Path
     mode: str  # how the servers run: docker | native | external (not started by us)
     skipped: list[str] = field(default_factory=list)
-    # native servers' processes by target: a step's CPU and memory are its target's own
-    # each server's CPU and memory, read around every step (Deployment.usage_sources)
-    server_usage: dict[str, Usage] = field(default_factory=dict)
+    # each server's CPU and memory, read around every step, and whether it is coming back
+    # when it refuses connections (Deployment.observers)
+    observers: dict[str, Observer] = field(default_factory=dict)
     loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
+    # > 0: locust as a master and this many workers in compose's loadtest profile (docker mode)
+    locust_workers: int = 0
     # models the kit did not export (`load --no-check`): the signature the server declares
     unchecked: dict[str, Signature] = field(default_factory=dict)
 
 
 class ServerWatch:
-    """Called while a step runs: None while the target's port accepts connections, else why
+    """Called while a step runs: None while the target's port accepts connections (or it is
+    coming back: a container restarting under its restart policy), else why
     the server is gone. Only a refused connection counts (WATCH_MISSES in a row): a slow or
     overloaded server is a measurement, not a reason to stop."""
 
     def __init__(self, address: str, interval: float = WATCH_INTERVAL_S,
-                 misses: int = WATCH_MISSES) -> None:
+                 misses: int = WATCH_MISSES,
+                 coming_back: Callable[[], bool] | None = None) -> None:
         self.host, self.port = host_port(address)
+        self.coming_back = coming_back
         self.interval, self.needed = interval, misses
         self.misses, self.last = 0, time.monotonic()
 
@@ -94,7 +100,7 @@ class ServerWatch:
             self.misses += 1
         except OSError:  # a timeout or a full backlog: busy, not gone
             return None
-        if self.misses < self.needed:
+        if self.misses < self.needed or (self.coming_back and self.coming_back()):
             return None
         return f"nothing answers at {self.host}:{self.port} any more (connection refused)"
 
@@ -254,7 +260,7 @@ class LoadRun:
             measure_seconds=scenario.measure_seconds(level),
             prefix=_prefix(plan, target, protocol, model, level),
             rate_per_user=rate_per_user, batch_size=scenario.batch_size,
-            cpus=plan.loadgen_cpus,
+            cpus=plan.loadgen_cpus, workers=plan.locust_workers,
             extra_args=(["--unchecked-signature", plan.unchecked[model].to_option()]
                         if model in plan.unchecked else []),
         )
@@ -263,9 +269,11 @@ class LoadRun:
         task = self.progress.add_task(
             f"{target}/{protocol} {model} {scenario.name} {level:g} {unit}", total=total)
         endpoint = plan.endpoints.address(target, protocol)
-        with CpuSampler(plan.server_usage.get(target)) as sampler:
+        observer = plan.observers.get(target)
+        with CpuSampler(observer.usage if observer else None) as sampler:
             output = run_locust(run, tick=lambda elapsed: self.progress.update(
-                task, completed=min(elapsed, total)), watch=ServerWatch(endpoint))
+                task, completed=min(elapsed, total)),
+                watch=ServerWatch(endpoint, coming_back=observer and observer.coming_back))
         self.progress.remove_task(task)
         result = measure.build(run, output, scenario.name, level, unit, plan.run_dir, endpoint)
         result["answers_checked"] = model not in plan.unchecked

@@ -128,10 +128,16 @@ def _wheelhouse(folder: Path, build_log) -> str:  # noqa: ANN001
     frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
                             capture_output=True, text=True, check=True).stdout
     constraints = folder.parent / "constraints.txt"
-    constraints.write_text(frozen)
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder),
-          "--only-binary=:all:", "-c", str(constraints), *WHEELS], build_log)
-    (folder / "requirements.txt").write_text("\n".join(WHEELS) + "\n")
+    wanted = "\n".join(WHEELS) + "\n"
+    requirements = folder / "requirements.txt"
+    # what was downloaded for these pins is still there: nothing to ask the index
+    if not (constraints.is_file() and constraints.read_text() == frozen
+            and requirements.is_file() and requirements.read_text() == wanted):
+        requirements.unlink(missing_ok=True)
+        constraints.write_text(frozen)
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder),
+              "--only-binary=:all:", "-c", str(constraints), *WHEELS], build_log)
+        requirements.write_text(wanted)
     shutil.copy(REPO_ROOT / "docker" / "offline" / "Dockerfile", folder / "Dockerfile")
     wheels = sorted(folder.glob("*.whl"))
     # a wheel a new pin replaced stays in the folder; --no-index picks by the requirements

@@ -66,21 +66,25 @@ class Deployment:
     def endpoints_obj(self) -> Endpoints:
         return Endpoints(self.endpoints)
 
-    def usage_sources(self) -> dict[str, usage.Usage]:
-        """Where each running server's CPU and memory are read, by server name: the load runner
-        accounts a step's CPU and memory to the target's own processes only. Natively, the
-        process trees of the processes `serve` started; in Docker, the engine's stats of the
-        service's containers."""
+    def observers(self) -> dict[str, usage.Observer]:
+        """How the load runner observes each running server, by name: a step's CPU and memory
+        are the target's own (natively, the process trees `serve` started; in Docker, the
+        engine's stats of the service's containers), and a container that restarts is coming
+        back, not gone."""
         pids: dict[str, list[int]] = {}
         for record in self.processes:
             if record.alive() and record.name in targets.targets():
                 pids.setdefault(record.name, []).append(record.pid)
-        sources = {name: usage.process_tree_usage(found) for name, found in pids.items()}
+        found = {name: usage.Observer(usage.process_tree_usage(p)) for name, p in pids.items()}
         for server in self.servers:
             if server.mode == "docker" and server.status == "up":
-                containers = compose_containers(targets.get(server.name).compose_service)
-                sources[server.name] = usage.container_usage([c.id for c in containers])
-        return sources
+                service = targets.get(server.name).compose_service
+                containers = compose_containers(service)
+                found[server.name] = usage.Observer(
+                    usage.container_usage([c.id for c in containers]),
+                    lambda service=service: any(c.status in ("running", "restarting")
+                                                for c in compose_containers(service, True)))
+        return found
 
     def save(self, directory: Path | None = None) -> Path:
         path = (directory or state_dir()) / STATE_FILE
@@ -347,10 +351,11 @@ def compose_command() -> list[str]:
     raise DeploybenchError("neither `docker compose` nor `docker-compose` is installed")
 
 
-def _compose(root: str, *args: str, endpoints: Endpoints | None = None,
-             ) -> subprocess.CompletedProcess:
-    """docker compose on the kit's file and project, serving `root`, each server's ports
-    published where `endpoints` has them (docker-compose.yml's <SERVER>_<ENDPOINT>_PORT)."""
+def compose_invocation(root: str, *args: str, endpoints: Endpoints | None = None,
+                       ) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of docker compose on the kit's file and project, serving
+    `root`, each server's ports published where `endpoints` has them (docker-compose.yml's
+    <SERVER>_<ENDPOINT>_PORT); run it from REPO_ROOT."""
     env = {**os.environ, "DEPLOYBENCH_ARTIFACTS": root}
     for target in targets.targets().values():
         if target.compose_service and endpoints is not None:
@@ -358,6 +363,12 @@ def _compose(root: str, *args: str, endpoints: Endpoints | None = None,
                 name = f"{target.name}_{key}_PORT".upper().replace("-", "_")
                 env[name] = str(targets.host_port(address)[1])
     command = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", COMPOSE_PROJECT, *args]
+    return command, env
+
+
+def _compose(root: str, *args: str, endpoints: Endpoints | None = None,
+             ) -> subprocess.CompletedProcess:
+    command, env = compose_invocation(root, *args, endpoints=endpoints)
     return subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
 
 

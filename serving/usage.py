@@ -1,10 +1,12 @@
-"""How much CPU and memory a running server has used: read from its process tree where the kit
-started it natively, from the Docker engine's container stats where it runs in a container.
-Each source answers (cumulative CPU seconds or None, memory in use in bytes)."""
+"""How the load runner observes a running server: how much CPU and memory it has used (from its
+process tree where the kit started it natively, from the Docker engine's container stats where
+it runs in a container: each source answers (cumulative CPU seconds or None, memory in use in
+bytes)), and, in Docker, whether a server that refuses connections is coming back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import psutil
@@ -14,6 +16,14 @@ class Usage(Protocol):
     source: str  # where the figures come from, stated with them
 
     def __call__(self) -> tuple[float | None, int]: ...
+
+
+@dataclass(frozen=True)
+class Observer:
+    usage: Usage
+    # True while the server is down but restarting (a container under its restart policy):
+    # a step then goes on, counting the failures, instead of ending as "server gone"
+    coming_back: Callable[[], bool] | None = None
 
 
 def _source(name: str, read: Callable[[], tuple[float | None, int]]) -> Usage:

@@ -1,21 +1,40 @@
 """Docker mode against a real Docker engine (the one that answers, or a dockerd started here):
-an engine that cannot get the servers' images does not sink the run."""
+the images built offline (`make images`), the stack brought up by `deploybench serve --mode
+docker`, measured through the containers, inspected live, crashed under load, taken down
+without a trace; and an engine that cannot get the images does not sink the run."""
 
 from __future__ import annotations
 
+import io
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from rich.console import Console
 
+import docker
+from deploybench.golden import Golden
 from deploybench.jobs.stages import server_records
+from deploybench.jobs.writer import RunWriter
+from deploybench.loadtest import histogram
+from deploybench.loadtest.runner import LoadPlan, LoadRun
+from deploybench.loadtest.scenarios import load_scenario
+from deploybench.manifest import load_manifest
+from deploybench.serving import faults, hardening, images, manager
 from deploybench.serving.manager import STATE_FILE, Deployment, ServerStatus
+from deploybench.serving.targets import make_client
+from deploybench.settings import load_settings
 from tests.conftest import invoke
 from tests.docker_engine import docker_engine
-from tests.servers import free_offset, port_free
+from tests.servers import free_offset, port_free, wait_for
 
 pytestmark = pytest.mark.slow
 
+MODEL = "digits-mlp"
+IN_DOCKER = ("torchserve", "kserve-tensorflow", "kserve-pytorch")
 # Images no engine holds and no registry serves, whatever the machine's own engine has pulled:
 # the situation of an air-gapped engine, or of images never built.
 ABSENT = {"TFSERVING_IMAGE": "deploybench-absent/tfserving:none",
@@ -24,13 +43,9 @@ ABSENT = {"TFSERVING_IMAGE": "deploybench-absent/tfserving:none",
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with docker_engine(tmp_path_factory.mktemp("docker")) as host, \
-            pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DOCKER_HOST", host)
-        for name, image in ABSENT.items():
-            patch.setenv(name, image)
-        yield host
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with docker_engine(tmp_path_factory.mktemp("docker")):
+        yield
 
 
 @pytest.fixture
@@ -39,14 +54,20 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "state"
 
 
+@pytest.fixture
+def absent_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, image in ABSENT.items():
+        monkeypatch.setenv(name, image)
+
+
 def test_an_engine_without_the_images_serves_natively_naming_each_image(
-        engine, export_root: Path, tmp_path: Path, state: Path) -> None:
+        engine, absent_images, export_root: Path, tmp_path: Path, state: Path) -> None:
     """No --mode and an engine answers, but it has none of the images and cannot pull them:
     each missing image is one line saying how to get it, and each server runs natively where
     it can (TorchServe) or is a row naming both reasons (TF Serving), instead of a failed
     `docker compose up`."""
     offset = free_offset()
-    result = invoke("serve", "--artifacts", str(export_root), "--model", "digits-mlp",
+    result = invoke("serve", "--artifacts", str(export_root), "--model", MODEL,
                     "--servers", "tfserving,torchserve", "--port-offset", str(offset),
                     "--run-dir", str(tmp_path / "run"))
     try:
@@ -73,8 +94,8 @@ def test_an_engine_without_the_images_serves_natively_naming_each_image(
 
 
 def test_mode_docker_with_no_image_fails_naming_them_and_starts_nothing(
-        engine, export_root: Path, tmp_path: Path, state: Path) -> None:
-    result = invoke("serve", "--artifacts", str(export_root), "--model", "digits-mlp",
+        engine, absent_images, export_root: Path, tmp_path: Path, state: Path) -> None:
+    result = invoke("serve", "--artifacts", str(export_root), "--model", MODEL,
                     "--mode", "docker", "--servers", "tfserving,torchserve",
                     "--run-dir", str(tmp_path / "run"))
     assert result.exit_code != 0
@@ -94,3 +115,182 @@ def test_each_server_record_carries_the_mode_it_ran_in() -> None:
     assert {name: r.mode for name, r in records.items()} == {
         "kserve-pytorch": "docker", "torchserve": "native", "tfserving": "native"}
     assert records["tfserving"].reason == "image missing, and no binary"
+
+
+# --- the stack, from images built offline ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(engine) -> dict[str, images.BuiltImage]:
+    """`make images`, once per session (the engine caches the layers: a rebuild is seconds)."""
+    return {row.service: row for row in images.build_images(log=lambda _: None)}
+
+
+@pytest.fixture(scope="module")
+def stack(built, export_root: Path, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[tuple[Deployment, str]]:
+    """`deploybench serve --mode docker`: every server whose image exists, in its container."""
+    folder = tmp_path_factory.mktemp("stack")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEPLOYBENCH_STATE_DIR", str(folder / "state"))
+        result = invoke("serve", "--mode", "docker", "--artifacts", str(export_root),
+                        "--port-offset", str(free_offset()), "--run-dir", str(folder / "run"))
+        assert result.exit_code == 0, result.output
+        deployment = Deployment.load()
+        try:
+            yield deployment, " ".join(result.output.split())
+        finally:
+            if Deployment.load() is not None:  # the last test stops it; this, if it failed
+                invoke("stop")
+
+
+def test_make_images_builds_every_image_it_can_offline(built) -> None:
+    for service in ("torchserve", "kserve-tensorflow", "locust-master"):
+        row = built[service]
+        assert row.size_bytes and row.size_bytes > 100 * 2**20, row
+        assert row.image.startswith("deploybench-"), row
+    client = docker.from_env()
+    try:  # built on the offline stand-in, which the Debian base from debootstrap carries
+        base = client.images.get(images.OFFLINE_BASE)
+        assert images.LABEL in base.labels
+        client.images.get(images.DEBIAN_IMAGE)
+        # the kit's own Dockerfile on that base: its layers sit on the stand-in's
+        history = {layer["Id"] for layer in client.api.history(built["torchserve"].image)}
+        assert base.id in history
+    finally:
+        client.close()
+    tfserving = built["tfserving"]
+    assert tfserving.size_bytes is None and "cannot be built here" in tfserving.note
+
+
+def test_serve_mode_docker_runs_each_server_in_its_container(stack) -> None:
+    deployment, said = stack
+    assert deployment.mode == "docker" and deployment.uses_compose()
+    for name in IN_DOCKER:
+        status = deployment.status(name)
+        assert (status.status, status.mode) == ("up", "docker"), status
+        assert f"{name}: up, answering correctly (docker)" in said
+        (container,) = manager.compose_containers(name)
+        assert container.status == "running"
+    tfserving = deployment.status("tfserving")
+    assert tfserving.status == "unavailable" and "tensorflow/serving:" in tfserving.reason
+
+
+def test_the_running_containers_are_hardened(stack) -> None:
+    """docker inspect on the live containers: loopback ports, read-only root and mounts,
+    non-root, .env's limits, a healthcheck that asks the model, a restart policy; and
+    TorchServe's model API refuses to register a model."""
+    deployment, _ = stack
+    settings = load_settings()
+    for service in IN_DOCKER:  # healthy comes a health interval after the first answer
+        wait_for(lambda s=service: all(c.ok for c in hardening.inspect_service(s, settings)
+                                       if c.item.startswith("healthcheck")), 60,
+                 f"{service} healthy")
+    checks = [c for s in IN_DOCKER for c in hardening.inspect_service(s, settings)]
+    failed = [c for c in checks if not c.ok]
+    assert not failed, failed
+    assert len(checks) == 8 * len(IN_DOCKER)
+    torchserve = [c for c in checks if c.service == "torchserve"]
+    assert "READY: digits-cnn, digits-mlp" in next(c.seen for c in torchserve
+                                                     if c.item.startswith("healthcheck"))
+    management = deployment.endpoints_obj().torchserve_management
+    refused = requests.post(f"{management}/models", params={"url": "x.mar"}, timeout=10)
+    assert refused.status_code == 405, refused.text
+    listed = requests.get(f"{management}/models", timeout=10).json()["models"]
+    assert sorted(m["modelName"] for m in listed) == ["digits-cnn", "digits-mlp"]
+
+
+def load_results(*args: str) -> dict:
+    result = invoke("load", "--model", MODEL, "--warmup-seconds", "1", *args)
+    assert result.exit_code == 0, result.output
+    out = Path(args[args.index("--out") + 1])
+    return json.loads((out / "results.json").read_text())
+
+
+def test_load_through_the_containers_reads_cpu_and_memory_from_container_stats(
+        stack, tmp_path: Path) -> None:
+    data = load_results("--target", "torchserve", "--protocol", "npy", "--users", "2",
+                        "--step-seconds", "3", "--out", str(tmp_path / "run"))
+    (step,) = data["measurements"]
+    assert step["status"] == "ok" and step["requests"] > 50 and step["wrong_answers"] == 0
+    cpu = step["cpu"]
+    assert cpu["server_usage_from"].startswith("container stats")
+    # the container did the work: most of a busy core or more, and a JVM's worth of memory
+    assert cpu["server_percent"] > 30 and step["server_cpu_s_per_1k"] > 0
+    assert 50 * 2**20 < step["server_peak_rss_bytes"] < 4 * 2**30
+
+
+def test_distributed_locust_through_compose_merges_the_workers_exactly(
+        stack, tmp_path: Path) -> None:
+    """The loadtest profile's master and two workers: the master's record is the exact merge
+    of both workers' histograms (requests add up; the merged p99 lies within theirs)."""
+    data = load_results("--target", "torchserve", "--protocol", "rest", "--users", "4",
+                        "--step-seconds", "4", "--workers", "2", "--out", str(tmp_path / "run"))
+    (step,) = data["measurements"]
+    assert step["status"] == "ok" and step["wrong_answers"] == 0, step
+    workers = step["loadgen_workers"]
+    assert len(workers) == 2 and all(w["requests"] > 20 for w in workers), workers
+    assert sum(w["requests"] for w in workers) == step["requests"]
+    assert sum(w["failures"] for w in workers) == step["failures"]
+    p99s = [w["p99_ms"] for w in workers]
+    assert min(p99s) <= step["latency_ms"]["p99"] <= max(p99s), (p99s, step["latency_ms"])
+    summary = json.loads((tmp_path / "run" / step["locust_files"]["summary"]).read_text())
+    assert summary["role"] == "master" and summary["loadgen"]["workers_reported"] == 2
+    merged = histogram.decode(next(iter(summary["requests"].values()))["histogram"])
+    assert merged.get_total_count() == step["requests"] - step["failures"]
+    # the load generator's containers are gone with the step
+    assert not manager.compose_containers("locust-master", all_states=True)
+    assert not manager.compose_containers("locust-worker", all_states=True)
+
+
+def test_a_crashed_torchserve_container_restarts_under_load(stack, export_root: Path,
+                                                            tmp_path: Path) -> None:
+    """Every process of the TorchServe container killed in the middle of a locust step: its
+    restart policy brings it back, the failed requests are counted, and results.json states the
+    time from the kill to the first correct answer."""
+    deployment, _ = stack
+    endpoints = deployment.endpoints_obj()
+    golden = Golden.load(export_root / load_manifest(export_root, MODEL).golden["path"])
+    plan = LoadPlan([("torchserve", "rest")], [MODEL], export_root.resolve(), endpoints,
+                    load_scenario("sweep", levels=[2], step_seconds=20, warmup_seconds=1),
+                    tmp_path / "run", deployment.mode)
+    writer = RunWriter(plan.run_dir)
+
+    def crash() -> faults.ContainerCrash:
+        time.sleep(4.0)  # locust's start and warm-up: the crash lands inside the window
+        client = make_client("torchserve", "rest", MODEL, endpoints)
+        return faults.crash_container("torchserve", client, golden.inputs[:1],
+                                      golden.outputs[:1], timeout=90)
+
+    (step,), crashed = faults.during(lambda: LoadRun(plan, Console(file=io.StringIO()),
+                                                     writer.add).run(), crash, delay_s=0.0)
+    writer.add(crashed.measurement("torchserve", scenario="sweep", level=2,
+                                   failed_requests=step["failures"]))
+    writer.note(crashed.note())
+    assert crashed.status == "recovered", crashed
+    assert crashed.restarts == 1 and crashed.exit_code == 137, crashed
+    assert 0 < crashed.recovery_s < 90
+    # the step went on through the crash: its failures are counted, none silently dropped
+    assert step["status"] == "ok", step
+    assert step["failures"] > 0 and step["wrong_answers"] == 0
+    assert sum(step["errors"].values()) == step["failures"]
+    assert step["requests"] > step["failures"]  # answers before the crash and after the restart
+    data = json.loads((plan.run_dir / "results.json").read_text())
+    (row,) = [m for m in data["measurements"] if m["kind"] == "fault"]
+    assert row["fault"] == "container-crash" and row["recovery_s"] == crashed.recovery_s
+    print(f"\ncontainer crash: {step['failures']} of {step['requests']} requests failed; "
+          f"answering again after {crashed.recovery_s} s")
+
+
+def test_stop_takes_the_stack_down_leaving_nothing_behind(stack) -> None:
+    stopped = invoke("stop")
+    assert stopped.exit_code == 0 and "compose stack" in stopped.output
+    client = docker.from_env()
+    try:
+        project = {"label": f"com.docker.compose.project={manager.COMPOSE_PROJECT}"}
+        assert not client.containers.list(all=True, filters=project)
+        assert not client.networks.list(filters=project)
+        assert not client.volumes.list(filters=project)
+    finally:
+        client.close()
+    assert Deployment.load() is None

@@ -137,7 +137,7 @@ def test_worker_killed_mid_step_is_counted_and_recovers(torchserve: Deployment,
     plan = LoadPlan([("torchserve", "rest")], [MODEL], export_root.resolve(), endpoints,
                     load_scenario("sweep", levels=[2], step_seconds=8, warmup_seconds=1),
                     run_dir, "native")
-    plan.server_usage = torchserve.usage_sources()
+    plan.observers = torchserve.observers()
     seen: dict[str, Any] = {}
 
     def fault() -> faults.WorkerKill:

@@ -189,7 +189,7 @@ def measure_load(options: BenchOptions, deployment: Deployment, target: str, pro
     cores; its measurements are saved into the bench's results.json as they come."""
     plan = LoadPlan([(target, protocol)], [options.model], options.artifacts.resolve(),
                     deployment.endpoints_obj(), scenario, options.out, "native")
-    plan.server_usage = deployment.usage_sources()
+    plan.observers = deployment.observers()
     plan.loadgen_cpus = options.loadgen_cpus
     return load_stage(writer, plan, console).measurements
 

@@ -190,7 +190,7 @@ def server_steps(root: Path, model: str, target: str, port_offset: int | None,
                                       warmup_seconds=1.0),
                         writer.run_dir, "native" if deployment else "external")
         if deployment is not None:
-            plan.server_usage = deployment.usage_sources()
+            plan.observers = deployment.observers()
         check_reachable(plan, skip_unreachable=False)
         steps = load_stage(writer, plan, Console(file=io.StringIO())).measurements
     finally:

@@ -173,5 +173,5 @@ def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  
     for scenario, pairs in scenarios:
         plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
                         scenario, writer.run_dir, deployment.mode)
-        plan.server_usage = deployment.usage_sources()
+        plan.observers = deployment.observers()
         load_stage(writer, plan, console)
