@@ -60,6 +60,32 @@ def absent_images(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, image)
 
 
+# first: the images (no export needed), while a parallel worker exports the models
+@pytest.fixture(scope="module")
+def built(engine) -> dict[str, images.BuiltImage]:
+    """`make images`, once per session (the engine caches the layers: a rebuild is seconds)."""
+    return {row.service: row for row in images.build_images(log=lambda _: None)}
+
+
+def test_make_images_builds_every_image_it_can_offline(built) -> None:
+    for service in ("torchserve", "kserve-tensorflow", "locust-master"):
+        row = built[service]
+        assert row.size_bytes and row.size_bytes > 100 * 2**20, row
+        assert row.image.startswith("deploybench-"), row
+    client = docker.from_env()
+    try:  # built on the offline stand-in, which the Debian base from debootstrap carries
+        base = client.images.get(images.OFFLINE_BASE)
+        assert images.LABEL in base.labels
+        client.images.get(images.DEBIAN_IMAGE)
+        # the kit's own Dockerfile on that base: its layers sit on the stand-in's
+        history = {layer["Id"] for layer in client.api.history(built["torchserve"].image)}
+        assert base.id in history
+    finally:
+        client.close()
+    tfserving = built["tfserving"]
+    assert tfserving.size_bytes is None and "cannot be built here" in tfserving.note
+
+
 def test_an_engine_without_the_images_serves_natively_naming_each_image(
         engine, absent_images, export_root: Path, tmp_path: Path, state: Path) -> None:
     """No --mode and an engine answers, but it has none of the images and cannot pull them:
@@ -121,12 +147,6 @@ def test_each_server_record_carries_the_mode_it_ran_in() -> None:
 
 
 @pytest.fixture(scope="module")
-def built(engine) -> dict[str, images.BuiltImage]:
-    """`make images`, once per session (the engine caches the layers: a rebuild is seconds)."""
-    return {row.service: row for row in images.build_images(log=lambda _: None)}
-
-
-@pytest.fixture(scope="module")
 def stack(built, export_root: Path, tmp_path_factory: pytest.TempPathFactory,
           ) -> Iterator[tuple[Deployment, str]]:
     """`deploybench serve --mode docker`: every server whose image exists, in its container."""
@@ -142,25 +162,6 @@ def stack(built, export_root: Path, tmp_path_factory: pytest.TempPathFactory,
         finally:
             if Deployment.load() is not None:  # the last test stops it; this, if it failed
                 invoke("stop")
-
-
-def test_make_images_builds_every_image_it_can_offline(built) -> None:
-    for service in ("torchserve", "kserve-tensorflow", "locust-master"):
-        row = built[service]
-        assert row.size_bytes and row.size_bytes > 100 * 2**20, row
-        assert row.image.startswith("deploybench-"), row
-    client = docker.from_env()
-    try:  # built on the offline stand-in, which the Debian base from debootstrap carries
-        base = client.images.get(images.OFFLINE_BASE)
-        assert images.LABEL in base.labels
-        client.images.get(images.DEBIAN_IMAGE)
-        # the kit's own Dockerfile on that base: its layers sit on the stand-in's
-        history = {layer["Id"] for layer in client.api.history(built["torchserve"].image)}
-        assert base.id in history
-    finally:
-        client.close()
-    tfserving = built["tfserving"]
-    assert tfserving.size_bytes is None and "cannot be built here" in tfserving.note
 
 
 def test_serve_mode_docker_runs_each_server_in_its_container(stack) -> None:
