@@ -226,6 +226,22 @@ def edge(
     edge_stage(RunWriter(out), artifacts, models, counts, runs, warmup, console, baselines)
 
 
+SLO_HELP = ("SLO gates, decided on every load step with its 95% interval, e.g. "
+            "'p99<=100ms,p50<=20ms,error_rate<=0.1%,wrong_answers==0,throughput>=50rps' "
+            "(a scenario file's `slo:` otherwise).")
+
+
+def parse_gates(text: str | None, junit: Path | None) -> list:  # noqa: ANN201
+    """The gates of --slo (or a scenario's), checked before any work; --junit needs some."""
+    from deploybench.slo import parse
+
+    if not text:
+        if junit is not None:
+            raise UsageError("--junit writes the SLO gates' outcomes: give --slo too")
+        return []
+    return parse(text)
+
+
 @command
 def load(
     out: Annotated[Path, typer.Option(help="Run folder: results.json and locust's files.")],
@@ -266,21 +282,29 @@ def load(
         min=0, help="Distributed locust: a master and N workers in docker-compose.yml's "
                     "loadtest profile, against servers `deploybench serve --mode docker` "
                     "runs (0: one local locust process).")] = 0,
+    slo_gates: Annotated[str | None, typer.Option(
+        "--slo", help=SLO_HELP)] = None,
+    junit: Annotated[Path | None, typer.Option(
+        help="Write the SLO gates' outcomes as JUnit XML here.")] = None,
 ) -> None:
-    """Load-test the servers with locust (one headless process per step), answers checked."""
+    """Load-test the servers with locust (one headless process per step), answers checked.
+    Exit 0, or with --slo: 5 when a gate failed, 6 when one was inconclusive."""
+    from deploybench.jobs.gates import judge
     from deploybench.jobs.stages import load_stage
     from deploybench.jobs.writer import RunWriter
     from deploybench.loadtest.runner import LoadPlan, check_reachable, check_signatures
     from deploybench.loadtest.scenarios import load_scenario
     from deploybench.serving import targets
     from deploybench.serving.manager import Deployment
+    from deploybench.slo import exit_error
 
     chosen = load_scenario(
         scenario,
         levels=parse_list(users, int) if users else (parse_list(rates, float) if rates else None),
         step_seconds=step_seconds, warmup_seconds=warmup_seconds, rate_bound_ms=rate_bound_ms,
-        batch_size=batch_size,
+        batch_size=batch_size, slo=slo_gates,
     )
+    gates = parse_gates(chosen.slo, junit)
     if users and chosen.kind != "closed" or rates and chosen.kind != "open":
         raise DeploybenchError("--users is for a closed-loop sweep, --rates for an open-loop "
                                f"scenario; {chosen.name} is {chosen.kind}")
@@ -318,12 +342,17 @@ def load(
     check_reachable(plan, skip_unreachable=target == "all")
     check_signatures(plan, check)
     # the run folder is written only once every target was checked
-    run = load_stage(RunWriter(plan.run_dir), plan, console)
+    writer = RunWriter(plan.run_dir)
+    run = load_stage(writer, plan, console)
     measurements = run.measurements
+    decisions = judge(gates, measurements, writer, console, junit) if gates else []
     console.print(f"results: {plan.run_dir / 'results.json'}", highlight=False)
     if run.failed_steps:
         raise DeploybenchError(f"{run.failed_steps} of {len(measurements)} load steps failed "
                                f"(see {plan.run_dir / 'results.json'})")
+    gate_error = exit_error(decisions)
+    if gate_error:
+        raise gate_error
 
 
 @command
@@ -353,8 +382,12 @@ def run(
     export: Annotated[bool, typer.Option(help="Export first (else reuse the export root).")
                       ] = True,
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
+    slo_gates: Annotated[str | None, typer.Option("--slo", help=SLO_HELP)] = None,
+    junit: Annotated[Path | None, typer.Option(
+        help="Write the SLO gates' outcomes as JUnit XML here.")] = None,
 ) -> None:
-    """The main job: export -> serve -> load -> edge -> report, in one run folder."""
+    """The main job: export -> serve -> load -> edge -> report, in one run folder. Exit 0, or
+    with --slo: 5 when a gate failed, 6 when one was inconclusive (after the report)."""
     from deploybench.jobs.run import RunOptions
     from deploybench.jobs.run import run as run_pipeline
     from deploybench.serving.targets import loopback_endpoints, parse_targets
@@ -369,6 +402,7 @@ def run(
 
     if mode not in (None, "docker", "native"):
         raise UsageError(f"unknown mode {mode!r}: docker or native")
+    gates = parse_gates(slo_gates, junit)
     levels = tuple(parse_list(users, int))
     load_scenario("sweep", levels=levels, step_seconds=step_seconds,
                   warmup_seconds=warmup_seconds)
@@ -381,6 +415,7 @@ def run(
         warmup_seconds=warmup_seconds, rate_search=rate_search, rate_bound_ms=rate_bound_ms,
         edge_threads=tuple(parse_threads(edge_threads)), edge_runs=edge_runs, export=export,
         endpoints=loopback_endpoints(port_offset), all_protocols=all_protocols,
+        gates=gates, junit=junit,
     )
     run_pipeline(options, console)
 

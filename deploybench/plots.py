@@ -49,8 +49,15 @@ def throughput_vs_p99(results: dict[str, Any], bound_ms: float) -> bytes | None:
     ax = axes[0][0]
     for label, steps in series.items():
         steps = sorted(steps, key=lambda r: r["level"])
-        ax.plot([r["throughput_rps"] for r in steps], [latency(r, "p99") for r in steps],
-                marker="o", label=label)
+        p99 = [latency(r, "p99") for r in steps]
+        # error bars: the 95% interval of each p99; an undetermined bound draws none
+        bounds = [(r.get("latency_ci95_ms") or {}).get("p99") or [None, None] for r in steps]
+        below = [value - low if low is not None else 0.0
+                 for value, (low, _) in zip(p99, bounds, strict=True)]
+        above = [high - value if high is not None else 0.0
+                 for value, (_, high) in zip(p99, bounds, strict=True)]
+        ax.errorbar([r["throughput_rps"] for r in steps], p99, yerr=[below, above],
+                    marker="o", capsize=3, label=label)
         for r in steps:
             ax.annotate(str(r["level"]), (r["throughput_rps"], latency(r, "p99")),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -59,7 +66,7 @@ def throughput_vs_p99(results: dict[str, Any], bound_ms: float) -> bytes | None:
     ax.set_xlabel("throughput (req/s)")
     ax.set_ylabel("p99 latency (ms)")
     ax.set_yscale("log")
-    ax.set_title("Throughput vs p99 (labels: concurrent users)")
+    ax.set_title("Throughput vs p99, 95% intervals (labels: concurrent users)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _png(figure)

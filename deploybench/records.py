@@ -174,6 +174,9 @@ class _Step(_ServerRow):
     wrong_answers: int | None = None
     throughput_rps: Number | None = None  # goodput: correct answers per second
     latency_ms: Latency | None = None
+    # each percentile's 95% distribution-free interval [low, high], a bound None where the
+    # step has too few requests for it (loadtest/intervals.py)
+    latency_ci95_ms: dict[str, list[Number | None]] | None = None
     errors: dict[str, int] | None = None
     loadgen_saturated: bool | None = None
     loadgen_cpu_percent: Number | None = None
@@ -404,14 +407,31 @@ class LoadgenCheckRecord(_ServerRow):
     server: str | None = None
 
 
+class SloGateRecord(_Record):
+    """One `--slo` gate decided on one load step, with the interval it was decided by
+    (deploybench/slo.py)."""
+
+    kind: Literal["slo-gate"] = "slo-gate"
+    gate: str
+    target: str
+    protocol: str
+    model: str
+    level: Number
+    level_unit: str
+    decision: Literal["pass", "fail", "inconclusive"]
+    observed: Number | None = None
+    interval: list[Number | None] | None = None
+    why: str
+
+
 Record = Annotated[
     ExportRecord | ServerRecord | LoadRecord | LoadSloRecord | LoadgenCapacityRecord
     | EdgeRecord | InProcessRecord | FaultRecord | BenchCeilingRecord | BenchRecord
-    | LoadgenCheckRecord,
+    | LoadgenCheckRecord | SloGateRecord,
     Field(discriminator="kind"),
 ]
 KINDS = ("export", "server", "load", "load-slo", "loadgen-capacity", "edge", "inprocess",
-         "fault", "bench-ceiling", "bench", "loadgen-check")
+         "fault", "bench-ceiling", "bench", "loadgen-check", "slo-gate")
 
 # what a stage is given to hand its records to the run's writer (deploybench/jobs/writer.py)
 Sink = Callable[[Record], None]

@@ -32,13 +32,24 @@ def _cell(value: Any, digits: int = 3) -> str:
     return number(None if isinstance(value, Undefined) else value, digits)
 
 
+def _ms(row: dict[str, Any], key: str) -> str:
+    """A percentile in ms, with its 95% interval where the row has one ("?": a bound the step
+    had too few requests to give)."""
+    text = number(latency(row, key))
+    interval = (row.get("latency_ci95_ms") or {}).get(key)
+    if interval and latency(row, key) is not None:
+        low, high = ("?" if v is None else number(v) for v in interval)
+        text += f" [{low}, {high}]"
+    return text
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("deploybench", "templates"),
                       trim_blocks=True,
                       autoescape=select_autoescape(enabled_extensions=("html.j2",)),
                       lstrip_blocks=True)
     env.filters["num"] = _cell
-    env.filters["ms"] = lambda row, key: number(latency(row, key))
+    env.filters["ms"] = _ms
     env.filters["server"] = server_label
     env.filters["format"] = format_label
     return env
@@ -67,6 +78,7 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
                        key=lambda r: (r["model"], r["kind"], r["variant"], r["threads"],
                                       str(r.get("xnnpack")))),
         "load": rows(results, "load"),
+        "gates": rows(results, "slo-gate"),
         "bench": rows(results, "bench"),
         "ceilings": rows(results, "bench-ceiling"),
         "environment": results.get("environment", {}),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deploybench.loadtest import histogram
+from deploybench.loadtest import histogram, intervals
 from deploybench.loadtest.process import LocustOutput, LocustRun
 from deploybench.serving import targets
 
@@ -93,6 +93,7 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
     tallies = summary.get("requests", {})
     tally = next(iter(tallies.values()), None) if len(tallies) == 1 else None
     duration = float(summary["window"]["seconds"])
+    latencies = histogram.decode(tally["histogram"] if tally else None)
     loadgen = summary.get("loadgen", {})
     cpu = loadgen.get("cpu_percent")
     saturated = bool(summary.get("locust_cpu_warning") or loadgen.get("cpu_warnings")
@@ -109,8 +110,8 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
         "wrong_answers": int(tally["wrong_answers"]) if tally else 0,
         # goodput: correct answers per second ("fast but wrong" earns nothing)
         "throughput_rps": round((requests - failures) / duration, 2) if duration else 0.0,
-        "latency_ms": histogram.latency_ms(histogram.decode(tally["histogram"] if tally
-                                                            else None)),
+        "latency_ms": histogram.latency_ms(latencies),
+        "latency_ci95_ms": intervals.percentile_intervals(latencies),
         "errors": tally["errors"] if tally else {},
         "loadgen_saturated": saturated,
         "loadgen_cpu_percent": cpu,
@@ -141,7 +142,8 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
 # a step's figures: dropped when its server went away mid-step
 _FIGURES = ("throughput_rps", "latency_ms", "stability", "locust", "loadgen_saturated",
             "loadgen_cpu_percent", "heavy_modules_in_locust", "scheduled_rps", "completed_rps",
-            "service_latency_ms", "in_flight_at_end", "in_flight_limit_hits", "target_rps")
+            "service_latency_ms", "in_flight_at_end", "in_flight_limit_hits", "target_rps",
+            "latency_ci95_ms")
 
 
 def aborted(measurement: dict[str, Any], reason: str) -> dict[str, Any]:

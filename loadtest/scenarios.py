@@ -57,6 +57,9 @@ class Scenario:
     # a few of them rather than on the single slowest (at most 4 x step_seconds)
     min_requests: int = 0
     batch_size: int = 1  # golden rows per request
+    # SLO gates decided on every step, e.g. "p99<=100ms,error_rate<=0.1%" (deploybench/slo.py);
+    # a file may give them as a list
+    slo: str = ""
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -75,6 +78,10 @@ class Scenario:
         if self.step_seconds <= 0 or self.warmup_seconds < 0 or self.min_requests < 0:
             raise UsageError(f"scenario {self.name!r}: step seconds > 0, warm-up seconds "
                              ">= 0, min_requests >= 0")
+        if self.slo:
+            from deploybench.slo import parse
+
+            parse(self.slo)  # a malformed gate fails here, before any load
         search = self.search
         if search and not (search.growth > 1 and 0 < search.min_rps <= search.start_rps
                            <= search.max_rps and search.refine_steps >= 0):
@@ -113,6 +120,8 @@ def from_dict(data: dict[str, Any]) -> Scenario:
             data["search"] = RateSearch(**data["search"])
         except TypeError as error:
             raise UsageError(f"scenario search: {error}") from None
+    if isinstance(data.get("slo"), list):
+        data["slo"] = ",".join(str(gate) for gate in data["slo"])
     data["levels"] = tuple(float(x) if data.get("kind") == "open" else int(x)
                            for x in data.get("levels", ()))
     try:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from deploybench import slo
 from deploybench.errors import DeploybenchError
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest import histogram
@@ -27,7 +28,7 @@ from deploybench.records import (
     to_record,
 )
 from deploybench.results import RESULTS_FILE, read_results
-from deploybench.serving.faults import Rollover, WorkerKill
+from deploybench.serving.faults import ContainerCrash, Rollover, WorkerKill
 from deploybench.serving.targets import Endpoints
 from tests.conftest import invoke
 
@@ -83,7 +84,7 @@ def every_kind(tmp_path: Path) -> list[Any]:
     gone = measure.aborted(load_step(tmp_path, 4), "torchserve went away during the step")
     capacity = load_step(tmp_path, 16) | {"kind": "loadgen-capacity",
                                           "target": "replay-endpoint", "note": "replay"}
-    slo = {"kind": "load-slo", "target": "torchserve", "protocol": "rest",
+    rate_slo = {"kind": "load-slo", "target": "torchserve", "protocol": "rest",
            "model": "digits-mlp", "scenario": "rate", "rate_bound_ms": 100.0,
            "max_rate_rps": 20.0, "tried": [{"rps": 20.0, "passed": True}],
            "stopped_by": "fixed rates", "p99_ms_at_max": 9.0, "loadgen_saturated": False}
@@ -106,10 +107,14 @@ def every_kind(tmp_path: Path) -> list[Any]:
                                                             "server": "TorchServe at http://x"}
     return [
         export, ServerRecord(target="torchserve", status="up", reason="", mode="native"),
-        to_record(closed), to_record(open_loop), to_record(gone), to_record(slo),
+        to_record(closed), to_record(open_loop), to_record(gone), to_record(rate_slo),
         to_record(capacity), to_record(edge_row()), to_record(edge_row("inprocess")),
         kill.measurement(scenario="sweep", level=2), rollover.measurement(failed_requests=0),
         to_record(ceiling), to_record(bench), to_record(check),
+        *slo.records(slo.decide(slo.parse("p50<=1000ms"), [closed])),
+        ContainerCrash("torchserve", "digits-mlp", "deploybench_torchserve_1", 1.7e9,
+                       exit_code=137, restarts=1, recovery_s=4.1, probes=9,
+                       status="recovered").measurement("torchserve"),
     ]
 
 

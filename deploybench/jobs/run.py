@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.rule import Rule
 
+from deploybench import slo
 from deploybench.errors import DeploybenchError
 from deploybench.jobs.writer import RunWriter
 from deploybench.manifest import FP32_TOLERANCE, exported_models, load_manifest
@@ -39,6 +40,8 @@ class RunOptions:
     # False: each server's JSON and binary protocol in the sweep and its binary one in the rate
     # search (targets.run_pairs); True: every protocol in both
     all_protocols: bool = False
+    gates: list[slo.Gate] = field(default_factory=list)  # SLO gates on every load step
+    junit: Path | None = None  # where their outcomes go as JUnit XML
 
 
 def default_run_dir() -> Path:
@@ -78,6 +81,7 @@ def run(options: RunOptions, console: Console) -> Path:
     deployment = None
     stage = "export"
     failure: BaseException | None = None
+    decisions: list[slo.Decision] = []
     stage_seconds: dict[str, float] = {}
     clock = [started]
 
@@ -113,7 +117,11 @@ def run(options: RunOptions, console: Console) -> Path:
         stage = "load"
         console.print(Rule("3/5 load"))
         if deployment.up():
-            _load(options, deployment, artifacts, writer, console)
+            steps = _load(options, deployment, artifacts, writer, console)
+            if options.gates:
+                from deploybench.jobs.gates import judge
+
+                decisions = judge(options.gates, steps, writer, console, options.junit)
         else:
             console.print("no server is up: load skipped (reasons above)")
         stop(deployment)
@@ -150,11 +158,15 @@ def run(options: RunOptions, console: Console) -> Path:
         console.print(f"report: {html} and {markdown}", highlight=False)
     if failure is not None:
         raise failure
+    gate_error = slo.exit_error(decisions)
+    if gate_error:  # after the report: the run is whole, its gates say how it came out
+        raise gate_error
     return run_dir
 
 
 def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  # noqa: ANN001
-          console: Console) -> None:
+          console: Console) -> list[dict]:
+    """Every load step of the run (closed-loop sweep, then the rate search)."""
     from deploybench.jobs.stages import load_stage
     from deploybench.loadtest.runner import LoadPlan
     from deploybench.loadtest.scenarios import load_scenario
@@ -170,8 +182,10 @@ def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  
                                         rate_bound_ms=options.rate_bound_ms),
                           every if options.all_protocols
                           else targets.run_pairs(servers, binary_only=True)))
+    steps: list[dict] = []
     for scenario, pairs in scenarios:
         plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
                         scenario, writer.run_dir, deployment.mode)
         plan.observers = deployment.observers()
-        load_stage(writer, plan, console)
+        steps += load_stage(writer, plan, console).measurements
+    return steps
