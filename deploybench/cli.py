@@ -282,6 +282,11 @@ def load(
         min=0, help="Distributed locust: a master and N workers in docker-compose.yml's "
                     "loadtest profile, against servers `deploybench serve --mode docker` "
                     "runs (0: one local locust process).")] = 0,
+    early_stop: Annotated[bool | None, typer.Option(
+        "--early-stop/--no-early-stop",
+        help="Open loop: end each step once its p99's 95% interval lies wholly under the "
+             "bound (pass, on at least 662 requests) or over it (fail); at most "
+             "max_step_seconds (60), then inconclusive.")] = None,
     slo_gates: Annotated[str | None, typer.Option(
         "--slo", help=SLO_HELP)] = None,
     junit: Annotated[Path | None, typer.Option(
@@ -302,7 +307,7 @@ def load(
         scenario,
         levels=parse_list(users, int) if users else (parse_list(rates, float) if rates else None),
         step_seconds=step_seconds, warmup_seconds=warmup_seconds, rate_bound_ms=rate_bound_ms,
-        batch_size=batch_size, slo=slo_gates,
+        batch_size=batch_size, slo=slo_gates, early_stop=early_stop,
     )
     gates = parse_gates(chosen.slo, junit)
     if users and chosen.kind != "closed" or rates and chosen.kind != "open":

@@ -101,6 +101,18 @@ class WorkerFigures(_Strict):
 class TriedRate(_Strict):
     rps: Number
     passed: bool
+    inconclusive: bool | None = None  # early stopping: neither passed nor failed in time
+
+
+class EarlyStop(_Strict):
+    """How an early-stopped open-loop step ended (loadtest/locustfile.py)."""
+
+    decision: Literal["pass", "fail", "inconclusive"]
+    requests: int
+    seconds: Number
+    p99_interval_ms: list[Number | None]
+    bound_ms: Number
+    min_pass_requests: int
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -192,12 +204,16 @@ class _Step(_ServerRow):
     scheduled_rps: Number | None = None
     completed_rps: Number | None = None
     service_latency_ms: Latency | None = None
+    early_stop: EarlyStop | None = None
     in_flight_at_end: int | None = None
     in_flight_limit_hits: int | None = None
     # the runner's: CPU in the window and the cost figures
     cpu: CpuWindow | None = None
     server_cpu_s_per_1k: Number | None = None
     server_peak_rss_bytes: int | None = None
+    # the runner's: a step whose figures may be the machine's, not the server's (why, if so)
+    noisy: bool | None = None
+    noise: list[str] | None = None
     # the runner's, open loop: the step's verdict against the p99 bound
     passed: bool | None = None
     verdict: str | None = None

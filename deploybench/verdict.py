@@ -3,6 +3,7 @@ the answer lines, the tables. Every claim is generated from a measured figure.""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,34 @@ class Best:
     software: str | None = None  # the server software (KServe: one target per framework)
     protocol_label: str | None = None
     cpu_s_per_1k: float | None = None  # the server's, at the best step
+    noisy: bool = False  # the best step's figures may be the machine's (measurement noise)
+    # open loop: the lowest rate above the best that failed (the search's bracket), if any
+    failed_above_rps: float | None = None
+    duration_s: float | None = None  # the best step's window
+
+
+def rate_interval(best: Best) -> tuple[float, float]:
+    """95% counting interval of a measured rate: n answers in t seconds, n +- 1.96 sqrt(n)."""
+    answers = best.throughput_rps * best.duration_s
+    spread = 1.96 * math.sqrt(answers)
+    return (answers - spread) / best.duration_s, (answers + spread) / best.duration_s
+
+
+def significantly_above(top: Best, other: Best) -> tuple[bool, str]:
+    """Whether `top` sustains more than `other` beyond the uncertainty, and why not if not: a
+    noisy step decides nothing; two rate searches differ only where `top` passed a rate
+    `other` failed; otherwise the rates' counting intervals must not overlap."""
+    if top.noisy or other.noisy:
+        return False, "a noisy step: other processes or the load generator took the machine"
+    if top.open_loop and other.open_loop:
+        if other.failed_above_rps is not None and top.level >= other.failed_above_rps:
+            return True, ""
+        return False, "within the rate search's resolution"
+    if not (top.duration_s and other.duration_s):
+        return False, "no measured window to judge by"
+    if rate_interval(top)[0] > rate_interval(other)[1]:
+        return True, ""
+    return False, "within the counting noise of the two rates"
 
 
 def bound_of(results: dict[str, Any]) -> float:
@@ -84,6 +113,11 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
             steps[0].get("framework"), steps[0].get("software"),
             steps[0].get("protocol_label") or protocol,
             top.get("server_cpu_s_per_1k") if top else None,
+            bool(top and top.get("noisy")),
+            min((s["level"] for s in steps if top and s.get("level_unit") == "rps"
+                 and top.get("level_unit") == "rps" and s.get("passed") is False
+                 and s["level"] > top["level"]), default=None),
+            top.get("duration_s") if top else None,
         ))
     return best
 
@@ -115,9 +149,19 @@ def server_lines(results: dict[str, Any]) -> list[str]:
             continue
         top = measured[0]
         how = "open-loop Poisson arrivals" if top.open_loop else "closed loop"
-        text = (f"{top.label} sustains {req_per_s(top.throughput_rps)}"
-                f" (p99 {ms(top.p99_ms)}, {how})")
+        tied = [(o, significantly_above(top, o)[1]) for o in measured[1:]
+                if not significantly_above(top, o)[0]]
+        if tied:  # no winner named where the margin is within the uncertainty
+            text = ("no significant difference between "
+                    + ", ".join(f"{b.label} ({req_per_s(b.throughput_rps)})"
+                                for b in [top, *(o for o, _ in tied)])
+                    + f" ({tied[0][1]}); {top.label} p99 {ms(top.p99_ms)}, {how}")
+        else:
+            text = (f"{top.label} sustains {req_per_s(top.throughput_rps)}"
+                    f" (p99 {ms(top.p99_ms)}, {how})")
         for other in measured[1:]:
+            if any(other is o for o, _ in tied):
+                continue
             ratio = top.throughput_rps / other.throughput_rps
             text += (f", {ratio:.2g}x {other.label} "
                      f"({req_per_s(other.throughput_rps)})")
@@ -163,7 +207,9 @@ def same_server_lines(results: dict[str, Any]) -> list[str]:
             parts.append(f"{name} {rate}{cpu}")
         text += "; ".join(parts)
         if first.throughput_rps and second.throughput_rps:
-            text += f" ({first.throughput_rps / second.throughput_rps:.2g}x)"
+            above, why = significantly_above(first, second)
+            text += (f" ({first.throughput_rps / second.throughput_rps:.2g}x)" if above
+                     else f" (no significant difference: {why})")
         if tensorflow_missing:
             text += (f"; {', '.join(tensorflow_missing)} could not run here, so this is "
                      "TensorFlow's serving figure")

@@ -63,6 +63,7 @@ from deploybench.serving.payload import PredictionError, error_message
 grpc.experimental.gevent.init_gevent()  # grpc's own threads would block gevent's loop
 
 log = logging.getLogger("deploybench.locust")
+EARLY_STOP_CHECK_S = 0.5
 RECORDER = Recorder()
 _state: dict[str, Any] = {"environment": None, "samples": {}, "window": None, "error": None}
 
@@ -105,6 +106,13 @@ def _options(parser: Any) -> None:
                        default=256, help="Open loop: requests one user keeps in flight at most")
     group.add_argument("--request-timeout", env_var="DEPLOYBENCH_REQUEST_TIMEOUT", type=float,
                        default=30.0, help="Seconds before a request counts as failed")
+    group.add_argument("--decide-p99-ms", env_var="DEPLOYBENCH_DECIDE_P99_MS", type=float,
+                       default=0.0,
+                       help="Early stopping: end the window once the p99's 95%% interval lies "
+                            "wholly under this bound (pass) or over it (fail); "
+                            "--measure-seconds is then the most it lasts (0: off)")
+    group.add_argument("--min-pass-requests", env_var="DEPLOYBENCH_MIN_PASS_REQUESTS", type=int,
+                       default=662, help="Early stopping: the fewest requests a pass rests on")
     group.add_argument("--summary-file", env_var="DEPLOYBENCH_SUMMARY_FILE", default="",
                        include_in_web_ui=False,
                        help="Write exact latencies and answer checks here (JSON) at the end")
@@ -353,11 +361,28 @@ def _window(environment: Environment) -> None:
     if runner is not None and not isinstance(runner, WorkerRunner):
         runner.stats.reset_all()  # locust's own CSV/HTML leave the warm-up out too
     if options.measure_seconds > 0:
-        gevent.sleep(options.measure_seconds)
+        if options.decide_p99_ms > 0 and not isinstance(runner, WorkerRunner):
+            _until_decided(options)  # the master decides on every worker's requests
+        else:
+            gevent.sleep(options.measure_seconds)
         RECORDER.close_window()
         if options.headless and runner is not None and not isinstance(runner, WorkerRunner):
             log.info("measurement window over, stopping")
             runner.quit()
+
+
+def _until_decided(options: Any) -> None:
+    """Early stopping (MLPerf's Server scenario, decided by the p99's interval): check every
+    EARLY_STOP_CHECK_S; at --measure-seconds with no decision, the step is inconclusive."""
+    began = time.monotonic()
+    while True:
+        gevent.sleep(EARLY_STOP_CHECK_S)
+        elapsed = time.monotonic() - began
+        decided = RECORDER.p99_decision(options.decide_p99_ms, options.min_pass_requests)
+        if decided["decision"] or elapsed >= options.measure_seconds:
+            RECORDER.early_stop = {**decided, "decision": decided["decision"] or "inconclusive",
+                                   "seconds": round(elapsed, 2)}
+            return
 
 
 @events.init.add_listener

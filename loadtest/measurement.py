@@ -119,6 +119,8 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
         "locust": locust_figures(output.files["json"]),
         "heavy_modules_in_locust": summary.get("heavy_modules", []),
     }
+    if summary.get("early_stop"):
+        measurement["early_stop"] = summary["early_stop"]
     if summary.get("workers"):
         measurement["loadgen_workers"] = [
             {"worker": worker, "requests": int(own["requests"]), "failures": int(own["failures"]),
@@ -143,7 +145,7 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
 _FIGURES = ("throughput_rps", "latency_ms", "stability", "locust", "loadgen_saturated",
             "loadgen_cpu_percent", "heavy_modules_in_locust", "scheduled_rps", "completed_rps",
             "service_latency_ms", "in_flight_at_end", "in_flight_limit_hits", "target_rps",
-            "latency_ci95_ms")
+            "latency_ci95_ms", "early_stop")
 
 
 def aborted(measurement: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -157,10 +159,29 @@ def aborted(measurement: dict[str, Any], reason: str) -> dict[str, Any]:
             **{k: measurement[k] for k in kept if k in measurement}}
 
 
+# other processes (not the server, not locust) taking more than this share of one core during a
+# step make it noisy: on a shared machine its figures may be the neighbours', not the server's
+NOISY_OTHER_PERCENT = 50.0
+
+
+def noise_reasons(measurement: dict[str, Any]) -> list[str]:
+    """Why a step's figures may not be the server's own (empty: a quiet step)."""
+    reasons = []
+    other = (measurement.get("cpu") or {}).get("other_percent")
+    if other is not None and other > NOISY_OTHER_PERCENT:
+        reasons.append(f"other processes took {other:.0f}% of a core (over "
+                       f"{NOISY_OTHER_PERCENT:.0f}%)")
+    if measurement.get("loadgen_saturated"):
+        reasons.append("the load generator was saturated")
+    return reasons
+
+
 def rate_passes(measurement: dict[str, Any], bound_ms: float, min_completed_ratio: float
                 ) -> tuple[bool, str]:
     """An open-loop step passes when every answer was right, p99 <= the bound, and the server
-    kept up (completed close to scheduled, the generator kept its schedule)."""
+    kept up (completed close to scheduled, the generator kept its schedule). With early
+    stopping the p99 is judged by its interval: an undecided step does not pass, and its
+    verdict starts with "inconclusive"."""
     if measurement.get("status") != "ok":
         return False, measurement.get("reason", "failed")
     if measurement["requests"] == 0:
@@ -168,7 +189,15 @@ def rate_passes(measurement: dict[str, Any], bound_ms: float, min_completed_rati
     if measurement["failures"]:
         return False, f"{measurement['failures']} failures"
     p99 = measurement["latency_ms"]["p99"]
-    if p99 is None or p99 > bound_ms:
+    early = measurement.get("early_stop")
+    if early:
+        low, high = early["p99_interval_ms"]
+        shown = f"p99 {p99} ms, 95% interval [{low}, {high}] ms over {early['requests']} requests"
+        if early["decision"] == "inconclusive":
+            return False, f"inconclusive: {shown} after {early['seconds']} s"
+        if early["decision"] == "fail":
+            return False, f"{shown} > {bound_ms:g} ms"
+    elif p99 is None or p99 > bound_ms:
         return False, f"p99 {p99} ms > {bound_ms:g} ms"
     scheduled = measurement.get("scheduled_rps") or 0.0
     if scheduled and measurement["completed_rps"] < min_completed_ratio * scheduled:
@@ -176,6 +205,8 @@ def rate_passes(measurement: dict[str, Any], bound_ms: float, min_completed_rati
                        f"{scheduled} scheduled")
     if measurement.get("in_flight_limit_hits"):
         return False, "the load generator hit its in-flight limit"
+    if early:
+        return True, f"{shown} <= {bound_ms:g} ms"
     return True, f"p99 {p99} ms <= {bound_ms:g} ms"
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from deploybench.loadtest import histogram
+from deploybench.loadtest import histogram, intervals
 
 SUMMARY_SCHEMA = "deploybench.locust-summary/1"
 HEAVY_MODULES = ("tensorflow", "torch", "keras", "jax")
@@ -85,6 +85,7 @@ class Recorder:
         self.in_flight_limit_hits = 0
         self.workers_reported: set[str] = set()
         self.by_worker: dict[str, dict[str, Tally]] = {}  # master: each worker's own tallies
+        self.early_stop: dict[str, Any] | None = None  # how the window ended, when deciding
         self.worker_cpu_max: float | None = None  # master: the busiest worker's CPU, percent
         self._cpu_mark = (time.time(), _process_cpu_seconds())
 
@@ -190,6 +191,19 @@ class Recorder:
         if cpu is not None:
             self.worker_cpu_max = max(cpu, self.worker_cpu_max or 0.0)
 
+    # -- early stopping ------------------------------------------------------------------
+    def p99_decision(self, bound_ms: float, min_pass_requests: int) -> dict[str, Any]:
+        """The p99 of everything recorded in the window so far against `bound_ms`: decision
+        "pass", "fail" or None (undecided), with the requests and the interval it rests on."""
+        merged = histogram.new()
+        for tally in self.tallies.values():
+            merged.add(tally.latency)
+        count = merged.get_total_count()
+        interval = intervals.percentile_interval(merged, 99.0)
+        return {"decision": intervals.decide_bound(interval, bound_ms, count, min_pass_requests),
+                "requests": count, "p99_interval_ms": interval, "bound_ms": bound_ms,
+                "min_pass_requests": min_pass_requests}
+
     # -- output --------------------------------------------------------------------------
     def summary(self, **extra: Any) -> dict[str, Any]:
         start, end = self.window_start, self.window_end
@@ -210,6 +224,7 @@ class Recorder:
             "requests": {name: tally.to_dict() for name, tally in self.tallies.items()},
             "workers": {worker: {name: tally.to_dict() for name, tally in tallies.items()}
                         for worker, tallies in self.by_worker.items()},
+            "early_stop": self.early_stop,
             **extra,
         }
 

@@ -239,7 +239,10 @@ class LoadRun:
         result = {
             "kind": "load-slo", **targets.get(target).describe(protocol), "model": model,
             "scenario": scenario.name, "rate_bound_ms": scenario.rate_bound_ms,
-            "max_rate_rps": best, "tried": [{"rps": rate, "passed": ok} for rate, ok in tried],
+            "max_rate_rps": best,
+            "tried": [{"rps": rate, "passed": ok, **({"inconclusive": True} if any(
+                m["level"] == rate and str(m.get("verdict", "")).startswith("inconclusive")
+                for m in steps) else {})} for rate, ok in tried],
             "stopped_by": stopped_by,
             "p99_ms_at_max": best_step["latency_ms"]["p99"] if best_step else None,
             "loadgen_saturated": any(m.get("loadgen_saturated") for m in steps),
@@ -262,7 +265,10 @@ class LoadRun:
             rate_per_user=rate_per_user, batch_size=scenario.batch_size,
             cpus=plan.loadgen_cpus, workers=plan.locust_workers,
             extra_args=(["--unchecked-signature", plan.unchecked[model].to_option()]
-                        if model in plan.unchecked else []),
+                        if model in plan.unchecked else [])
+            + (["--decide-p99-ms", f"{scenario.rate_bound_ms:g}",
+                "--min-pass-requests", str(scenario.min_pass_requests)]
+               if scenario.kind == "open" and scenario.early_stop else []),
         )
         unit = scenario.level_unit
         total = scenario.warmup_seconds + scenario.measure_seconds(level)
@@ -289,6 +295,8 @@ class LoadRun:
                 result["server_cpu_s_per_1k"] = round(
                     cpu["server_cpu_seconds"] / result["requests"] * 1000, 4)
             result["server_peak_rss_bytes"] = cpu["server_peak_rss_bytes"] if cpu else None
+            result["noise"] = measure.noise_reasons(result)
+            result["noisy"] = bool(result["noise"])
         if scenario.kind == "open" and not output.aborted:
             # an open-loop step's verdict is part of its record, judged before it is kept
             ok, why = measure.rate_passes(result, scenario.rate_bound_ms,
@@ -328,7 +336,9 @@ def step_line(m: dict[str, Any]) -> str:
             f"({m['wrong_answers']} wrong answers)")
     if "scheduled_rps" in m:
         text += f", scheduled {m['scheduled_rps']} / completed {m['completed_rps']} rps"
-    if m["loadgen_saturated"]:
+    if m.get("noisy"):
+        text += f" [yellow]noisy: {'; '.join(m['noise'])}[/yellow]"
+    elif m["loadgen_saturated"]:
         text += " [yellow]load generator saturated[/yellow]"
     return text
 

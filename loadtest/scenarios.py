@@ -57,6 +57,12 @@ class Scenario:
     # a few of them rather than on the single slowest (at most 4 x step_seconds)
     min_requests: int = 0
     batch_size: int = 1  # golden rows per request
+    # open: early stopping. Each step lasts until its p99's 95% interval lies wholly under the
+    # bound (pass, on at least min_pass_requests: MLPerf's 662 for a p99 claim) or wholly over
+    # it (fail), or max_step_seconds have passed (inconclusive)
+    early_stop: bool = False
+    min_pass_requests: int = 662
+    max_step_seconds: float = 60.0
     # SLO gates decided on every step, e.g. "p99<=100ms,error_rate<=0.1%" (deploybench/slo.py);
     # a file may give them as a list
     slo: str = ""
@@ -90,6 +96,8 @@ class Scenario:
 
     def measure_seconds(self, level: float) -> float:
         """How long the step at `level` is measured (see min_requests)."""
+        if self.kind == "open" and self.early_stop:
+            return self.max_step_seconds  # the most it lasts: it ends once decided
         if self.kind != "open" or not self.min_requests:
             return self.step_seconds
         return min(max(self.step_seconds, self.min_requests / level), 4 * self.step_seconds)

@@ -180,3 +180,89 @@ def test_a_malformed_slo_stops_before_any_load(tmp_path: Path) -> None:
     result = invoke("load", "--target", "torchserve", "--junit", str(tmp_path / "x.xml"),
                     "--out", str(tmp_path / "run"))
     assert result.exit_code == 2 and "give --slo too" in result.output
+
+
+# --- early stopping -------------------------------------------------------------------------------
+
+
+def test_a_decision_needs_the_floor_to_pass_but_not_to_fail() -> None:
+    assert intervals.decide_bound([1.0, 2.0], 5.0, 700, 662) == "pass"
+    assert intervals.decide_bound([1.0, 2.0], 5.0, 600, 662) is None  # under MLPerf's floor
+    assert intervals.decide_bound([6.0, None], 5.0, 20, 662) == "fail"  # decided at once
+    assert intervals.decide_bound([4.0, 6.0], 5.0, 5000, 662) is None
+    assert intervals.decide_bound([None, None], 5.0, 0, 662) is None
+
+
+def rate_step(out: Path, *options: str) -> tuple[dict, dict]:
+    result = invoke("load", "--target", "torchserve", "--protocol", "npy", "--model",
+                    "digits-mlp", "--warmup-seconds", "1", "--out", str(out), *options)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    (step,) = [m for m in data["measurements"] if m["kind"] == "load"]
+    (search,) = [m for m in data["measurements"] if m["kind"] == "load-slo"]
+    return step, search
+
+
+@pytest.mark.slow
+def test_an_early_stopped_step_ends_once_its_p99_is_decided(torchserve, tmp_path: Path) -> None:
+    # a generous bound: passes as soon as MLPerf's 662 requests are in (about 6.6 s at 100/s)
+    step, _ = rate_step(tmp_path / "pass", "--scenario", "rate", "--rates", "100",
+                        "--rate-bound-ms", "1000", "--early-stop")
+    early = step["early_stop"]
+    assert early["decision"] == "pass" and step["passed"] is True, step["verdict"]
+    assert 662 <= early["requests"] <= step["requests"] < 1000
+    assert early["seconds"] < 20 and step["duration_s"] < 20  # not the 60 s at most
+    assert early["p99_interval_ms"][1] <= 1000
+    # an impossible bound fails within a second or two, on far fewer requests
+    step, search = rate_step(tmp_path / "fail", "--scenario", "rate", "--rates", "100",
+                             "--rate-bound-ms", "0.01", "--early-stop")
+    assert step["early_stop"]["decision"] == "fail" and step["passed"] is False
+    assert step["early_stop"]["seconds"] <= 3 and step["early_stop"]["requests"] < 662
+    assert search["max_rate_rps"] is None
+
+
+@pytest.mark.slow
+def test_an_undecided_step_is_inconclusive_and_never_passes(torchserve, tmp_path: Path) -> None:
+    scenario = tmp_path / "short.json"
+    scenario.write_text(json.dumps({
+        "name": "short", "kind": "open", "levels": [50], "rate_bound_ms": 1000,
+        "early_stop": True, "max_step_seconds": 3, "warmup_seconds": 1}))
+    step, search = rate_step(tmp_path / "run", "--scenario", str(scenario))
+    # 3 s at 50/s is about 150 requests: under the 662 a pass needs, never over the bound
+    assert step["early_stop"]["decision"] == "inconclusive"
+    assert step["passed"] is False and step["verdict"].startswith("inconclusive")
+    assert search["tried"] == [{"rps": 50.0, "passed": False, "inconclusive": True}]
+    assert search["max_rate_rps"] is None
+
+
+# --- noise --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_step_beside_a_cpu_burner_is_noisy_and_names_no_winner(torchserve,
+                                                                 tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from deploybench.verdict import server_lines
+
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        result = invoke("load", "--target", "torchserve", "--protocol", "rest,npy", "--model",
+                        "digits-mlp", "--users", "2", "--step-seconds", "3",
+                        "--warmup-seconds", "1", "--out", str(tmp_path / "run"))
+    finally:
+        burner.kill()
+        burner.wait()
+    assert result.exit_code == 0, result.output
+    assert "noisy: other processes took" in " ".join(result.output.split())
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    steps = [m for m in data["measurements"] if m["kind"] == "load"]
+    assert len(steps) == 2
+    for step in steps:
+        assert step["noisy"] is True, step["cpu"]
+        assert step["cpu"]["other_percent"] > 50
+        assert any(reason.startswith("other processes took") for reason in step["noise"])
+    (headline,) = server_lines(data)
+    assert "sustains" not in headline and "no significant difference" in headline
+    assert "a noisy step" in headline

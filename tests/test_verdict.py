@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploybench.verdict import same_server_lines
+from deploybench.verdict import same_server_lines, server_lines
 
 
-def step(target: str, framework: str, rps: float, p99: float, cpu: float) -> dict[str, Any]:
+def step(target: str, framework: str, rps: float, p99: float, cpu: float,
+         **fields: Any) -> dict[str, Any]:
     return {"kind": "load", "model": "digits-cnn", "target": target,
             "target_label": f"KServe-{framework}", "framework": framework.lower(),
             "software": "KServe", "protocol": "v2-binary", "protocol_label": "V2 binary",
             "scenario": "rate", "level": rps, "level_unit": "rps", "requests": 1000,
-            "failures": 0, "wrong_answers": 0, "throughput_rps": rps, "passed": True,
-            "latency_ms": {"p50": p99 / 3, "p99": p99}, "server_cpu_s_per_1k": cpu}
+            "failures": 0, "wrong_answers": 0, "throughput_rps": rps, "passed": p99 <= 100,
+            "latency_ms": {"p50": p99 / 3, "p99": p99}, "server_cpu_s_per_1k": cpu,
+            "duration_s": 10.0} | fields
 
 
 def server(target: str, framework: str, status: str, reason: str = "") -> dict[str, Any]:
@@ -26,6 +28,7 @@ def test_same_server_two_frameworks_quotes_both_rows_and_their_ratio():
         step("kserve-pytorch", "PyTorch", 400.0, 20.0, 1.5),
         step("kserve-pytorch", "PyTorch", 800.0, 150.0, 1.4),  # over the bound: not the best
         step("kserve-tensorflow", "TensorFlow", 250.0, 30.0, 2.5),
+        step("kserve-tensorflow", "TensorFlow", 375.0, 120.0, 2.5),  # failed a rate PyTorch passed
         server("TF Serving", "tensorflow", "unavailable", "no binary"),
         server("kserve-tensorflow", "tensorflow", "up"),
     ]}
@@ -39,3 +42,46 @@ def test_same_server_two_frameworks_quotes_both_rows_and_their_ratio():
 def test_one_framework_alone_is_no_comparison():
     results = {"measurements": [step("kserve-pytorch", "PyTorch", 400.0, 20.0, 1.5)]}
     assert same_server_lines(results) == []
+
+
+def test_no_winner_is_named_within_the_rate_search_resolution():
+    # TensorFlow failed only above what PyTorch passed: the two rates' brackets overlap
+    results = {"measurements": [
+        step("kserve-pytorch", "PyTorch", 400.0, 20.0, 1.5),
+        step("kserve-pytorch", "PyTorch", 800.0, 150.0, 1.4),
+        step("kserve-tensorflow", "TensorFlow", 380.0, 30.0, 2.5),
+        step("kserve-tensorflow", "TensorFlow", 760.0, 140.0, 2.5)]}
+    (line,) = same_server_lines(results)
+    assert "PyTorch 400 req/s" in line and "TensorFlow 380 req/s" in line
+    assert "(no significant difference: within the rate search's resolution)" in line
+    (headline,) = server_lines(results)
+    assert "sustains" not in headline
+    assert headline.startswith("Server, p99 under 100 ms (digits-cnn): no significant "
+                               "difference between KServe-PyTorch V2 binary (400 req/s), "
+                               "KServe-TensorFlow V2 binary (380 req/s)")
+
+
+def test_a_noisy_step_names_no_winner_however_large_the_margin():
+    results = {"measurements": [
+        step("kserve-pytorch", "PyTorch", 800.0, 20.0, 1.5, noisy=True,
+             noise=["other processes took 97% of a core (over 50%)"]),
+        step("kserve-tensorflow", "TensorFlow", 200.0, 30.0, 2.5),
+        step("kserve-tensorflow", "TensorFlow", 400.0, 130.0, 2.5)]}
+    (headline,) = server_lines(results)
+    assert "sustains" not in headline and "no significant difference" in headline
+    assert "a noisy step" in headline
+    assert "800 req/s" in headline and "200 req/s" in headline  # both figures, no ratio
+    assert "4x" not in headline
+
+
+def test_closed_loop_rates_differ_beyond_their_counting_noise():
+    closed = {"scenario": "sweep", "level": 4, "level_unit": "users"}
+    results = {"measurements": [
+        step("kserve-pytorch", "PyTorch", 500.0, 20.0, 1.5, **closed),
+        step("kserve-tensorflow", "TensorFlow", 250.0, 30.0, 2.5, **closed)]}
+    (headline,) = server_lines(results)
+    assert "KServe-PyTorch V2 binary sustains 500 req/s" in headline and "2x" in headline
+    # 502 and 500 answers per second over 10 s: within each other's counting noise
+    results["measurements"][1] |= {"throughput_rps": 498.0}
+    (headline,) = server_lines(results)
+    assert "within the counting noise" in headline and "sustains" not in headline
