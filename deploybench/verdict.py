@@ -63,6 +63,27 @@ def rate_interval(best: Best) -> tuple[float, float]:
     return (answers - spread) / best.duration_s, (answers + spread) / best.duration_s
 
 
+def ratio_interval(top: Best, other: Best) -> tuple[float, float | None]:
+    """The range of top's rate over other's that the measurements allow: from the two rate
+    searches' brackets (each server's capacity lies between its best rate and the first it
+    failed above; None: top never failed, no upper end), or from the counting intervals."""
+    if top.open_loop and other.open_loop:
+        low = top.level / other.failed_above_rps if other.failed_above_rps else 0.0
+        high = top.failed_above_rps / other.level if top.failed_above_rps else None
+        return low, high
+    (top_low, top_high), (other_low, other_high) = rate_interval(top), rate_interval(other)
+    return top_low / other_high, top_high / other_low
+
+
+def ratio_text(top: Best, other: Best) -> str:
+    """ "1.3x Y (95% interval 1.1x-1.5x)" style: the ratio and what the measurements allow."""
+    low, high = ratio_interval(top, other)
+    bracket = "the rate searches allow" if top.open_loop and other.open_loop else "95% interval"
+    upper = f"{high:.2g}x" if high is not None else "unbounded"
+    return (f"{top.throughput_rps / other.throughput_rps:.2g}x {other.label} "
+            f"({req_per_s(other.throughput_rps)}; {bracket} {low:.2g}x-{upper})")
+
+
 def significantly_above(top: Best, other: Best) -> tuple[bool, str]:
     """Whether `top` sustains more than `other` beyond the uncertainty, and why not if not: a
     noisy step decides nothing; two rate searches differ only where `top` passed a rate
@@ -160,11 +181,8 @@ def server_lines(results: dict[str, Any]) -> list[str]:
             text = (f"{top.label} sustains {req_per_s(top.throughput_rps)}"
                     f" (p99 {ms(top.p99_ms)}, {how})")
         for other in measured[1:]:
-            if any(other is o for o, _ in tied):
-                continue
-            ratio = top.throughput_rps / other.throughput_rps
-            text += (f", {ratio:.2g}x {other.label} "
-                     f"({req_per_s(other.throughput_rps)})")
+            if not any(other is o for o, _ in tied):
+                text += f", {ratio_text(top, other)}"
         for other in bests:
             if not other.throughput_rps:
                 text += f"; {other.label} never stayed under it"

@@ -80,8 +80,23 @@ def test_closed_loop_rates_differ_beyond_their_counting_noise():
         step("kserve-pytorch", "PyTorch", 500.0, 20.0, 1.5, **closed),
         step("kserve-tensorflow", "TensorFlow", 250.0, 30.0, 2.5, **closed)]}
     (headline,) = server_lines(results)
-    assert "KServe-PyTorch V2 binary sustains 500 req/s" in headline and "2x" in headline
+    assert "KServe-PyTorch V2 binary sustains 500 req/s" in headline
+    # 5,000 and 2,500 answers: 2x, and the ratio's range from both counting intervals
+    assert "2x KServe-TensorFlow V2 binary (250 req/s; 95% interval 1.9x-2.1x)" in headline
     # 502 and 500 answers per second over 10 s: within each other's counting noise
     results["measurements"][1] |= {"throughput_rps": 498.0}
     (headline,) = server_lines(results)
     assert "within the counting noise" in headline and "sustains" not in headline
+
+
+def test_two_rate_searches_bound_the_ratio_by_their_brackets():
+    results = {"measurements": [
+        step("kserve-pytorch", "PyTorch", 400.0, 20.0, 1.5),
+        step("kserve-pytorch", "PyTorch", 800.0, 150.0, 1.4),
+        step("kserve-tensorflow", "TensorFlow", 100.0, 30.0, 2.5),
+        step("kserve-tensorflow", "TensorFlow", 200.0, 130.0, 2.5)]}
+    (headline,) = server_lines(results)
+    # PyTorch's capacity in [400, 800), TensorFlow's in [100, 200): 2x to 8x
+    assert ("KServe-PyTorch V2 binary sustains 400 req/s (p99 20.0 ms, open-loop Poisson "
+            "arrivals), 4x KServe-TensorFlow V2 binary (100 req/s; the rate searches allow "
+            "2x-8x)") in headline
