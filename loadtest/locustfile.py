@@ -33,6 +33,7 @@ The locust image of docker-compose.yml installs deploybench itself (docker/locus
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -49,6 +50,7 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from deploybench.errors import DeploybenchError
+from deploybench.loadtest import histogram
 from deploybench.loadtest.recorder import Recorder, write_json
 from deploybench.loadtest.samples import (
     Samples,
@@ -113,6 +115,9 @@ def _options(parser: Any) -> None:
                             "--measure-seconds is then the most it lasts (0: off)")
     group.add_argument("--min-pass-requests", env_var="DEPLOYBENCH_MIN_PASS_REQUESTS", type=int,
                        default=662, help="Early stopping: the fewest requests a pass rests on")
+    group.add_argument("--slo", env_var="DEPLOYBENCH_SLO", default="",
+                       help="SLO gates shown live in the web UI's deploybench tab, e.g. "
+                            "p99<=100ms,wrong_answers==0 (deploybench load --slo's grammar)")
     group.add_argument("--summary-file", env_var="DEPLOYBENCH_SUMMARY_FILE", default="",
                        include_in_web_ui=False,
                        help="Write exact latencies and answer checks here (JSON) at the end")
@@ -390,6 +395,66 @@ def _on_init(environment: Environment, **_: Any) -> None:
     _state["environment"] = environment
     if environment.parsed_options is not None:  # so the web UI shows the real hosts
         _apply_hosts(environment.parsed_options)
+    if environment.web_ui is not None:
+        _add_web_ui_tab(environment)
+
+
+# -- the web UI's deploybench tab: exact figures, live ---------------------------------------------
+
+TAB = "deploybench"
+TAB_COLUMNS = (("name", "Request"), ("requests", "Requests"), ("failures", "Failures"),
+               ("wrong_answers", "Wrong answers"), ("p50", "p50 ms"), ("p90", "p90 ms"),
+               ("p99", "p99 ms"), ("p99_ci", "p99 95% interval"), ("p99_9", "p99.9 ms"),
+               ("gates", "SLO gates"))
+
+
+def _add_web_ui_tab(environment: Environment) -> None:
+    """A tab beside locust's own (whose percentiles are rounded to about two digits): the
+    kit's exact percentiles from the HDR histograms (on a master, merged from its workers),
+    the p99's 95% interval, wrong answers and the --slo gates' state, as the kit computes them
+    for its results. Locust keeps these template arguments on every page render."""
+    from flask import request
+
+    web_ui = environment.web_ui
+    web_ui.template_args["extended_tabs"] = [{"title": "Exact latency (deploybench)",
+                                              "key": TAB}]
+    web_ui.template_args["extended_tables"] = [{"key": TAB, "structure": [
+        {"key": key, "title": title} for key, title in TAB_COLUMNS]}]
+
+    @web_ui.app.after_request
+    def _with_exact_figures(response: Any) -> Any:
+        if request.path == "/stats/requests" and response.is_json:
+            response.set_data(json.dumps({**response.json, "extended_stats": [
+                {"key": TAB, "data": exact_rows(environment.parsed_options)}]}))
+        return response
+
+
+def exact_rows(options: Any) -> list[dict[str, str]]:
+    """One row per request name: what the tab shows (strings, as locust's tables take them)."""
+    from deploybench import slo
+    from deploybench.loadtest import intervals
+
+    gates = slo.parse(options.slo) if options is not None and options.slo else []
+    rows = []
+    for name, tally in sorted(RECORDER.tallies.items()):
+        figures = histogram.latency_ms(tally.latency)
+        ci = intervals.percentile_intervals(tally.latency)
+        seconds = max(time.time() - (RECORDER.window_start or time.time()), 1e-9) if (
+            RECORDER.window_end is None) else RECORDER.window_end - (RECORDER.window_start or 0)
+        step = {"target": tally.target, "protocol": tally.protocol, "model": tally.model,
+                "level": 0, "level_unit": "", "status": "ok", "requests": tally.requests,
+                "failures": tally.failures, "wrong_answers": tally.wrong_answers,
+                "throughput_rps": (tally.requests - tally.failures) / seconds,
+                "latency_ms": figures, "latency_ci95_ms": ci}
+        decided = [f"{d.gate}: {d.decision}" for d in slo.decide(gates, [step])]
+        rows.append({
+            "name": name, "requests": str(tally.requests), "failures": str(tally.failures),
+            "wrong_answers": str(tally.wrong_answers),
+            **{key: "-" if figures[key] is None else f"{figures[key]:.3f}"
+               for key in ("p50", "p90", "p99", "p99_9")},
+            "p99_ci": "[" + ", ".join("?" if v is None else f"{v:.3f}" for v in ci["p99"]) + "]",
+            "gates": "; ".join(decided) or "(no --slo)"})
+    return rows
 
 
 @events.test_start.add_listener

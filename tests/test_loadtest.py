@@ -145,9 +145,12 @@ def test_rate_scenario_reports_scheduled_and_completed(torchserve: Deployment,
     for step in steps:
         assert_sound(step)
         assert step["scenario"] == "rate" and step["level_unit"] == "rps"
-        # Poisson arrivals around the target rate, and the server kept up with them
+        # Poisson arrivals around the target rate; every one of them either answered in the
+        # window or still in flight at its end (a busy machine may fall behind, never lose any)
         assert 0.4 * step["level"] < step["scheduled_rps"] < 1.8 * step["level"]
-        assert step["completed_rps"] >= 0.8 * step["scheduled_rps"]
+        seconds = step["duration_s"]
+        assert (step["completed_rps"] * seconds + step["in_flight_at_end"]
+                >= 0.8 * step["scheduled_rps"] * seconds), step
         # latency counts from the scheduled send time: never below the service time
         assert step["latency_ms"]["p50"] >= step["service_latency_ms"]["p50"]
         assert step["rate_bound_ms"] == 500 and isinstance(step["passed"], bool)

@@ -3,17 +3,20 @@ real native TorchServe, watch the request count rise, stop it; a screenshot is k
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from deploybench.loadtest import histogram, intervals
 from deploybench.loadtest.process import LOCUSTFILE
 from deploybench.serving.manager import Deployment
 from tests.browser import chromium_page
@@ -42,6 +45,13 @@ def torchserve(export_root: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def locust_ui(torchserve: Deployment, export_root: Path, tmp_path: Path) -> Iterator[str]:
+    with web_ui(torchserve, export_root, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def web_ui(torchserve: Deployment, export_root: Path, tmp_path: Path,
+           *extra: str) -> Iterator[str]:
     """`locust -f loadtest/locustfile.py --class-picker` on 127.0.0.1, a free web port."""
     port = free_port()
     log = (tmp_path / "locust.log").open("wb")
@@ -49,7 +59,7 @@ def locust_ui(torchserve: Deployment, export_root: Path, tmp_path: Path) -> Iter
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--class-picker",
          "--web-host", "127.0.0.1", "--web-port", str(port),
          "--export-root", str(export_root), "--model", "digits-mlp",
-         "--torchserve-url", torchserve.endpoints["torchserve_inference"]],
+         "--torchserve-url", torchserve.endpoints["torchserve_inference"], *extra],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
 
@@ -81,6 +91,16 @@ def request_count(page: Any) -> int:
     return int(cells.nth(2).inner_text().strip() or 0)
 
 
+def start_torchserve_swarm(page: Any, url: str) -> None:
+    page.goto(url)
+    # the class picker: every class is ticked at first; keep TorchServe only
+    page.get_by_role("row").first.locator("input[type=checkbox]").uncheck()
+    page.get_by_role("row", name="TorchServeRESTUser").locator("input[type=checkbox]").check()
+    page.fill("input[name=userCount]", "2")
+    page.fill("input[name=spawnRate]", "2")
+    page.get_by_role("button", name="Start").click()
+
+
 def test_pick_torchserve_swarm_and_stop_in_the_web_ui(locust_ui: str,
                                                       test_artifacts: Path) -> None:
     with chromium_page() as page:
@@ -110,3 +130,38 @@ def test_pick_torchserve_swarm_and_stop_in_the_web_ui(locust_ui: str,
         stopped_at = request_count(page)
         time.sleep(1.5)
         assert request_count(page) == stopped_at  # nothing is sent any more
+
+
+def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_writes_them(
+        torchserve: Deployment, export_root: Path, tmp_path: Path,
+        test_artifacts: Path) -> None:
+    """The web UI's own percentiles are rounded; the kit's tab shows the exact p99 from the
+    HDR histogram, its 95% interval and the gates' state, live, and after the swarm stops they
+    are what the kit's summary of the same swarm gives."""
+    summary_file = tmp_path / "summary.json"
+    with web_ui(torchserve, export_root, tmp_path, "--slo", "p99<=10s,wrong_answers==0",
+                "--summary-file", str(summary_file)) as url, chromium_page() as page:
+        start_torchserve_swarm(page, url)
+        wait_for(lambda: request_count(page) > 200, 60, "200 requests are counted")
+        page.get_by_role("tab", name="Exact latency (deploybench)").click()
+        row = page.get_by_role("row", name=REQUEST_NAME).first
+        wait_for(lambda: row.count() and row.locator("td").nth(1).inner_text().strip() != "0",
+                 30, "the tab shows the live count")
+        page.get_by_role("button", name="Stop").click()
+        wait_for(summary_file.is_file, 20, "the summary is written at the stop")
+        time.sleep(3)  # the UI's next stats poll (every 2 s) shows the stopped swarm's figures
+        cells = [c.strip() for c in row.locator("td").all_inner_texts()]
+        titles = [t.strip() for t in
+                  row.locator("xpath=ancestor::table").locator("th").all_inner_texts()]
+        page.screenshot(path=str(test_artifacts / "locust-ui-deploybench-tab.png"),
+                        full_page=True)
+    summary = json.loads(summary_file.read_text())
+    tally = summary["requests"][REQUEST_NAME]
+    exact = histogram.decode(tally["histogram"])
+    p99 = histogram.latency_ms(exact)["p99"]
+    low, high = intervals.percentile_intervals(exact)["p99"]
+    shown = dict(zip(titles, cells, strict=True))
+    assert shown["Requests"] == str(tally["requests"]) and shown["Wrong answers"] == "0"
+    assert shown["p99 ms"] == f"{p99:.3f}"
+    assert shown["p99 95% interval"] == f"[{low:.3f}, {high:.3f}]"
+    assert shown["SLO gates"] == "p99<=10s: pass; wrong_answers==0: pass"
