@@ -19,10 +19,11 @@ NO_DOCKER = os.environ.get("DEPLOYBENCH_NO_DOCKER") == "1"
 
 
 @contextmanager
-def docker_engine(folder: Path) -> Iterator[None]:
+def docker_engine(folder: Path) -> Iterator[processes.ProcessRecord | None]:
     """An engine that answers (DOCKER_HOST, or the default socket: a user's Docker, CI's) is
     used as it is; otherwise, as root, a `dockerd` started with its defaults and stopped
-    afterwards with what it ran (its images stay in its storage for the next session)."""
+    afterwards with what it ran (its images stay in its storage for the next session).
+    Yields the dockerd started here, or None when an engine answered already."""
     if NO_DOCKER:
         pytest.skip("DEPLOYBENCH_NO_DOCKER=1: tests that need a Docker engine are skipped")
     try:
@@ -31,7 +32,7 @@ def docker_engine(folder: Path) -> Iterator[None]:
         pytest.fail(f"{error} (`make test` installs Debian's docker.io); set "
                     "DEPLOYBENCH_NO_DOCKER=1 to skip the Docker tests")
     try:
-        yield
+        yield started
     finally:
         if started is not None:
             processes.stop(started, grace_seconds=30)

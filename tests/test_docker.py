@@ -25,6 +25,7 @@ from deploybench.loadtest.scenarios import load_scenario
 from deploybench.manifest import load_manifest
 from deploybench.serving import faults, hardening, images, manager
 from deploybench.serving.manager import STATE_FILE, Deployment, ServerStatus
+from deploybench.serving.processes import ProcessRecord
 from deploybench.serving.targets import make_client
 from deploybench.settings import load_settings
 from tests.conftest import invoke
@@ -43,9 +44,10 @@ ABSENT = {"TFSERVING_IMAGE": "deploybench-absent/tfserving:none",
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with docker_engine(tmp_path_factory.mktemp("docker")):
-        yield
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessRecord | None]:
+    """The dockerd these tests started, or None when an engine answered already."""
+    with docker_engine(tmp_path_factory.mktemp("docker")) as started:
+        yield started
 
 
 @pytest.fixture
@@ -295,3 +297,29 @@ def test_stop_takes_the_stack_down_leaving_nothing_behind(stack) -> None:
     finally:
         client.close()
     assert Deployment.load() is None
+
+
+def test_serve_mode_docker_starts_dockerd_when_none_answers_and_stop_stops_it(
+        engine, built, export_root: Path, tmp_path: Path, state: Path) -> None:
+    """Last: it stops the engine. As root with no engine answering, `serve --mode docker`
+    starts Debian's dockerd itself, serves through it, and `stop` stops it again."""
+    if engine is None:
+        pytest.skip("an engine of this machine's own answers: the kit never stops it")
+    from deploybench.serving import engine as engines
+    from deploybench.serving import processes
+
+    processes.stop(engine, grace_seconds=30)
+    assert not engines.engine_available()[0]
+    result = invoke("serve", "--mode", "docker", "--artifacts", str(export_root),
+                    "--servers", "torchserve", "--port-offset", str(free_offset()),
+                    "--run-dir", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "started dockerd (pid " in said and "torchserve: up, answering correctly (docker)" \
+        in said
+    deployment = Deployment.load()
+    (dockerd,) = [p for p in deployment.processes if p.name == "dockerd"]
+    assert dockerd.alive() and engines.engine_available()[0]
+    stopped = invoke("stop")
+    assert stopped.exit_code == 0 and f"dockerd (pid {dockerd.pid})" in stopped.output
+    assert not dockerd.alive() and not engines.engine_available()[0]
