@@ -350,7 +350,8 @@ def load(
     writer = RunWriter(plan.run_dir)
     run = load_stage(writer, plan, console)
     measurements = run.measurements
-    decisions = judge(gates, measurements, writer, console, junit) if gates else []
+    decisions = (judge(gates, measurements + run.searches, writer, console, junit) if gates
+                 else [])
     console.print(f"results: {plan.run_dir / 'results.json'}", highlight=False)
     if run.failed_steps:
         raise DeploybenchError(f"{run.failed_steps} of {len(measurements)} load steps failed "

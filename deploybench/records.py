@@ -113,6 +113,7 @@ class EarlyStop(_Strict):
     p99_interval_ms: list[Number | None]
     bound_ms: Number
     min_pass_requests: int
+    min_pass_seconds: Number | None = None
 
 
 # -- records ---------------------------------------------------------------------------------------

@@ -115,6 +115,10 @@ def _options(parser: Any) -> None:
                             "--measure-seconds is then the most it lasts (0: off)")
     group.add_argument("--min-pass-requests", env_var="DEPLOYBENCH_MIN_PASS_REQUESTS", type=int,
                        default=662, help="Early stopping: the fewest requests a pass rests on")
+    group.add_argument("--min-pass-seconds", env_var="DEPLOYBENCH_MIN_PASS_SECONDS", type=float,
+                       default=0.0,
+                       help="Early stopping: the shortest window a pass rests on (a server "
+                            "that cannot keep up looks fine until its queue has grown)")
     group.add_argument("--slo", env_var="DEPLOYBENCH_SLO", default="",
                        help="SLO gates shown live in the web UI's deploybench tab, e.g. "
                             "p99<=100ms,wrong_answers==0 (deploybench load --slo's grammar)")
@@ -384,9 +388,12 @@ def _until_decided(options: Any) -> None:
         gevent.sleep(EARLY_STOP_CHECK_S)
         elapsed = time.monotonic() - began
         decided = RECORDER.p99_decision(options.decide_p99_ms, options.min_pass_requests)
+        if decided["decision"] == "pass" and elapsed < options.min_pass_seconds:
+            decided["decision"] = None  # not yet: long enough for a backlog to show
         if decided["decision"] or elapsed >= options.measure_seconds:
             RECORDER.early_stop = {**decided, "decision": decided["decision"] or "inconclusive",
-                                   "seconds": round(elapsed, 2)}
+                                   "seconds": round(elapsed, 2),
+                                   "min_pass_seconds": options.min_pass_seconds}
             return
 
 

@@ -198,6 +198,7 @@ class LoadRun:
         self.console = console
         self.emit = emit
         self.measurements: list[dict[str, Any]] = []
+        self.searches: list[dict[str, Any]] = []  # each rate search's outcome (kind load-slo)
         self.failed_steps = 0
 
     def run(self) -> list[dict[str, Any]]:
@@ -247,6 +248,7 @@ class LoadRun:
             "p99_ms_at_max": best_step["latency_ms"]["p99"] if best_step else None,
             "loadgen_saturated": any(m.get("loadgen_saturated") for m in steps),
         }
+        self.searches.append(result)
         self.emit(to_record(result))
         shown = f"{best:g} rps" if best is not None else "none"
         self.console.print(
@@ -267,7 +269,8 @@ class LoadRun:
             extra_args=(["--unchecked-signature", plan.unchecked[model].to_option()]
                         if model in plan.unchecked else [])
             + (["--decide-p99-ms", f"{scenario.rate_bound_ms:g}",
-                "--min-pass-requests", str(scenario.min_pass_requests)]
+                "--min-pass-requests", str(scenario.min_pass_requests),
+                "--min-pass-seconds", f"{scenario.step_seconds:g}"]
                if scenario.kind == "open" and scenario.early_stop else []),
         )
         unit = scenario.level_unit

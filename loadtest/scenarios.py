@@ -58,8 +58,9 @@ class Scenario:
     min_requests: int = 0
     batch_size: int = 1  # golden rows per request
     # open: early stopping. Each step lasts until its p99's 95% interval lies wholly under the
-    # bound (pass, on at least min_pass_requests: MLPerf's 662 for a p99 claim) or wholly over
-    # it (fail), or max_step_seconds have passed (inconclusive)
+    # bound (pass, on at least min_pass_requests, MLPerf's 662 for a p99 claim, and at least
+    # step_seconds: a backlog needs time to show) or wholly over it (fail, at once), or
+    # max_step_seconds have passed (inconclusive)
     early_stop: bool = False
     min_pass_requests: int = 662
     max_step_seconds: float = 60.0

@@ -212,6 +212,8 @@ def test_an_early_stopped_step_ends_once_its_p99_is_decided(torchserve, tmp_path
     assert early["decision"] == "pass" and step["passed"] is True, step["verdict"]
     assert 662 <= early["requests"] <= step["requests"] < 1000
     assert early["seconds"] < 20 and step["duration_s"] < 20  # not the 60 s at most
+    # and not before the scenario's step length: a backlog needs time to show
+    assert early["seconds"] >= early["min_pass_seconds"] == 6
     assert early["p99_interval_ms"][1] <= 1000
     # an impossible bound fails within a second or two, on far fewer requests
     step, search = rate_step(tmp_path / "fail", "--scenario", "rate", "--rates", "100",
@@ -266,3 +268,21 @@ def test_a_step_beside_a_cpu_burner_is_noisy_and_names_no_winner(torchserve,
     (headline,) = server_lines(data)
     assert "sustains" not in headline and "no significant difference" in headline
     assert "a noisy step" in headline
+
+
+def test_a_rate_search_is_gated_on_the_rate_it_settled_on() -> None:
+    from deploybench.jobs.gates import gated_steps
+
+    def rate(level: float, passed: bool) -> dict:
+        return step(scenario="rate", level=level, level_unit="rps", passed=passed)
+
+    sweep = step(scenario="sweep")
+    search = {"kind": "load-slo", "target": "torchserve", "protocol": "rest",
+              "model": "digits-mlp", "scenario": "rate", "max_rate_rps": 150.0,
+              "stopped_by": "bracketed between 150 and 200 rps"}
+    steps = [sweep, rate(100, True), rate(200, False), rate(150, True)]
+    # the probes that failed on purpose are not the claim; the settled rate and the sweep are
+    assert gated_steps([*steps, search]) == [sweep, steps[3]]
+    assert gated_steps([*steps, search | {"max_rate_rps": None}]) == [sweep, steps[1]]
+    fixed = search | {"stopped_by": "fixed rates"}
+    assert gated_steps([*steps, fixed]) == steps

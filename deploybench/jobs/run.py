@@ -166,7 +166,8 @@ def run(options: RunOptions, console: Console) -> Path:
 
 def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  # noqa: ANN001
           console: Console) -> list[dict]:
-    """Every load step of the run (closed-loop sweep, then the rate search)."""
+    """Every load step of the run (closed-loop sweep, then the rate search) and each rate
+    search's outcome."""
     from deploybench.jobs.stages import load_stage
     from deploybench.loadtest.runner import LoadPlan
     from deploybench.loadtest.scenarios import load_scenario
@@ -187,5 +188,6 @@ def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  
         plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
                         scenario, writer.run_dir, deployment.mode)
         plan.observers = deployment.observers()
-        steps += load_stage(writer, plan, console).measurements
+        finished = load_stage(writer, plan, console)
+        steps += finished.measurements + finished.searches
     return steps
