@@ -291,6 +291,9 @@ def load(
         "--slo", help=SLO_HELP)] = None,
     junit: Annotated[Path | None, typer.Option(
         help="Write the SLO gates' outcomes as JUnit XML here.")] = None,
+    repeat: Annotated[int, typer.Option(
+        min=1, help="Run the whole load N times; each step's spread across the repeats is "
+                    "recorded, and a spread over 20% of its median marks it noisy.")] = 1,
 ) -> None:
     """Load-test the servers with locust (one headless process per step), answers checked.
     Exit 0, or with --slo: 5 when a gate failed, 6 when one was inconclusive."""
@@ -341,7 +344,7 @@ def load(
     root = root.resolve()
     models = resolve_models(model, root, all_of=served) if check else [model]
     plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode,
-                    locust_workers=workers)
+                    locust_workers=workers, repeats=repeat)
     if deployment is not None and deployment.up():
         plan.observers = deployment.observers()
     check_reachable(plan, skip_unreachable=target == "all")

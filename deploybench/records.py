@@ -196,6 +196,7 @@ class _Step(_ServerRow):
     stability: Stability | None = None
     locust: LocustFigures | None = None
     heavy_modules_in_locust: list[str] | None = None
+    repeat: int | None = None  # `load --repeat N`: which repeat (1..N) this step belongs to
     # distributed locust: each worker's own figures (the step's are the master's exact merge)
     loadgen_workers: list[WorkerFigures] | None = None
     # False: a model the kit did not export (`load --no-check`): answers counted, not checked
@@ -424,6 +425,24 @@ class LoadgenCheckRecord(_ServerRow):
     server: str | None = None
 
 
+class LoadSpreadRecord(_ServerRow):
+    """One step measured in every repeat of `load --repeat N`: its spread across them
+    (loadtest/measurement.py spreads)."""
+
+    kind: Literal["load-spread"] = "load-spread"
+    protocol: str
+    model: str
+    scenario: str
+    level: Number
+    level_unit: str
+    repeats: int
+    throughput_rps: list[Number]  # min, median, max
+    p99_ms: list[Number] | None = None
+    throughput_spread: Number | None = None  # (max - min) / median
+    noisy: bool
+    why: str
+
+
 class SloGateRecord(_Record):
     """One `--slo` gate decided on one load step, with the interval it was decided by
     (deploybench/slo.py)."""
@@ -444,11 +463,11 @@ class SloGateRecord(_Record):
 Record = Annotated[
     ExportRecord | ServerRecord | LoadRecord | LoadSloRecord | LoadgenCapacityRecord
     | EdgeRecord | InProcessRecord | FaultRecord | BenchCeilingRecord | BenchRecord
-    | LoadgenCheckRecord | SloGateRecord,
+    | LoadgenCheckRecord | SloGateRecord | LoadSpreadRecord,
     Field(discriminator="kind"),
 ]
 KINDS = ("export", "server", "load", "load-slo", "loadgen-capacity", "edge", "inprocess",
-         "fault", "bench-ceiling", "bench", "loadgen-check", "slo-gate")
+         "fault", "bench-ceiling", "bench", "loadgen-check", "slo-gate", "load-spread")
 
 # what a stage is given to hand its records to the run's writer (deploybench/jobs/writer.py)
 Sink = Callable[[Record], None]

@@ -115,6 +115,9 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
     series: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows(results, "load"):
         series[(row["model"], row["target"], row["protocol"])].append(row)
+    # `load --repeat N`: a step whose figures spread too far across the repeats is noisy
+    spread_noisy = {(r["model"], r["target"], r["protocol"], r["level"])
+                    for r in rows(results, "load-spread") if r.get("noisy")}
     best: list[Best] = []
     for (model, target, protocol), steps in sorted(series.items()):
         passing = [
@@ -134,7 +137,8 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
             steps[0].get("framework"), steps[0].get("software"),
             steps[0].get("protocol_label") or protocol,
             top.get("server_cpu_s_per_1k") if top else None,
-            bool(top and top.get("noisy")),
+            bool(top and (top.get("noisy") or (model, target, protocol, top["level"])
+                          in spread_noisy)),
             min((s["level"] for s in steps if top and s.get("level_unit") == "rps"
                  and top.get("level_unit") == "rps" and s.get("passed") is False
                  and s["level"] > top["level"]), default=None),

@@ -176,6 +176,47 @@ def noise_reasons(measurement: dict[str, Any]) -> list[str]:
     return reasons
 
 
+# throughput varying across repeats of the same step by more than this share of its median:
+# the machine, not the server, decides the figure
+NOISY_SPREAD = 0.2
+
+
+def spreads(measurements: list[dict[str, Any]], repeats: int) -> list[dict[str, Any]]:
+    """For each step measured in every repeat (same target, protocol, model, scenario, level):
+    throughput and p99 as [min, median, max] across the repeats, and whether their spread
+    makes it noisy (kind "load-spread")."""
+    from statistics import median
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for m in measurements:
+        if m.get("status") == "ok" and m.get("repeat"):
+            key = (m["target"], m["protocol"], m["model"], m["scenario"], m["level"])
+            groups.setdefault(key, []).append(m)
+    found = []
+    for group in groups.values():
+        if len({m["repeat"] for m in group}) < repeats:
+            continue  # a rate one repeat's search did not try
+        rates = sorted(m["throughput_rps"] for m in group)
+        p99s = sorted(m["latency_ms"]["p99"] for m in group if m["latency_ms"]["p99"] is not None)
+        middle = median(rates)
+        spread = (rates[-1] - rates[0]) / middle if middle else None
+        noisy = spread is None or spread > NOISY_SPREAD
+        first = group[0]
+        found.append({
+            "kind": "load-spread", **{k: first[k] for k in (
+                "target", "target_label", "framework", "software", "protocol", "protocol_label",
+                "model", "scenario", "level", "level_unit") if k in first},
+            "repeats": len(group), "throughput_rps": [rates[0], middle, rates[-1]],
+            "p99_ms": [p99s[0], median(p99s), p99s[-1]] if p99s else None,
+            "throughput_spread": None if spread is None else round(spread, 4),
+            "noisy": noisy,
+            "why": (f"throughput {rates[0]:g}-{rates[-1]:g} req/s across {len(group)} repeats: "
+                    f"{100 * spread:.0f}% of its median" if spread is not None
+                    else "no throughput to compare"),
+        })
+    return found
+
+
 def rate_passes(measurement: dict[str, Any], bound_ms: float, min_completed_ratio: float
                 ) -> tuple[bool, str]:
     """An open-loop step passes when every answer was right, p99 <= the bound, and the server

@@ -69,6 +69,7 @@ class LoadPlan:
     loadgen_cpus: str | None = None  # taskset CPU list for locust (benchmarks)
     # > 0: locust as a master and this many workers in compose's loadtest profile (docker mode)
     locust_workers: int = 0
+    repeats: int = 1  # the whole plan this many times: the spread across them is a figure too
     # models the kit did not export (`load --no-check`): the signature the server declares
     unchecked: dict[str, Signature] = field(default_factory=dict)
 
@@ -181,8 +182,11 @@ def check_signatures(plan: LoadPlan, check: bool) -> None:
                                               outputs[0].get("name", "output-0"))
 
 
-def _prefix(plan: LoadPlan, target: str, protocol: str, model: str, level: float) -> Path:
+def _prefix(plan: LoadPlan, target: str, protocol: str, model: str, level: float,
+            repeat: int = 1) -> Path:
     label = f"{level:g}{'u' if plan.scenario.kind == 'closed' else 'rps'}"
+    if plan.repeats > 1:
+        label += f"-r{repeat}"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_",
                   f"{target}-{protocol}-{model}-{plan.scenario.name}-{label}")
     return plan.run_dir / "locust" / name
@@ -200,6 +204,7 @@ class LoadRun:
         self.measurements: list[dict[str, Any]] = []
         self.searches: list[dict[str, Any]] = []  # each rate search's outcome (kind load-slo)
         self.failed_steps = 0
+        self.repeat = 1
 
     def run(self) -> list[dict[str, Any]]:
         plan = self.plan
@@ -209,13 +214,23 @@ class LoadRun:
                    TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:
             self.progress = progress
-            for target, protocol in plan.pairs:
-                for model in plan.models:
-                    if plan.scenario.kind == "closed":
-                        for users in plan.scenario.levels:
-                            self.step(target, protocol, model, users, int(users), 0.0)
-                    else:
-                        self.open_loop(target, protocol, model)
+            for self.repeat in range(1, plan.repeats + 1):
+                for target, protocol in plan.pairs:
+                    for model in plan.models:
+                        if plan.scenario.kind == "closed":
+                            for users in plan.scenario.levels:
+                                self.step(target, protocol, model, users, int(users), 0.0)
+                        else:
+                            self.open_loop(target, protocol, model)
+        if plan.repeats > 1:
+            for spread in measure.spreads(self.measurements, plan.repeats):
+                self.emit(to_record(spread))
+                if spread["noisy"]:
+                    self.console.print(f"[yellow]noisy across repeats[/yellow] "
+                                       f"{spread['target']}/{spread['protocol']} "
+                                       f"{spread['model']} {spread['level']:g} "
+                                       f"{spread['level_unit']}: {spread['why']}",
+                                       highlight=False)
         for table in summary_tables(self.measurements):
             self.console.print(table)
         return self.measurements
@@ -235,7 +250,8 @@ class LoadRun:
             outcome = search_rate(scenario.search, passes)
             tried, best, stopped_by = outcome.tried, outcome.best_rps, outcome.stopped_by
         steps = [m for m in self.measurements if m.get("scenario") == scenario.name
-                 and (m["target"], m["protocol"], m["model"]) == (target, protocol, model)]
+                 and (m["target"], m["protocol"], m["model"]) == (target, protocol, model)
+                 and m.get("repeat", 1) == self.repeat]
         best_step = next((m for m in steps if m.get("passed") and m["level"] == best), None)
         result = {
             "kind": "load-slo", **targets.get(target).describe(protocol), "model": model,
@@ -263,7 +279,7 @@ class LoadRun:
             target=target, protocol=protocol, model=model, export_root=plan.root,
             endpoints=plan.endpoints, users=users, warmup_seconds=scenario.warmup_seconds,
             measure_seconds=scenario.measure_seconds(level),
-            prefix=_prefix(plan, target, protocol, model, level),
+            prefix=_prefix(plan, target, protocol, model, level, self.repeat),
             rate_per_user=rate_per_user, batch_size=scenario.batch_size,
             cpus=plan.loadgen_cpus, workers=plan.locust_workers,
             extra_args=(["--unchecked-signature", plan.unchecked[model].to_option()]
@@ -305,6 +321,8 @@ class LoadRun:
             ok, why = measure.rate_passes(result, scenario.rate_bound_ms,
                                           scenario.min_completed_ratio)
             result.update(passed=ok, verdict=why, rate_bound_ms=scenario.rate_bound_ms)
+        if plan.repeats > 1:
+            result["repeat"] = self.repeat
         self.measurements.append(result)
         self.emit(to_record(result))
         self.console.print(step_line(result), highlight=False)

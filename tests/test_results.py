@@ -112,6 +112,8 @@ def every_kind(tmp_path: Path) -> list[Any]:
         kill.measurement(scenario="sweep", level=2), rollover.measurement(failed_requests=0),
         to_record(ceiling), to_record(bench), to_record(check),
         *slo.records(slo.decide(slo.parse("p50<=1000ms"), [closed])),
+        *(to_record(spread) for spread in measure.spreads(
+            [closed | {"repeat": 1}, closed | {"repeat": 2, "throughput_rps": 1.0}], 2)),
         ContainerCrash("torchserve", "digits-mlp", "deploybench_torchserve_1", 1.7e9,
                        exit_code=137, restarts=1, recovery_s=4.1, probes=9,
                        status="recovered").measurement("torchserve"),

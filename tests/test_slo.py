@@ -286,3 +286,42 @@ def test_a_rate_search_is_gated_on_the_rate_it_settled_on() -> None:
     assert gated_steps([*steps, search | {"max_rate_rps": None}]) == [sweep, steps[1]]
     fixed = search | {"stopped_by": "fixed rates"}
     assert gated_steps([*steps, fixed]) == steps
+
+
+# --- repeats ----------------------------------------------------------------------------------
+
+
+def test_a_spread_over_a_fifth_of_the_median_marks_the_step_noisy() -> None:
+    from deploybench.loadtest import measurement as measure
+    from deploybench.verdict import best_under_bound
+
+    runs = [step(scenario="sweep", repeat=r, throughput_rps=rps)
+            for r, rps in ((1, 400.0), (2, 410.0), (3, 300.0))]
+    (spread,) = measure.spreads(runs, 3)
+    assert spread["throughput_rps"] == [300.0, 400.0, 410.0]
+    assert spread["throughput_spread"] == 0.275 and spread["noisy"] is True
+    assert "300-410 req/s across 3 repeats: 28% of its median" in spread["why"]
+    (quiet,) = measure.spreads(runs[:2], 2)
+    assert quiet["noisy"] is False
+    # the verdict takes a noisy spread as it takes a noisy step
+    results = {"measurements": [*runs, spread]}
+    assert all(best.noisy for best in best_under_bound(results, 100.0))
+
+
+@pytest.mark.slow
+def test_load_repeat_measures_each_step_n_times_and_records_the_spread(
+        torchserve, tmp_path: Path) -> None:
+    result = invoke("load", "--target", "torchserve", "--protocol", "npy", "--model",
+                    "digits-mlp", "--users", "2", "--step-seconds", "2", "--warmup-seconds",
+                    "0.5", "--repeat", "2", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    steps = [m for m in data["measurements"] if m["kind"] == "load"]
+    assert [m["repeat"] for m in steps] == [1, 2]
+    assert steps[0]["locust_files"]["summary"] != steps[1]["locust_files"]["summary"]
+    (spread,) = [m for m in data["measurements"] if m["kind"] == "load-spread"]
+    assert spread["repeats"] == 2 and spread["level"] == 2
+    low, middle, high = spread["throughput_rps"]
+    assert low == min(m["throughput_rps"] for m in steps)
+    assert high == max(m["throughput_rps"] for m in steps)
+    assert spread["noisy"] == (spread["throughput_spread"] > 0.2)
