@@ -30,14 +30,25 @@ def port_free(port: int) -> bool:
     return True
 
 
+def ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports: a server port chosen there can
+    be taken by any client's connection between the check and the server's bind."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_offset() -> int:
-    """A shift of the published ports under which every one of them is free. Each of pytest's
-    parallel workers draws from its own share of the shifts, so two tests running at once never
-    pick the same one."""
+    """A shift of the published ports under which every one of them is free, all of them below
+    the ephemeral port range. Each of pytest's parallel workers draws from its own share of the
+    shifts, so two tests running at once never pick the same one."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    highest = min(ephemeral_ports().start, 65536) - max(DEFAULT_PORTS) - 1
     for _ in range(200):
-        offset = random.randrange(10_000 + 10 * worker, 40_000, 10 * workers)
+        offset = random.randrange(10_000 + 10 * worker, highest, 10 * workers)
         if all(port_free(port + offset) for port in DEFAULT_PORTS):
             return offset
     raise RuntimeError("no free port range on 127.0.0.1")

@@ -248,14 +248,18 @@ def test_a_step_beside_a_cpu_burner_is_noisy_and_names_no_winner(torchserve,
 
     from deploybench.verdict import server_lines
 
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # one per core, each in a session of its own: the kernel shares the CPU between sessions
+    # first (autogroup), and the server's processes have theirs
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                start_new_session=True) for _ in range(2)]
     try:
         result = invoke("load", "--target", "torchserve", "--protocol", "rest,npy", "--model",
-                        "digits-mlp", "--users", "2", "--step-seconds", "3",
+                        "digits-mlp", "--users", "1", "--step-seconds", "3",
                         "--warmup-seconds", "1", "--out", str(tmp_path / "run"))
     finally:
-        burner.kill()
-        burner.wait()
+        for burner in burners:
+            burner.kill()
+            burner.wait()
     assert result.exit_code == 0, result.output
     assert "noisy: other processes took" in " ".join(result.output.split())
     data = json.loads((tmp_path / "run" / "results.json").read_text())
