@@ -294,6 +294,10 @@ def load(
     repeat: Annotated[int, typer.Option(
         min=1, help="Run the whole load N times; each step's spread across the repeats is "
                     "recorded, and a spread over 20% of its median marks it noisy.")] = 1,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate/--no-calibrate",
+        help="First measure the load generator's own time per request against a trivial "
+             "local endpoint (about 6 s; recorded as kind loadgen-calibration).")] = True,
 ) -> None:
     """Load-test the servers with locust (one headless process per step), answers checked.
     Exit 0, or with --slo: 5 when a gate failed, 6 when one was inconclusive."""
@@ -344,7 +348,7 @@ def load(
     root = root.resolve()
     models = resolve_models(model, root, all_of=served) if check else [model]
     plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode,
-                    locust_workers=workers, repeats=repeat)
+                    locust_workers=workers, repeats=repeat, calibrate=calibrate)
     if deployment is not None and deployment.up():
         plan.observers = deployment.observers()
     check_reachable(plan, skip_unreachable=target == "all")

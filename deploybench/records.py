@@ -443,6 +443,48 @@ class LoadSpreadRecord(_ServerRow):
     why: str
 
 
+class LoadgenCalibrationRecord(_Record):
+    """The load generator's own time per request, measured at the start of a load run against
+    a trivial local endpoint, beside a raw socket's floor (loadtest/calibration.py)."""
+
+    kind: Literal["loadgen-calibration"] = "loadgen-calibration"
+    model: str
+    connections: int
+    user_class: str
+    endpoint: str
+    status: Literal["ok", "failed"]
+    reason: str | None = None
+    requests: int | None = None
+    failures: int | None = None
+    throughput_rps: Number | None = None
+    client_latency_ms: Latency | None = None  # what the kit reports (p50, p90, p99)
+    floor_latency_ms: Latency | None = None  # a blocking socket, same bytes, no checks
+    overhead_p50_ms: Number | None = None  # client p50 - floor p50: the kit's own share
+    loadgen_cpu_percent: Number | None = None
+
+
+class LoadgenCostRecord(_Record):
+    """One load generator (the kit's, or wrk) against one endpoint in one round of the cost
+    benchmark: one connection, closed loop (deploybench/jobs/clientcost.py)."""
+
+    kind: Literal["loadgen-cost"] = "loadgen-cost"
+    endpoint: str
+    model: str
+    round: int
+    connections: int
+    generator: Literal["wrk", "deploybench"]
+    status: Literal["ok", "failed"]
+    reason: str | None = None
+    requests: int | None = None
+    failures: int | None = None
+    duration_s: Number | None = None
+    throughput_rps: Number | None = None
+    latency_ms: Latency | None = None
+    loadgen_cpu_percent: Number | None = None
+    p50_vs_wrk: Number | None = None  # the kit's p50 over wrk's, same endpoint and round
+    rps_vs_wrk: Number | None = None
+
+
 class SloGateRecord(_Record):
     """One `--slo` gate decided on one load step, with the interval it was decided by
     (deploybench/slo.py)."""
@@ -463,11 +505,13 @@ class SloGateRecord(_Record):
 Record = Annotated[
     ExportRecord | ServerRecord | LoadRecord | LoadSloRecord | LoadgenCapacityRecord
     | EdgeRecord | InProcessRecord | FaultRecord | BenchCeilingRecord | BenchRecord
-    | LoadgenCheckRecord | SloGateRecord | LoadSpreadRecord,
+    | LoadgenCheckRecord | SloGateRecord | LoadSpreadRecord | LoadgenCalibrationRecord
+    | LoadgenCostRecord,
     Field(discriminator="kind"),
 ]
 KINDS = ("export", "server", "load", "load-slo", "loadgen-capacity", "edge", "inprocess",
-         "fault", "bench-ceiling", "bench", "loadgen-check", "slo-gate", "load-spread")
+         "fault", "bench-ceiling", "bench", "loadgen-check", "slo-gate", "load-spread",
+         "loadgen-calibration", "loadgen-cost")
 
 # what a stage is given to hand its records to the run's writer (deploybench/jobs/writer.py)
 Sink = Callable[[Record], None]

@@ -79,6 +79,7 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
                                       str(r.get("xnnpack")))),
         "load": rows(results, "load"),
         "gates": rows(results, "slo-gate"),
+        "calibration": rows(results, "loadgen-calibration"),
         "bench": rows(results, "bench"),
         "ceilings": rows(results, "bench-ceiling"),
         "environment": results.get("environment", {}),

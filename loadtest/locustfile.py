@@ -44,13 +44,13 @@ import gevent
 import gevent.pool
 import grpc
 import grpc.experimental.gevent
-from locust import FastHttpUser, User, constant, events, task
+from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from deploybench.errors import DeploybenchError
-from deploybench.loadtest import histogram
+from deploybench.loadtest import histogram, wire
 from deploybench.loadtest.recorder import Recorder, write_json
 from deploybench.loadtest.samples import (
     Samples,
@@ -195,48 +195,62 @@ class _PredictUser(User):
                            wrong=isinstance(exception, WrongAnswer))
 
 
-class _RESTUser(_PredictUser, FastHttpUser):
+class _RESTUser(_PredictUser):
     """POST the body to the server's predict path (the client class's PREDICT_PATH); answers
-    are JSON predictions."""
+    are JSON predictions. Every request's bytes are built at the start: the clock covers the
+    exchange on the wire only (loadtest/wire.py), the answer check and the statistics come
+    after it."""
 
     abstract = True
-    concurrency = 256  # connections one user may open: the open loop keeps many in flight
     path_template = ""
 
     def on_start(self) -> None:
         super().on_start()
-        self.predict_path = self.path_template.format(model=self.model)
-        self.request_bodies = self.samples.bodies[self.body]
+        try:
+            self.connections = wire.Connections(self.host or "", self.timeout)
+        except ValueError as error:
+            log.error("%s: %s", self.request_name, error)
+            raise StopUser() from None
+        path = self.path_template.format(model=self.model)
+        self.url = f"{self.host}{path}"
         encoding = payload.BODIES[self.body]
-        self.request_headers = [encoding.request_headers(body) for body in self.request_bodies]
+        self.requests = [self.connections.request(path, body, encoding.request_headers(body))
+                         for body in self.samples.bodies[self.body]]
+
+    def on_stop(self) -> None:
+        connections = getattr(self, "connections", None)
+        if connections is not None:
+            connections.close()
 
     def send(self, index: int, due: float | None) -> None:
-        lag_ms = 0.0 if due is None else (time.perf_counter() - due) * 1000.0
         RECORDER.sent(self.request_name)
-        with self.client.post(self.predict_path, data=self.request_bodies[index],
-                              headers=self.request_headers[index], name=self.request_name,
-                              catch_response=True, context={}) as response:
-            service_ms = float(response.request_meta["response_time"])
-            if due is not None:  # what the caller waited, counted from the scheduled time
-                response.request_meta["response_time"] = lag_ms + service_ms
-            exception = self.check(response, index)
-            if exception is not None:
-                response.failure(exception)
-            else:
-                response.success()
+        lag_ms = 0.0 if due is None else (time.perf_counter() - due) * 1000.0
+        answer = self.connections.exchange(self.requests[index])
+        service_ms = answer.seconds * 1000.0
+        exception = self.check(answer, index)
+        _fire(self, "POST", self.url, lag_ms + service_ms, len(answer.body), exception)
         self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
 
-    def check(self, response: Any, index: int) -> Exception | None:
-        if response.status_code == 0 or response.status_code is None:
-            return ConnectionError(f"no answer from {self.host}: {response.error}")
-        if response.status_code != 200:
-            message = error_message(response.content or b"", response.status_code)
-            return PredictionError(f"HTTP {response.status_code}: {message}")
+    def check(self, answer: wire.Answer, index: int) -> Exception | None:
+        if answer.status == 0:
+            return ConnectionError(f"no answer from {self.host}: {answer.error}")
+        if answer.status != 200:
+            message = error_message(answer.body, answer.status)
+            return PredictionError(f"HTTP {answer.status}: {message}")
         try:
-            self.samples.check_answer(index, self.body, response.content)
+            self.samples.check_answer(index, self.body, answer.body)
         except (WrongAnswer, PredictionError) as error:
             return error
         return None
+
+
+def _fire(user: _PredictUser, request_type: str, url: str, response_time: float,
+          length: int, exception: Exception | None) -> None:
+    """Locust's request event (its statistics, web UI, CSV), after the clock has stopped."""
+    user.environment.events.request.fire(
+        request_type=request_type, name=user.request_name, response_time=response_time,
+        response_length=length, exception=exception, context={}, url=url,
+        start_time=time.time() - response_time / 1000.0)
 
 
 class _GRPCUser(_PredictUser):
@@ -279,11 +293,8 @@ class _GRPCUser(_PredictUser):
                 self.samples.check_answer(index, self.body, answer)
             except (WrongAnswer, PredictionError) as error:
                 exception = error
-        self.environment.events.request.fire(
-            request_type="gRPC", name=self.request_name, response_time=lag_ms + service_ms,
-            response_length=len(answer), exception=exception, context={},
-            url=f"grpc://{self.address}{self.method}", start_time=time.time(),
-        )
+        _fire(self, "gRPC", f"grpc://{self.address}{self.method}", lag_ms + service_ms,
+              len(answer), exception)
         self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
 
 
@@ -345,8 +356,6 @@ def _prepare(environment: Environment) -> None:
             if environment.parsed_options.headless and environment.runner is not None:
                 gevent.spawn(environment.runner.quit)  # nothing worth measuring
             return
-    for user_class in HTTP_USERS:  # read when a user is created
-        user_class.network_timeout = user_class.connection_timeout = options.request_timeout
     _apply_hosts(options)
 
 

@@ -70,6 +70,8 @@ class LoadPlan:
     # > 0: locust as a master and this many workers in compose's loadtest profile (docker mode)
     locust_workers: int = 0
     repeats: int = 1  # the whole plan this many times: the spread across them is a figure too
+    # first, the load generator's own time per request (loadtest/calibration.py)
+    calibrate: bool = True
     # models the kit did not export (`load --no-check`): the signature the server declares
     unchecked: dict[str, Signature] = field(default_factory=dict)
 

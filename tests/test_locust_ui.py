@@ -51,35 +51,51 @@ def locust_ui(torchserve: Deployment, export_root: Path, tmp_path: Path) -> Iter
 
 @contextmanager
 def web_ui(torchserve: Deployment, export_root: Path, tmp_path: Path,
-           *extra: str) -> Iterator[str]:
-    """`locust -f loadtest/locustfile.py --class-picker` on 127.0.0.1, a free web port."""
-    port = free_port()
+           *extra: str, workers: int = 0) -> Iterator[str]:
+    """`locust -f loadtest/locustfile.py --class-picker` on 127.0.0.1, a free web port; with
+    `workers`, as a master with that many worker processes (the options reach them from the
+    master)."""
+    port, master_port = free_port(), free_port()
     log = (tmp_path / "locust.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--class-picker",
-         "--web-host", "127.0.0.1", "--web-port", str(port),
-         "--export-root", str(export_root), "--model", "digits-mlp",
-         "--torchserve-url", torchserve.endpoints["torchserve_inference"], *extra],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    distributed = ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port",
+                   str(master_port), "--expect-workers", str(workers)] if workers else []
+    commands = [[sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--class-picker",
+                 "--web-host", "127.0.0.1", "--web-port", str(port), *distributed,
+                 "--export-root", str(export_root), "--model", "digits-mlp",
+                 "--torchserve-url", torchserve.endpoints["torchserve_inference"], *extra]]
+    commands += [[sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+                  "--master-host", "127.0.0.1", "--master-port", str(master_port)]] * workers
+    processes = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+                 for command in commands]
     url = f"http://127.0.0.1:{port}/"
 
     def answers() -> bool:
-        assert process.poll() is None, (tmp_path / "locust.log").read_text()[-2000:]
+        for process in processes:
+            assert process.poll() is None, (tmp_path / "locust.log").read_text()[-2000:]
         try:
             return requests.get(url, timeout=2).status_code == 200
         except requests.RequestException:
             return False
 
+    def workers_ready() -> bool:
+        return requests.get(f"{url}stats/requests", timeout=2).json().get(
+            "workers", []).__len__() >= workers
+
     try:
         wait_for(answers, 30, "the locust web UI answers")
+        if workers:
+            wait_for(workers_ready, 30, f"{workers} workers report to the master")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.close()
 
 
@@ -132,15 +148,18 @@ def test_pick_torchserve_swarm_and_stop_in_the_web_ui(locust_ui: str,
         assert request_count(page) == stopped_at  # nothing is sent any more
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["local", "distributed"])
 def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_writes_them(
-        torchserve: Deployment, export_root: Path, tmp_path: Path,
-        test_artifacts: Path) -> None:
+        torchserve: Deployment, export_root: Path, tmp_path: Path, test_artifacts: Path,
+        workers: int) -> None:
     """The web UI's own percentiles are rounded; the kit's tab shows the exact p99 from the
     HDR histogram, its 95% interval and the gates' state, live, and after the swarm stops they
-    are what the kit's summary of the same swarm gives."""
+    are what the kit's summary of the same swarm gives; on a master, merged from every
+    worker's histogram."""
     summary_file = tmp_path / "summary.json"
     with web_ui(torchserve, export_root, tmp_path, "--slo", "p99<=10s,wrong_answers==0",
-                "--summary-file", str(summary_file)) as url, chromium_page() as page:
+                "--summary-file", str(summary_file), workers=workers) as url, \
+            chromium_page() as page:
         start_torchserve_swarm(page, url)
         wait_for(lambda: request_count(page) > 200, 60, "200 requests are counted")
         page.get_by_role("tab", name="Exact latency (deploybench)").click()
@@ -153,7 +172,8 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
         cells = [c.strip() for c in row.locator("td").all_inner_texts()]
         titles = [t.strip() for t in
                   row.locator("xpath=ancestor::table").locator("th").all_inner_texts()]
-        page.screenshot(path=str(test_artifacts / "locust-ui-deploybench-tab.png"),
+        page.screenshot(path=str(test_artifacts / f"locust-ui-deploybench-tab-"
+                                                  f"{'distributed' if workers else 'local'}.png"),
                         full_page=True)
     summary = json.loads(summary_file.read_text())
     tally = summary["requests"][REQUEST_NAME]
@@ -165,3 +185,7 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
     assert shown["p99 ms"] == f"{p99:.3f}"
     assert shown["p99 95% interval"] == f"[{low:.3f}, {high:.3f}]"
     assert shown["SLO gates"] == "p99<=10s: pass; wrong_answers==0: pass"
+    if workers:  # both workers sent requests, and the master's figures are their sum
+        assert summary["role"] == "master"
+        shares = [tallies[REQUEST_NAME]["requests"] for tallies in summary["workers"].values()]
+        assert len(shares) == workers and all(shares) and sum(shares) == tally["requests"]

@@ -76,6 +76,7 @@ def every_kind(tmp_path: Path) -> list[Any]:
     """One record of every kind, each from its producer's builder where one is cheap."""
     from deploybench.jobs.bench import BenchOptions, summarize
     from deploybench.jobs.loadgen import verdict
+    from deploybench.loadtest import calibration
 
     closed = load_step(tmp_path, 2)
     open_loop = load_step(tmp_path, 20.0, rate_per_user=20.0)
@@ -114,6 +115,11 @@ def every_kind(tmp_path: Path) -> list[Any]:
         *slo.records(slo.decide(slo.parse("p50<=1000ms"), [closed])),
         *(to_record(spread) for spread in measure.spreads(
             [closed | {"repeat": 1}, closed | {"repeat": 2, "throughput_rps": 1.0}], 2)),
+        to_record(calibration.record("digits-mlp", closed,
+                                     {"p50": 0.05, "p90": 0.06, "p99": 0.09})),
+        to_record({"kind": "loadgen-cost", "endpoint": "replay endpoint",
+                   "model": "digits-mlp", "round": 1, "connections": 1, "generator": "wrk",
+                   "status": "failed", "reason": "wrk is not installed"}),
         ContainerCrash("torchserve", "digits-mlp", "deploybench_torchserve_1", 1.7e9,
                        exit_code=137, restarts=1, recovery_s=4.1, probes=9,
                        status="recovered").measurement("torchserve"),

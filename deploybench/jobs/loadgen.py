@@ -22,15 +22,13 @@ A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
-import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,93 +36,18 @@ from rich.console import Console
 from rich.table import Table
 
 from deploybench.errors import UsageError
-from deploybench.golden import Golden
 from deploybench.jobs.stages import load_stage
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.process import LocustRun, run_locust
+from deploybench.loadtest.replay import ReplayEndpoint
 from deploybench.loadtest.runner import LoadPlan, check_reachable, load_generator
-from deploybench.manifest import load_manifest
 from deploybench.records import LoadgenCheckRecord, Sink, to_record
-from deploybench.serving import payload, targets
+from deploybench.serving import targets
+from deploybench.serving.manager import Deployment
 from deploybench.serving.targets import Endpoints
 
 BOTTLENECK_SHARE = 0.5  # a server peak above half of locust's capacity: locust may limit it
-
-
-# -- the replay endpoint ---------------------------------------------------------------------------
-
-def replay_table(root: Path, model: str) -> dict[bytes, bytes]:
-    """Each golden request body -> a complete HTTP answer carrying its golden output."""
-    golden = Golden.of(root, load_manifest(root, model))
-    inputs, outputs = golden.inputs, golden.outputs
-    table = {}
-    for index in range(len(inputs)):
-        body = json.dumps({"predictions": outputs[index:index + 1].tolist()}).encode()
-        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
-        table[payload.encode(inputs[index:index + 1])] = head + body
-    return table
-
-
-NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
-
-
-class Replay(asyncio.Protocol):
-    table: dict[bytes, bytes] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buffer[:end].lower()
-            length = 0
-            start = head.find(b"content-length:")
-            if start >= 0:
-                line_end = head.find(b"\r\n", start)
-                length = int(head[start + 15:line_end if line_end >= 0 else None])
-            total = end + 4 + length
-            if len(self.buffer) < total:
-                return
-            body, self.buffer = self.buffer[end + 4:total], self.buffer[total:]
-            self.transport.write(self.table.get(body, NOT_FOUND))  # type: ignore[attr-defined]
-
-
-def serve_replay(port: int, root: Path, model: str) -> None:
-    Replay.table = replay_table(root, model)
-
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Replay, "127.0.0.1", port)
-        print("ready", flush=True)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_replay(root: Path, model: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "deploybench.jobs.loadgen", "replay", "--port",
-         str(port), "--artifacts", str(root), "--model", model],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    line = process.stdout.readline() if process.stdout else b""
-    if b"ready" not in line:
-        process.kill()
-        raise RuntimeError(f"the replay endpoint did not start: {line!r}")
-    return process, f"http://127.0.0.1:{port}"
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -165,40 +88,51 @@ def capacity_steps(root: Path, model: str, target: str, url: str, users: list[in
     return steps
 
 
+@contextmanager
+def native_server(root: Path, model: str, target: str, run_dir: Path) -> Iterator[Deployment]:
+    """`target` serving `model`, started natively on free loopback ports, stopped on exit."""
+    from deploybench.serving.manager import serve, stop
+    from deploybench.serving.targets import loopback_endpoints
+
+    os.environ["DEPLOYBENCH_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
+    endpoints = loopback_endpoints(random.randrange(10_000, 30_000, 10))
+    deployment = serve(root, mode="native", models=[model], run_dir=run_dir / "serve",
+                       endpoints=endpoints, servers=(target,), log=lambda text: None)
+    try:
+        if target not in deployment.up():
+            reason = next((s.reason for s in deployment.servers if s.name == target), "")
+            raise UsageError(f"{targets.label(target)} did not start: {reason}")
+        yield deployment
+    finally:
+        stop(deployment)
+
+
 def server_steps(root: Path, model: str, target: str, port_offset: int | None,
                  users: list[int], seconds: float, writer: RunWriter
                  ) -> tuple[list[dict[str, Any]], str]:
     """A closed-loop sweep against the target's JSON protocol: the server already running on
     the published ports shifted by `port_offset`, else one started here on free ports."""
     from deploybench.loadtest.scenarios import load_scenario
-    from deploybench.serving.manager import serve
     from deploybench.serving.targets import loopback_endpoints
 
-    deployment = None
-    if port_offset is None:
-        os.environ["DEPLOYBENCH_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
-        endpoints = loopback_endpoints(random.randrange(10_000, 40_000, 10))
-        deployment = serve(root, mode="native", models=[model], run_dir=writer.run_dir / "serve",
-                           endpoints=endpoints, servers=(target,), log=lambda text: None)
-        origin = f"native {targets.label(target)} started by this benchmark"
-    else:
-        endpoints = loopback_endpoints(port_offset)
-        origin = f"{targets.label(target)} at {endpoints.address(target, json_protocol(target))}"
-    try:
-        plan = LoadPlan([(target, json_protocol(target))], [model], root, endpoints,
-                        load_scenario("sweep", levels=users, step_seconds=seconds,
-                                      warmup_seconds=1.0),
-                        writer.run_dir, "native" if deployment else "external")
+    scenario = load_scenario("sweep", levels=users, step_seconds=seconds, warmup_seconds=1.0)
+
+    def sweep(endpoints: Endpoints, mode: str, deployment: Deployment | None
+              ) -> list[dict[str, Any]]:
+        plan = LoadPlan([(target, json_protocol(target))], [model], root, endpoints, scenario,
+                        writer.run_dir, mode, calibrate=False)
         if deployment is not None:
             plan.observers = deployment.observers()
         check_reachable(plan, skip_unreachable=False)
-        steps = load_stage(writer, plan, Console(file=io.StringIO())).measurements
-    finally:
-        if deployment is not None:
-            from deploybench.serving.manager import stop
+        return load_stage(writer, plan, Console(file=io.StringIO())).measurements
 
-            stop(deployment)
-    return steps, origin
+    if port_offset is None:
+        with native_server(root, model, target, writer.run_dir) as deployment:
+            steps = sweep(deployment.endpoints_obj(), "native", deployment)
+        return steps, f"native {targets.label(target)} started by this benchmark"
+    endpoints = loopback_endpoints(port_offset)
+    steps = sweep(endpoints, "external", None)
+    return steps, f"{targets.label(target)} at {endpoints.address(target, json_protocol(target))}"
 
 
 def verdict(capacity: list[dict[str, Any]], server: list[dict[str, Any]],
@@ -260,12 +194,8 @@ def table(capacity: list[dict[str, Any]], server: list[dict[str, Any]], name: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    replay = sub.add_parser("replay", help="(internal) run the replay endpoint")
-    replay.add_argument("--port", type=int, required=True)
-    for p in (parser, replay):
-        p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-        p.add_argument("--model", default="digits-mlp")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-locust")
     parser.add_argument("--capacity-users", default="1,4,16,64")
     parser.add_argument("--target", default="torchserve",
@@ -277,23 +207,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="Use the server running on the published ports shifted by N "
                              "(default: start one natively on free ports)")
     args = parser.parse_args(argv)
-    if args.command == "replay":
-        serve_replay(args.port, args.artifacts.resolve(), args.model)
-        return 0
     console = Console()
     json_protocol(args.target)  # a target that cannot be measured here: before any work
     name = targets.label(args.target)
     root, run_dir = args.artifacts.resolve(), args.out.resolve()
     writer = RunWriter(run_dir)
     writer.set_environment(mode="benchmark", load_generator=load_generator())
-    process, url = start_replay(root, args.model)
-    try:
-        capacity = capacity_steps(root, args.model, args.target, url,
+    with ReplayEndpoint(root, args.model) as replay:
+        capacity = capacity_steps(root, args.model, args.target, replay.url,
                                   [int(u) for u in args.capacity_users.split(",")],
                                   args.step_seconds, run_dir, console, writer.add)
-    finally:
-        process.terminate()
-        process.wait(10)
     console.print(f"{name} sweep ...")
     server, origin = server_steps(root, args.model, args.target, args.port_offset,
                                   [int(u) for u in args.server_users.split(",")],

@@ -11,8 +11,9 @@ from rich.console import Console
 
 from deploybench.edge.bench import EdgeIncompleteError, edge_environment, run_edge
 from deploybench.jobs.writer import RunWriter
+from deploybench.loadtest.calibration import calibrate
 from deploybench.loadtest.runner import LoadPlan, LoadRun, ServerGone, load_generator
-from deploybench.records import ServerRecord
+from deploybench.records import ServerRecord, to_record
 from deploybench.serving import targets
 from deploybench.serving.manager import Deployment
 
@@ -31,6 +32,8 @@ def load_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> LoadRun:
     writer.set_environment(mode=plan.mode, load_generator=load_generator())
     for skipped in plan.skipped:
         writer.note(f"load: skipped {skipped}")
+    if plan.calibrate:
+        calibration_stage(writer, plan, console)
     run = LoadRun(plan, console, writer.add)
     try:
         run.run()
@@ -39,6 +42,23 @@ def load_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> LoadRun:
         writer.set_partial(True)
         raise
     return run
+
+
+def calibration_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> None:
+    """The load generator's own time per request, before the steps (loadtest/calibration.py)."""
+    model = plan.models[0]
+    with console.status("calibrating the load generator against a trivial local endpoint"):
+        found = calibrate(plan.root, model, plan.run_dir)
+    writer.add(to_record(found))
+    if found["status"] != "ok":
+        writer.note(f"load: the load generator was not calibrated: {found['reason']}")
+        console.print(f"[yellow]load generator not calibrated[/yellow]: {found['reason']}",
+                      highlight=False)
+        return
+    client, floor = found["client_latency_ms"], found["floor_latency_ms"]
+    console.print(f"load generator's own time per request: {found['overhead_p50_ms']:.3f} ms "
+                  f"at p50 (kit {client['p50']:.3f} ms, raw socket {floor['p50']:.3f} ms, "
+                  "one connection to a trivial local endpoint)", highlight=False)
 
 
 def edge_stage(writer: RunWriter, root: Path, models: list[str], threads: list[int], runs: int,
