@@ -50,7 +50,8 @@ class Best:
     software: str | None = None  # the server software (KServe: one target per framework)
     protocol_label: str | None = None
     cpu_s_per_1k: float | None = None  # the server's, at the best step
-    noisy: bool = False  # the best step's figures may be the machine's (measurement noise)
+    # the best step's figures, or a failure above it, may be the machine's (measurement noise)
+    noisy: bool = False
     # open loop: the lowest rate above the best that failed (the search's bracket), if any
     failed_above_rps: float | None = None
     duration_s: float | None = None  # the best step's window
@@ -137,8 +138,10 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
             steps[0].get("framework"), steps[0].get("software"),
             steps[0].get("protocol_label") or protocol,
             top.get("server_cpu_s_per_1k") if top else None,
-            bool(top and (top.get("noisy") or (model, target, protocol, top["level"])
-                          in spread_noisy)),
+            # noisy where its best step is, or where a step that could have beaten it failed
+            # (a failure under noise says nothing about the server)
+            any(s.get("noisy") or (model, target, protocol, s["level"]) in spread_noisy
+                for s in steps if top is None or s is top or s["level"] > top["level"]),
             min((s["level"] for s in steps if top and s.get("level_unit") == "rps"
                  and top.get("level_unit") == "rps" and s.get("passed") is False
                  and s["level"] > top["level"]), default=None),
@@ -190,6 +193,14 @@ def server_lines(results: dict[str, Any]) -> list[str]:
         for other in bests:
             if not other.throughput_rps:
                 text += f"; {other.label} never stayed under it"
+        noisy = [b for b in bests if b.noisy]
+        if noisy and len(bests) > 1:  # a side measured under noise: no winner, both figures
+            text = ("no significant difference can be claimed (a noisy step: other processes "
+                    "or the load generator took the machine, for "
+                    + ", ".join(b.label for b in noisy) + "); "
+                    + "; ".join(f"{b.label} {req_per_s(b.throughput_rps)} (p99 "
+                                f"{ms(b.p99_ms)}, {how})" if b.throughput_rps
+                                else f"{b.label} never stayed under it" for b in bests))
         lines.append(head + text + ".")
     if not by_model:
         lines.append("Server: no load measurement in this run.")

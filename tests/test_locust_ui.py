@@ -161,7 +161,8 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
                 "--summary-file", str(summary_file), workers=workers) as url, \
             chromium_page() as page:
         start_torchserve_swarm(page, url)
-        wait_for(lambda: request_count(page) > 200, 60, "200 requests are counted")
+        # enough for both ends of the p99's interval (about 370 requests bound its top)
+        wait_for(lambda: request_count(page) > 500, 90, "500 requests are counted")
         page.get_by_role("tab", name="Exact latency (deploybench)").click()
         row = page.get_by_role("row", name=REQUEST_NAME).first
         wait_for(lambda: row.count() and row.locator("td").nth(1).inner_text().strip() != "0",
@@ -183,6 +184,7 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
     shown = dict(zip(titles, cells, strict=True))
     assert shown["Requests"] == str(tally["requests"]) and shown["Wrong answers"] == "0"
     assert shown["p99 ms"] == f"{p99:.3f}"
+    assert low is not None and high is not None
     assert shown["p99 95% interval"] == f"[{low:.3f}, {high:.3f}]"
     assert shown["SLO gates"] == "p99<=10s: pass; wrong_answers==0: pass"
     if workers:  # both workers sent requests, and the master's figures are their sum
