@@ -253,7 +253,8 @@ def test_every_listening_socket_of_both_servers_is_loopback(kserve):
 def test_a_locust_sweep_through_every_protocol_has_no_wrong_answer(kserve, export_root,
                                                                   offset, tmp_path):
     run_dir = tmp_path / "load"
-    result = invoke("load", "--target", ",".join(KSERVE), "--artifacts", str(export_root),
+    result = invoke("load", "--no-calibrate",
+                    "--target", ",".join(KSERVE), "--artifacts", str(export_root),
                     "--model", "digits-cnn", "--users", "2", "--step-seconds", "2",
                     "--warmup-seconds", "0.5", "--port-offset", str(offset),
                     "--out", str(run_dir))
@@ -278,7 +279,8 @@ def test_any_oip_endpoint_is_measured_at_its_url(kserve, export_root, tmp_path):
     model the kit is told nothing about."""
     endpoints = kserve.endpoints_obj().of("kserve-pytorch")
     common = ["--users", "1", "--step-seconds", "1", "--warmup-seconds", "0.5"]
-    checked = invoke("load", "--target", "oip", "--url", endpoints["rest"], "--artifacts",
+    checked = invoke("load", "--no-calibrate",
+                     "--target", "oip", "--url", endpoints["rest"], "--artifacts",
                      str(export_root), "--model", "digits-cnn", *common,
                      "--out", str(tmp_path / "checked"))
     assert checked.exit_code == 0, checked.output
@@ -289,7 +291,8 @@ def test_any_oip_endpoint_is_measured_at_its_url(kserve, export_root, tmp_path):
         assert step["answers_checked"] is True and step["requests"] > 0
         assert step["wrong_answers"] == 0 and step["failures"] == 0
         assert step["endpoint"] == endpoints["rest"]
-    unchecked = invoke("load", "--target", "oip", "--url", endpoints["grpc"], "--protocol",
+    unchecked = invoke("load", "--no-calibrate",
+                       "--target", "oip", "--url", endpoints["grpc"], "--protocol",
                        "v2-grpc", "--model", "digits-mlp", "--no-check", "--artifacts",
                        str(tmp_path / "nothing-exported"), *common,
                        "--out", str(tmp_path / "unchecked"))
@@ -307,7 +310,8 @@ def test_an_oip_model_with_another_signature_is_one_line(kserve, export_root, tm
     manifest = json.loads((root / "digits-mlp" / "manifest.json").read_text())
     manifest["inputs"][0]["shape"] = [None, 63]
     (root / "digits-mlp" / "manifest.json").write_text(json.dumps(manifest))
-    result = invoke("load", "--target", "oip", "--url", rest_url(kserve, "kserve-tensorflow"),
+    result = invoke("load", "--no-calibrate",
+                    "--target", "oip", "--url", rest_url(kserve, "kserve-tensorflow"),
                     "--artifacts", str(root), "--model", "digits-mlp", "--users", "1",
                     "--out", str(tmp_path / "run"))
     assert result.exit_code != 0
@@ -323,6 +327,6 @@ def test_url_and_no_check_mistakes_are_usage_errors(tmp_path):
         (["--target", "torchserve", "--no-check", "--model", "x", "--port-offset", "0"],
          "Open Inference Protocol"),
     ):
-        result = invoke("load", *args, "--out", str(tmp_path / "run"))
+        result = invoke("load", "--no-calibrate", *args, "--out", str(tmp_path / "run"))
         assert result.exit_code == 2, (args, result.output)
         assert words in result.output, (args, result.output)

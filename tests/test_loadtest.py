@@ -78,7 +78,15 @@ def test_sweep_against_real_torchserve(torchserve: Deployment, tmp_path: Path) -
     assert data["environment"]["mode"] == "native"
     assert data["environment"]["load_generator"]["tool"] == "locust"
     assert {"versions", "cpu_model", "cpu_count", "limits"} <= set(data["environment"])
-    steps = data["measurements"]
+    # first, the load generator's own time per request, against a trivial local endpoint
+    calibration, *steps = data["measurements"]
+    assert calibration["kind"] == "loadgen-calibration" and calibration["status"] == "ok"
+    assert calibration["requests"] > 100 and calibration["failures"] == 0
+    client, floor = calibration["client_latency_ms"], calibration["floor_latency_ms"]
+    assert 0 < floor["p50"] <= floor["p99"] and 0 < client["p50"] <= client["p99"]
+    assert calibration["overhead_p50_ms"] == pytest.approx(client["p50"] - floor["p50"],
+                                                           abs=1e-3)
+    assert "load generator's own time per request" in result.output
     assert [m["level"] for m in steps] == [1, 2]
     for step in steps:
         assert_sound(step)
@@ -104,7 +112,8 @@ def test_sweep_against_real_torchserve(torchserve: Deployment, tmp_path: Path) -
 def test_binary_npy_body_under_load(torchserve: Deployment, tmp_path: Path) -> None:
     """TorchServe's binary body, through the CLI: every answer checked, none wrong."""
     run_dir = tmp_path / "run"
-    result = invoke("load", "--target", "torchserve", "--protocol", "npy", "--scenario", "sweep",
+    result = invoke("load", "--no-calibrate",
+                    "--target", "torchserve", "--protocol", "npy", "--scenario", "sweep",
                     "--users", "2", "--step-seconds", "2", "--warmup-seconds", "0.5",
                     "--model", "digits-cnn", "--out", str(run_dir))
     assert result.exit_code == 0, result.output
@@ -135,7 +144,8 @@ def test_request_bodies_carry_the_same_rows(export_root: Path) -> None:
 def test_rate_scenario_reports_scheduled_and_completed(torchserve: Deployment,
                                                        tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = invoke("load", "--target", "torchserve", "--protocol", "rest", "--scenario", "rate",
+    result = invoke("load", "--no-calibrate",
+                    "--target", "torchserve", "--protocol", "rest", "--scenario", "rate",
                     "--rates", "20,40", "--step-seconds", "2", "--warmup-seconds", "0.5",
                     "--model", "digits-cnn", "--rate-bound-ms", "500", "--out", str(run_dir))
     assert result.exit_code == 0, result.output
@@ -165,7 +175,8 @@ def test_unreachable_target_fails_before_any_load(export_root: Path, tmp_path: P
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
     run_dir = tmp_path / "run"
-    result = invoke("load", "--target", "torchserve", "--artifacts", str(export_root),
+    result = invoke("load", "--no-calibrate",
+                    "--target", "torchserve", "--artifacts", str(export_root),
                     "--port-offset", str(free_offset()), "--out", str(run_dir))
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
@@ -380,8 +391,9 @@ def test_a_busy_locust_is_flagged_saturated(tmp_path: Path) -> None:
 
 
 def test_usage_errors_are_one_line(tmp_path: Path) -> None:
-    result = invoke("load", "--target", "torchserve", "--protocol", "grpc",
+    result = invoke("load", "--no-calibrate", "--target", "torchserve", "--protocol", "grpc",
                     "--out", str(tmp_path))
     assert result.exit_code == 2 and "does not speak grpc" in result.output
-    result = invoke("load", "--scenario", "rate", "--users", "1,2", "--out", str(tmp_path))
+    result = invoke("load", "--no-calibrate",
+                    "--scenario", "rate", "--users", "1,2", "--out", str(tmp_path))
     assert result.exit_code != 0 and "--users is for a closed-loop sweep" in result.output

@@ -40,7 +40,7 @@ def results_of(run_dir: Path) -> dict:
 def test_results_hold_load_edge_and_inprocess_measurements(run_dir):
     results = results_of(run_dir)
     kinds = {m["kind"] for m in results["measurements"]}
-    assert {"export", "server", "load", "edge", "inprocess"} <= kinds
+    assert {"export", "server", "loadgen-calibration", "load", "edge", "inprocess"} <= kinds
     assert results["partial"] is False
     load = [m for m in results["measurements"] if m["kind"] == "load"]
     assert {m["scenario"] for m in load} == {"sweep", "rate"}

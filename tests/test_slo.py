@@ -139,7 +139,8 @@ def torchserve(export_root: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 def load(out: Path, gates: str, *extra: str):  # noqa: ANN201
-    return invoke("load", "--target", "torchserve", "--protocol", "npy", "--model", "digits-mlp",
+    return invoke("load", "--no-calibrate",
+                  "--target", "torchserve", "--protocol", "npy", "--model", "digits-mlp",
                   "--users", "2", "--step-seconds", "3", "--warmup-seconds", "1", "--slo", gates,
                   "--out", str(out), *extra)
 
@@ -172,12 +173,13 @@ def test_a_load_meeting_a_generous_slo_exits_0(torchserve, tmp_path: Path) -> No
 
 
 def test_a_malformed_slo_stops_before_any_load(tmp_path: Path) -> None:
-    result = invoke("load", "--target", "torchserve", "--slo", "p99<<1ms",
+    result = invoke("load", "--no-calibrate", "--target", "torchserve", "--slo", "p99<<1ms",
                     "--out", str(tmp_path / "run"))
     assert result.exit_code == 2
     assert "--slo: cannot read 'p99<<1ms'" in result.output
     assert not (tmp_path / "run").exists()
-    result = invoke("load", "--target", "torchserve", "--junit", str(tmp_path / "x.xml"),
+    result = invoke("load", "--no-calibrate",
+                    "--target", "torchserve", "--junit", str(tmp_path / "x.xml"),
                     "--out", str(tmp_path / "run"))
     assert result.exit_code == 2 and "give --slo too" in result.output
 
@@ -194,7 +196,8 @@ def test_a_decision_needs_the_floor_to_pass_but_not_to_fail() -> None:
 
 
 def rate_step(out: Path, *options: str) -> tuple[dict, dict]:
-    result = invoke("load", "--target", "torchserve", "--protocol", "npy", "--model",
+    result = invoke("load", "--no-calibrate",
+                    "--target", "torchserve", "--protocol", "npy", "--model",
                     "digits-mlp", "--warmup-seconds", "1", "--out", str(out), *options)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
@@ -253,7 +256,8 @@ def test_a_step_beside_a_cpu_burner_is_noisy_and_names_no_winner(torchserve,
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
                                 start_new_session=True) for _ in range(2)]
     try:
-        result = invoke("load", "--target", "torchserve", "--protocol", "rest,npy", "--model",
+        result = invoke("load", "--no-calibrate",
+                        "--target", "torchserve", "--protocol", "rest,npy", "--model",
                         "digits-mlp", "--users", "1", "--step-seconds", "3",
                         "--warmup-seconds", "1", "--out", str(tmp_path / "run"))
     finally:
@@ -315,7 +319,8 @@ def test_a_spread_over_a_fifth_of_the_median_marks_the_step_noisy() -> None:
 @pytest.mark.slow
 def test_load_repeat_measures_each_step_n_times_and_records_the_spread(
         torchserve, tmp_path: Path) -> None:
-    result = invoke("load", "--target", "torchserve", "--protocol", "npy", "--model",
+    result = invoke("load", "--no-calibrate",
+                    "--target", "torchserve", "--protocol", "npy", "--model",
                     "digits-mlp", "--users", "2", "--step-seconds", "2", "--warmup-seconds",
                     "0.5", "--repeat", "2", "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output

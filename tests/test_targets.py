@@ -146,7 +146,8 @@ def test_a_target_declared_in_tests_is_measured_and_reported(
     run_dir = tmp_path / "run"
     listed = invoke("servers")
     assert listed.exit_code == 0 and "tfserving-double" in listed.output
-    result = invoke("load", "--target", "tfserving-double", "--artifacts", str(export_root),
+    result = invoke("load", "--no-calibrate",
+                    "--target", "tfserving-double", "--artifacts", str(export_root),
                     "--model", "digits-mlp", "--users", "1", "--step-seconds", "2",
                     "--warmup-seconds", "0.5", "--port-offset", "0", "--out", str(run_dir))
     assert result.exit_code == 0, result.output
