@@ -131,7 +131,7 @@ def measure_endpoint(name: str, url: str, path: str, args: argparse.Namespace, r
                 run_wrk(url + path, script, WARMUP_SECONDS)  # its own warm-up
                 row.update(status="ok", **run_wrk(url + path, script, args.seconds))
             else:
-                prefix = writer.run_dir / "locust" / f"{name.split()[0]}-round{round_}"
+                prefix = writer.run_dir / "locust" / f"{name.split()[0].lower()}-round{round_}"
                 row.update(status="ok", **run_kit(args.artifacts, args.model, args.target, url,
                                                   args.seconds, prefix, writer.run_dir))
         except (RuntimeError, subprocess.TimeoutExpired) as error:
@@ -159,7 +159,7 @@ def table(rows: list[dict[str, Any]]) -> Table:
     out = Table(title="the load generator's own cost: one connection, closed loop, "
                       "medians over the rounds")
     for column in ("endpoint", "generator", "rounds", "p50 ms", "p99 ms", "req/s", "CPU %",
-                   "p50 vs wrk", "req/s vs wrk"):
+                   "p50/wrk", "req/s/wrk"):
         out.add_column(column, justify="left" if column in ("endpoint", "generator")
                        else "right")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -171,17 +171,17 @@ def table(rows: list[dict[str, Any]]) -> Table:
             out.add_row(endpoint, generator, str(len(group)), group[0]["reason"], *[""] * 5)
             continue
 
-        def median(value: Any, ok: list[dict[str, Any]] = ok) -> str:
+        def median(value: Any, digits: int, ok: list[dict[str, Any]] = ok) -> str:
             found = [value(row) for row in ok if value(row) is not None]
-            return f"{statistics.median(found):.3f}" if found else "-"
+            return f"{statistics.median(found):.{digits}f}" if found else "-"
 
         out.add_row(endpoint, generator, str(len(ok)),
-                    median(lambda r: r["latency_ms"]["p50"]),
-                    median(lambda r: r["latency_ms"]["p99"]),
-                    median(lambda r: r["throughput_rps"]),
-                    median(lambda r: r["loadgen_cpu_percent"]),
-                    median(lambda r: r.get("p50_vs_wrk")),
-                    median(lambda r: r.get("rps_vs_wrk")))
+                    median(lambda r: r["latency_ms"]["p50"], 3),
+                    median(lambda r: r["latency_ms"]["p99"], 2),
+                    median(lambda r: r["throughput_rps"], 0),
+                    median(lambda r: r["loadgen_cpu_percent"], 0),
+                    median(lambda r: r.get("p50_vs_wrk"), 2),
+                    median(lambda r: r.get("rps_vs_wrk"), 2))
     return out
 
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="Measured seconds per run")
     args = parser.parse_args(argv)
     args.artifacts = args.artifacts.resolve()
-    console = Console()
+    console = Console(width=max(Console().width, 110))  # the table whole, in a log too
     path = targets.get(args.target).protocol(json_protocol(args.target)).client.PREDICT_PATH
     path = path.format(model=args.model)
     golden = Golden.of(args.artifacts, load_manifest(args.artifacts, args.model))
@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             native_server(args.artifacts, args.model, args.target, writer.run_dir) as server:
         server_url = server.endpoints_obj().address(args.target, json_protocol(args.target))
         for round_ in range(1, args.rounds + 1):
-            for name, url in (("replay endpoint", replay.url),
-                              (f"{label} {args.model}", server_url)):
+            for name, url in (("replay", replay.url), (f"{label} {args.model}", server_url)):
                 rows += measure_endpoint(name, url, path, args, round_, script, writer,
                                          console).values()
     writer.note("clientcost: the kit's load generator beside wrk, one connection, closed loop")
