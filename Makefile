@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := docker-compose chromium default-jre-headless g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages test-docker-packages images run test lint clean
+.PHONY: setup system-packages test-docker-packages promtool images run test lint clean
 
 setup: system-packages $(STAMP)
 
@@ -46,6 +46,18 @@ test-docker-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends debootstrap; \
 	fi
 
+# promtool checks the monitoring profile's Prometheus configuration (tests/test_monitoring.py).
+# Debian's prometheus package is unpacked, not installed: installing it would start a
+# Prometheus daemon on this machine.
+PROMTOOL := .cache/prometheus/usr/bin/promtool
+promtool: $(PROMTOOL)
+$(PROMTOOL):
+	mkdir -p .cache/debs
+	cd .cache/debs && (apt-get download prometheus 2>/dev/null \
+	  || ($(SUDO) apt-get update >/dev/null && apt-get download prometheus))
+	dpkg -x $$(ls .cache/debs/prometheus_*.deb | head -1) .cache/prometheus
+	test -x $(PROMTOOL)
+
 # The compose stack's images, built offline where no registry is reachable: a Debian base from
 # debootstrap, the host's wheels, the kit's Dockerfiles on that base (serving/images.py).
 # Needs a Docker engine that answers; the Debian base needs root (debootstrap).
@@ -57,7 +69,7 @@ run: setup
 
 # Two pytest workers, a test file each at a time, the longest files first (tests/conftest.py):
 # much of the suite waits on servers, so two files overlap well even on two cores.
-test: setup test-docker-packages
+test: setup test-docker-packages promtool
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 

@@ -123,3 +123,38 @@ def edge_tradeoff(results: dict[str, Any]) -> bytes | None:
                  "red in-process baseline)", fontsize=9)
     ax.grid(alpha=0.3)
     return _png(figure)
+
+
+BREAKDOWN_PARTS = (("outside_server", "outside the server (network, front end, client)"),
+                   ("server_other", "server, besides queue and model"),
+                   ("queue", "queue"), ("model", "model"))
+
+
+def breakdown_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The load steps whose server published a split of its time, in report order."""
+    found = [row for row in rows(results, "load")
+             if ((row.get("server_metrics") or {}).get("breakdown_ms"))]
+    return sorted(found, key=lambda r: (r["model"], server_label(r), r["scenario"], r["level"]))
+
+
+def where_time_goes(results: dict[str, Any]) -> bytes | None:
+    """One stacked bar per server and load level: the client's mean latency, split by the
+    server's own metrics (a part it does not publish stays in the part that contains it)."""
+    steps = breakdown_rows(results)
+    if not steps:
+        return None
+    figure, axes = _figure(width=max(7.5, 1.0 + 0.9 * len(steps)))
+    ax = axes[0][0]
+    labels = [f"{server_label(r)}\n{r['model']}\n{r['level']:g} {r['level_unit']}"
+              for r in steps]
+    bottom = [0.0] * len(steps)
+    for key, name in BREAKDOWN_PARTS:
+        heights = [max(r["server_metrics"]["breakdown_ms"].get(key) or 0.0, 0.0) for r in steps]
+        if any(heights):
+            ax.bar(range(len(steps)), heights, bottom=bottom, label=name)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_xticks(range(len(steps)), labels, fontsize=7)
+    ax.set_ylabel("mean latency (ms)")
+    ax.set_title("Where the time goes (the servers' own metrics)")
+    ax.legend(fontsize=7)
+    return _png(figure)

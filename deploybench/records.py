@@ -89,6 +89,46 @@ class CpuWindow(_Strict):
     server_usage_from: str | None = None  # process tree (native) or container stats (Docker)
 
 
+class ServerTime(_Strict):
+    """One time a server published for a step (loadtest/server_metrics.py), in ms: a mean,
+    and from a histogram p50/p99 with the bounds of the bucket each lies in."""
+
+    metric: str
+    source: str  # "histogram" | "counter (mean only)"
+    count: Number  # requests (or batches) the server counted in the window
+    mean: Number | None = None
+    p50: Number | None = None
+    p99: Number | None = None
+    p50_bucket: list[Number | None] | None = None
+    p99_bucket: list[Number | None] | None = None
+
+
+class Breakdown(_Strict):
+    """The client's mean latency split (ms): outside the server (network, front end, client),
+    the server's own time besides queue and model, the queue, the model."""
+
+    client: Number
+    outside_server: Number
+    server_other: Number | None = None
+    queue: Number | None = None
+    model: Number | None = None
+    server_whole: str  # "published", or "sum of the parts" where no whole time is
+
+
+class StepServerMetrics(_Strict):
+    """What the server's own metrics said about a step, and what they did not."""
+
+    available: bool
+    url: str | None = None
+    missing: list[str]
+    request_ms: ServerTime | None = None
+    queue_ms: ServerTime | None = None
+    model_ms: ServerTime | None = None
+    batch_sizes: dict[str, Number] | None = None
+    batch_counts: str | None = None  # what a batch size counts: rows or requests
+    breakdown_ms: Breakdown | None = None
+
+
 class WorkerFigures(_Strict):
     """One locust worker's own share of a distributed step, beside the master's merge."""
 
@@ -211,6 +251,7 @@ class _Step(_ServerRow):
     in_flight_limit_hits: int | None = None
     # the runner's: CPU in the window and the cost figures
     cpu: CpuWindow | None = None
+    server_metrics: StepServerMetrics | None = None  # the server's own view of the step
     server_cpu_s_per_1k: Number | None = None
     server_peak_rss_bytes: int | None = None
     # the runner's: a step whose figures may be the machine's, not the server's (why, if so)

@@ -80,6 +80,7 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
         "load": rows(results, "load"),
         "gates": rows(results, "slo-gate"),
         "calibration": rows(results, "loadgen-calibration"),
+        "breakdown": plots.breakdown_rows(results),
         "bench": rows(results, "bench"),
         "ceilings": rows(results, "bench-ceiling"),
         "environment": results.get("environment", {}),
@@ -94,6 +95,7 @@ def render_plots(results: dict[str, Any]) -> dict[str, bytes]:
         "throughput_vs_p99": plots.throughput_vs_p99(results, bound),
         "latency_percentiles": plots.latency_percentiles(results),
         "edge_tradeoff": plots.edge_tradeoff(results),
+        "where_time_goes": plots.where_time_goes(results),
     }
     return {name: png for name, png in figures.items() if png}
 

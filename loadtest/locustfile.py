@@ -18,8 +18,11 @@ the scheduled send time, coordinated-omission safe); --summary-file receives exa
 
 Every answer is checked against the golden output of its sample: a wrong answer is a failure
 ("WrongAnswer: ..."), so "fast but wrong" never looks good. This process imports numpy,
-locust, grpc and hdrhistogram only: never TensorFlow or torch (gevent and their runtimes do not
-mix, and the load generator must stay light).
+locust, grpc, hdrhistogram and prometheus_client only: never TensorFlow or torch (gevent and
+their runtimes do not mix, and the load generator must stay light).
+
+Beside the web UI it serves /deploybench/metrics: the kit's exact figures as Prometheus metrics
+(docker-compose.yml's monitoring profile scrapes the master).
 
 Distributed (`--master` / `--worker`, e.g. the compose services locust-master/locust-worker):
 options given to the master reach the workers; each worker loads the golden samples itself
@@ -44,6 +47,7 @@ import gevent
 import gevent.pool
 import grpc
 import grpc.experimental.gevent
+import requests
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -66,6 +70,7 @@ grpc.experimental.gevent.init_gevent()  # grpc's own threads would block gevent'
 
 log = logging.getLogger("deploybench.locust")
 EARLY_STOP_CHECK_S = 0.5
+METRICS_TIMEOUT_S = 3.0
 RECORDER = Recorder()
 _state: dict[str, Any] = {"environment": None, "samples": {}, "window": None, "error": None}
 
@@ -122,6 +127,10 @@ def _options(parser: Any) -> None:
     group.add_argument("--slo", env_var="DEPLOYBENCH_SLO", default="",
                        help="SLO gates shown live in the web UI's deploybench tab, e.g. "
                             "p99<=100ms,wrong_answers==0 (deploybench load --slo's grammar)")
+    group.add_argument("--metrics-url", env_var="DEPLOYBENCH_METRICS_URL", default="",
+                       include_in_web_ui=False,
+                       help="The server's Prometheus metrics page, read as the measurement "
+                            "window opens and closes (the summary keeps both pages)")
     group.add_argument("--summary-file", env_var="DEPLOYBENCH_SUMMARY_FILE", default="",
                        include_in_web_ui=False,
                        help="Write exact latencies and answer checks here (JSON) at the end")
@@ -374,8 +383,12 @@ def _window(environment: Environment) -> None:
     options = environment.parsed_options
     if options.warmup_seconds > 0:
         gevent.sleep(options.warmup_seconds)
-    RECORDER.open_window()
     runner = environment.runner
+    scrapes = options.metrics_url and not isinstance(runner, WorkerRunner)
+    if scrapes:
+        RECORDER.server_metrics = {"url": options.metrics_url,
+                                   "before": _metrics_page(options.metrics_url)}
+    RECORDER.open_window()
     if runner is not None and not isinstance(runner, WorkerRunner):
         runner.stats.reset_all()  # locust's own CSV/HTML leave the warm-up out too
     if options.measure_seconds > 0:
@@ -384,9 +397,22 @@ def _window(environment: Environment) -> None:
         else:
             gevent.sleep(options.measure_seconds)
         RECORDER.close_window()
+        if scrapes:
+            RECORDER.server_metrics["after"] = _metrics_page(options.metrics_url)
         if options.headless and runner is not None and not isinstance(runner, WorkerRunner):
             log.info("measurement window over, stopping")
             runner.quit()
+
+
+def _metrics_page(url: str) -> dict[str, str]:
+    """The server's metrics page as text, or why not (parsed later, outside this process)."""
+    try:
+        response = requests.get(url, timeout=METRICS_TIMEOUT_S)
+    except requests.RequestException as error:
+        return {"error": f"{type(error).__name__}: {error}"[:300]}
+    if response.status_code != 200:
+        return {"error": f"HTTP {response.status_code} from {url}"}
+    return {"text": response.text}
 
 
 def _until_decided(options: Any) -> None:
@@ -437,12 +463,54 @@ def _add_web_ui_tab(environment: Environment) -> None:
     web_ui.template_args["extended_tables"] = [{"key": TAB, "structure": [
         {"key": key, "title": title} for key, title in TAB_COLUMNS]}]
 
+    web_ui.app.add_url_rule(METRICS_PATH, "deploybench_metrics", _prometheus_page)
+
     @web_ui.app.after_request
     def _with_exact_figures(response: Any) -> Any:
         if request.path == "/stats/requests" and response.is_json:
             response.set_data(json.dumps({**response.json, "extended_stats": [
                 {"key": TAB, "data": exact_rows(environment.parsed_options)}]}))
         return response
+
+
+METRICS_PATH = "/deploybench/metrics"  # scraped by compose's monitoring profile
+
+
+class ExactFigures:
+    """The kit's figures as Prometheus metrics, for the monitoring profile's Prometheus: per
+    request name, requests, failures and wrong answers in the current window, and the exact
+    latency percentiles (from the HDR histograms; on a master, merged from its workers)."""
+
+    LABELS = ["name", "target", "protocol", "model"]
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        counters = {key: CounterMetricFamily(f"deploybench_{key}", text, labels=self.LABELS)
+                    for key, text in (("requests", "Requests completed in the window"),
+                                      ("failures", "Failed requests, wrong answers included"),
+                                      ("wrong_answers", "Answers unlike the golden output"))}
+        latency = GaugeMetricFamily("deploybench_latency_ms", "Exact latency percentile of "
+                                    "correct answers in the window, ms",
+                                    labels=[*self.LABELS, "quantile"])
+        for name, tally in sorted(RECORDER.tallies.items()):
+            values = [name, tally.target, tally.protocol, tally.model]
+            for key, counter in counters.items():
+                counter.add_metric(values, getattr(tally, key))
+            figures = histogram.latency_ms(tally.latency)
+            for key, percentile in histogram.PERCENTILES.items():
+                if figures[key] is not None:
+                    latency.add_metric([*values, f"{percentile / 100:g}"], figures[key])
+        yield from (*counters.values(), latency)
+
+
+def _prometheus_page() -> Any:
+    from flask import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExactFigures())
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
 def exact_rows(options: Any) -> list[dict[str, str]]:

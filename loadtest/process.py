@@ -43,6 +43,8 @@ class LocustRun:
     cpus: str | None = None  # taskset CPU list: keep the load generator off the server's cores
     # > 0: a master and this many workers through compose's loadtest profile (loadtest/compose.py)
     workers: int = 0
+    # the server's Prometheus metrics page, read as the window opens and closes ("": none)
+    metrics_url: str = ""
 
     @property
     def user_class(self) -> str:
@@ -80,6 +82,8 @@ class LocustRun:
             "--export-root", export_root, "--model", self.model,
             "--batch-size", str(self.batch_size),
             *(self.address_options() if addresses else []),
+            # the host's addresses only: compose's master reaches the servers by service name
+            *(["--metrics-url", self.metrics_url] if addresses and self.metrics_url else []),
             "--warmup-seconds", f"{self.warmup_seconds:g}",
             "--measure-seconds", f"{self.measure_seconds:g}",
             "--rate-per-user", f"{self.rate_per_user:g}",

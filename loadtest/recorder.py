@@ -86,6 +86,8 @@ class Recorder:
         self.workers_reported: set[str] = set()
         self.by_worker: dict[str, dict[str, Tally]] = {}  # master: each worker's own tallies
         self.early_stop: dict[str, Any] | None = None  # how the window ended, when deciding
+        # the server's metrics pages as the window opened and closed (--metrics-url)
+        self.server_metrics: dict[str, Any] | None = None
         self.worker_cpu_max: float | None = None  # master: the busiest worker's CPU, percent
         self._cpu_mark = (time.time(), _process_cpu_seconds())
 
@@ -225,6 +227,7 @@ class Recorder:
             "workers": {worker: {name: tally.to_dict() for name, tally in tallies.items()}
                         for worker, tallies in self.by_worker.items()},
             "early_stop": self.early_stop,
+            "server_metrics": self.server_metrics,
             **extra,
         }
 

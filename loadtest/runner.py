@@ -27,6 +27,7 @@ from rich.table import Table
 from deploybench.errors import DeploybenchError
 from deploybench.formatting import fixed
 from deploybench.loadtest import measurement as measure
+from deploybench.loadtest import server_metrics
 from deploybench.loadtest.cpu import CpuSampler
 from deploybench.loadtest.process import LocustRun, run_locust
 from deploybench.loadtest.samples import Signature
@@ -284,6 +285,7 @@ class LoadRun:
             prefix=_prefix(plan, target, protocol, model, level, self.repeat),
             rate_per_user=rate_per_user, batch_size=scenario.batch_size,
             cpus=plan.loadgen_cpus, workers=plan.locust_workers,
+            metrics_url=plan.endpoints.metrics_url(target) or "",
             extra_args=(["--unchecked-signature", plan.unchecked[model].to_option()]
                         if model in plan.unchecked else [])
             + (["--decide-p99-ms", f"{scenario.rate_bound_ms:g}",
@@ -318,6 +320,12 @@ class LoadRun:
             result["server_peak_rss_bytes"] = cpu["server_peak_rss_bytes"] if cpu else None
             result["noise"] = measure.noise_reasons(result)
             result["noisy"] = bool(result["noise"])
+            result["server_metrics"] = server_metrics.step_figures(
+                targets.get(target).time_metrics, output.summary.get("server_metrics"), model,
+                (result.get("latency_ms") or {}).get("mean"))
+            if plan.locust_workers:
+                result["server_metrics"]["missing"].append(
+                    "distributed locust in compose reads no server metrics")
         if scenario.kind == "open" and not output.aborted:
             # an open-loop step's verdict is part of its record, judged before it is kept
             ok, why = measure.rate_passes(result, scenario.rate_bound_ms,

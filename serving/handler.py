@@ -19,6 +19,7 @@ TorchServe loads the only class defined here as the handler, so errors are plain
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import torch
@@ -70,8 +71,10 @@ class DeploybenchHandler:
         if len(data) > 1:
             log.info("batch of %d requests, %d rejected", len(data), len(data) - len(rows))
         if rows:
+            started = time.perf_counter()
             with torch.inference_mode():
                 logits = self.model(torch.from_numpy(np.concatenate(rows))).numpy()
+            _count_batch(context, (time.perf_counter() - started) * 1000.0, len(rows))
             start = 0
             # no zip(strict=...): the official TorchServe image runs the handler on Python 3.9
             for index, batch, form in zip(owners, rows, forms):  # noqa: B905
@@ -96,6 +99,23 @@ class DeploybenchHandler:
             raise ValueError(f"unsupported Content-Type {content_type!r}: send "
                              f"application/json or {NPY_TYPE}")
         return decode_predict_body(body, self.signature)
+
+
+def _count_batch(context, model_ms, requests):
+    """The handler's counters on TorchServe's /metrics (serving/config/torchserve-metrics.yaml):
+    the forward pass once per request it answered, those requests, one batch of that size."""
+    metrics = getattr(context, "metrics", None)
+    if metrics is None:
+        return
+    model = context.model_name
+    try:
+        metrics.get_metric("DeploybenchModelMs").add_or_update(model_ms * requests,
+                                                               [model, "Model"])
+        metrics.get_metric("DeploybenchModelRequests").add_or_update(requests, [model, "Model"])
+        metrics.get_metric("DeploybenchBatches").add_or_update(1, [model, "Model",
+                                                                   str(requests)])
+    except Exception as error:  # noqa: BLE001 - a metrics config without them: answer anyway
+        log.warning("handler metrics not recorded: %s", error)
 
 
 def _content_type(context, index):

@@ -26,6 +26,7 @@ CONFIG_DIR = REPO_ROOT / "serving" / "config"
 TORCHSERVE_CONFIG = CONFIG_DIR / "config.properties"
 BATCHING_CONFIG = CONFIG_DIR / "batching.config"
 MONITORING_CONFIG = CONFIG_DIR / "monitoring.config"
+TORCHSERVE_METRICS = CONFIG_DIR / "torchserve-metrics.yaml"
 TFSERVING_ENTRYPOINT = REPO_ROOT / "docker" / "tfserving" / "entrypoint.sh"
 
 
@@ -83,6 +84,7 @@ def torchserve_properties(root: Path, models: list[str], settings: ServerSetting
         "grpc_management_address": grpc_management[0],
         "grpc_management_port": grpc_management[1],
         "model_store": str(store),
+        "metrics_config": str(TORCHSERVE_METRICS),
         "allowed_urls": f"file://{store}/.*",
         "load_models": ",".join(f"{m}.mar" for m in models),
         "models": torchserve_models_json(store, models, settings),

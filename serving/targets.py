@@ -62,6 +62,43 @@ class Protocol:
         return payload.BODIES[self.body].content_type != payload.JSON_CONTENT_TYPE
 
 
+@dataclass(frozen=True)
+class TimeFigure:
+    """One time a server publishes about its requests (loadtest/server_metrics.py reads it):
+    a Prometheus histogram named `metric` (its _bucket/_sum/_count), or, with `count`, a
+    cumulative-time counter divided by that request counter (a mean only)."""
+
+    metric: str
+    unit_ms: float  # one unit of the metric in ms: microseconds 0.001, seconds 1000
+    count: str = ""
+    model_label: str = "model_name"  # the label naming the model ("": none, all samples)
+    labels: tuple[tuple[str, str], ...] = ()  # only samples with these label values
+
+
+@dataclass(frozen=True)
+class BatchFigure:
+    """The sizes of the batches a server ran: a histogram of sizes, or (with `size_label`) a
+    counter per size; `counts` says what a size counts: rows or requests."""
+
+    metric: str
+    counts: str  # "rows" | "requests"
+    size_label: str = ""
+    model_label: str = "model_name"
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    """What a server's metrics say about where a request's time goes: the whole request inside
+    the server, its wait in the queue, the model; None where the server publishes no such
+    figure (the report names it)."""
+
+    request: TimeFigure | None = None
+    queue: TimeFigure | None = None
+    model: TimeFigure | None = None
+    batch: BatchFigure | None = None
+
+
 # (target folder, models, settings, addresses, overrides) -> (command, extra environment)
 NativeStart = Callable[["native.NativeSetup"], tuple[list[str], dict[str, str]]]
 
@@ -77,6 +114,7 @@ class Target:
     native: NativeStart | None = None  # None: not startable by the kit natively
     compose_service: str | None = None
     metrics: tuple[str, str] | None = None  # (endpoint key, path) of its Prometheus metrics
+    time_metrics: ServerMetrics | None = None  # what on that page says where the time goes
     batching: bool = True  # dynamic batching (MAX_BATCH_SIZE, BATCH_TIMEOUT_MS) is offered
     # the server software, when several targets run it (one per framework): reports compare
     # its frameworks side by side; "" means the label
@@ -363,6 +401,16 @@ register(Target(
     native=native.tfserving_native,
     compose_service="tfserving",
     metrics=("rest", "/monitoring/prometheus/metrics"),  # serving/config/monitoring.config
+    # tensorflow_serving/servables/tensorflow/util.cc and batching/batching_session.cc: wall
+    # times in microseconds; the batching session's figures carry no model label
+    time_metrics=ServerMetrics(
+        request=TimeFigure(":tensorflow:serving:request_latency", 0.001),
+        model=TimeFigure(":tensorflow:serving:runtime_latency", 0.001),
+        queue=TimeFigure(":tensorflow:serving:batching_session:queuing_latency", 0.001,
+                         model_label=""),
+        batch=BatchFigure(":tensorflow:serving:batching_session:processed_batch_size", "rows",
+                          model_label=""),
+    ),
 ))
 
 register(Target(
@@ -388,6 +436,19 @@ register(Target(
     native=native.torchserve_native,
     compose_service="torchserve",
     metrics=("metrics", "/metrics"),
+    # the front end's cumulative microseconds per model (TorchServe's own), and the model's
+    # forward pass as the kit's handler reports it through TorchServe's metrics
+    # (serving/handler.py, serving/config/torchserve-metrics.yaml)
+    time_metrics=ServerMetrics(
+        request=TimeFigure("ts_inference_latency_microseconds", 0.001,
+                           count="ts_inference_requests_total"),
+        queue=TimeFigure("ts_queue_latency_microseconds", 0.001,
+                         count="ts_inference_requests_total"),
+        model=TimeFigure("DeploybenchModelMs", 1.0, count="DeploybenchModelRequests",
+                         model_label="ModelName"),
+        batch=BatchFigure("DeploybenchBatches", "requests", size_label="BatchSize",
+                          model_label="ModelName"),
+    ),
 ))
 
 def oip_protocols(user_prefix: str) -> tuple[Protocol, ...]:
@@ -424,6 +485,8 @@ for _framework, _served, _rest, _grpc in (("tensorflow", "savedmodel", 8090, 809
         native=native.kserve_native(_framework),
         compose_service=f"kserve-{_framework}",
         metrics=("rest", "/metrics"),
+        # kserve/metrics.py: the predict call, in seconds (prometheus_client's default buckets)
+        time_metrics=ServerMetrics(model=TimeFigure("request_predict_seconds", 1000.0)),
         batching=False,  # none in KServe's Python server (on Kubernetes: a separate agent)
         software="KServe",
     ))

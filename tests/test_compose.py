@@ -38,6 +38,7 @@ SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch")
 KSERVE = ("kserve-tensorflow", "kserve-pytorch")
 BATCHING_SERVERS = ("tfserving", "torchserve")  # KServe's Python server has no batching
 LOCUST = ("locust-master", "locust-worker")
+MONITORING = ("prometheus", "grafana")
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 LOCUSTFILE_IN_CONTAINER = "/opt/deploybench/loadtest/locustfile.py"  # COPY'd by the image
 
@@ -233,11 +234,13 @@ def parse_batching(path: Path) -> Any:
 
 
 def test_compose_config_renders_servers_and_loadtest_profile(services: dict[str, Any]) -> None:
-    assert set(services) == {*SERVERS, *LOCUST}
+    assert set(services) == {*SERVERS, *LOCUST, *MONITORING}
     for name in SERVERS:
         assert not services[name].get("profiles"), f"{name} must start with a plain `up`"
     for name in LOCUST:
         assert services[name]["profiles"] == ["loadtest"]
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"]
     worker = services["locust-worker"]
     assert "container_name" not in worker and not worker.get("ports"), "must scale"
 
@@ -273,6 +276,9 @@ def test_images_are_pinned_to_the_versions_the_project_uses(services: dict[str, 
     (spec,) = re.findall(r'"(orjson[^"]*)"', (REPO / "pyproject.toml").read_text())
     assert f'"{spec}"' in (REPO / "docker/torchserve/Dockerfile").read_text()
     assert services["locust-master"]["image"] == services["locust-worker"]["image"]
+    # the monitoring profile: official images at a fixed release, never a floating tag
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", services["prometheus"]["image"])
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", services["grafana"]["image"])
 
 
 def test_every_referenced_file_exists_after_export(
@@ -318,6 +324,8 @@ def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
         "kserve-pytorch": {8080, 8081},
         "locust-master": {8089},
         "locust-worker": set(),
+        "prometheus": {9090},
+        "grafana": {3000},
     }
     for name, service in services.items():
         ports = published(service)
@@ -346,12 +354,15 @@ def test_servers_run_unprivileged_on_read_only_root(services: dict[str, Any]) ->
         assert services[name]["user"] == "kserve"  # created by docker/kserve/Dockerfile
     for name in LOCUST:
         assert services[name]["user"] == "locust"
-    for name in SERVERS:
+    assert services["prometheus"]["user"] == "nobody" and services["grafana"]["user"] == "472"
+    for name in (*SERVERS, *MONITORING):
         service = services[name]
         assert service["read_only"] is True, name
         assert service["init"] is True, name
         assert not service.get("privileged"), name
-        assert "/tmp" in service["tmpfs"], name
+        assert service["tmpfs"], name  # where it writes, on a read-only root
+        if name in SERVERS:
+            assert "/tmp" in service["tmpfs"], name
 
 
 def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any]) -> None:

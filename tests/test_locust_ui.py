@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploybench.loadtest import histogram, intervals
 from deploybench.loadtest.process import LOCUSTFILE
@@ -173,6 +174,12 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
         cells = [c.strip() for c in row.locator("td").all_inner_texts()]
         titles = [t.strip() for t in
                   row.locator("xpath=ancestor::table").locator("th").all_inner_texts()]
+        # the same figures for Prometheus (compose's monitoring profile scrapes the master)
+        exported = {(sample.name, sample.labels.get("quantile")): sample.value
+                    for family in text_string_to_metric_families(
+                        requests.get(f"{url}deploybench/metrics", timeout=5).text)
+                    for sample in family.samples
+                    if sample.labels.get("name") == REQUEST_NAME}
         page.screenshot(path=str(test_artifacts / f"locust-ui-deploybench-tab-"
                                                   f"{'distributed' if workers else 'local'}.png"),
                         full_page=True)
@@ -187,6 +194,9 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
     assert low is not None and high is not None
     assert shown["p99 95% interval"] == f"[{low:.3f}, {high:.3f}]"
     assert shown["SLO gates"] == "p99<=10s: pass; wrong_answers==0: pass"
+    assert exported[("deploybench_requests_total", None)] == tally["requests"]
+    assert exported[("deploybench_wrong_answers_total", None)] == 0
+    assert exported[("deploybench_latency_ms", "0.99")] == pytest.approx(p99)
     if workers:  # both workers sent requests, and the master's figures are their sum
         assert summary["role"] == "master"
         shares = [tallies[REQUEST_NAME]["requests"] for tallies in summary["workers"].values()]

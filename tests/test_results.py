@@ -76,9 +76,13 @@ def every_kind(tmp_path: Path) -> list[Any]:
     """One record of every kind, each from its producer's builder where one is cheap."""
     from deploybench.jobs.bench import BenchOptions, summarize
     from deploybench.jobs.loadgen import verdict
-    from deploybench.loadtest import calibration
+    from deploybench.loadtest import calibration, server_metrics
+    from deploybench.serving import targets
+    from tests.test_server_metrics import pages as tfserving_pages
 
     closed = load_step(tmp_path, 2)
+    closed["server_metrics"] = server_metrics.step_figures(
+        targets.get("tfserving").time_metrics, tfserving_pages(), "digits-mlp", 3.0)
     open_loop = load_step(tmp_path, 20.0, rate_per_user=20.0)
     ok, why = measure.rate_passes(open_loop, 100.0, 0.8)
     open_loop.update(passed=ok, verdict=why, rate_bound_ms=100.0)
@@ -168,6 +172,9 @@ def test_report_of_a_valid_file(run_dir: Path) -> None:
     result = invoke("report", str(run_dir))
     assert result.exit_code == 0, result.output
     assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
+    # the breakdown of the step that carries the server's own figures, and its bars
+    assert "Where the time goes" in (run_dir / "report.md").read_text()
+    assert (run_dir / "plots" / "where_time_goes.png").is_file()
 
 
 def test_an_older_file_whose_records_fit_is_read_and_upgraded(run_dir: Path) -> None:
