@@ -177,6 +177,17 @@ def server_lines(results: dict[str, Any]) -> list[str]:
             continue
         top = measured[0]
         how = "open-loop Poisson arrivals" if top.open_loop else "closed loop"
+        never = "".join(f"; {b.label} never stayed under it" for b in bests
+                        if not b.throughput_rps)
+        noisy = [b for b in bests if b.noisy]
+        if noisy and len(bests) > 1:  # a side measured under noise: no winner, the figures
+            lines.append(head + "no significant difference between "
+                         + ", ".join(f"{b.label} ({req_per_s(b.throughput_rps)})"
+                                     for b in measured)
+                         + " (a noisy step: other processes or the load generator took the "
+                         + "machine, for " + ", ".join(b.label for b in noisy) + "); "
+                         + f"{top.label} p99 {ms(top.p99_ms)}, {how}{never}.")
+            continue
         tied = [(o, significantly_above(top, o)[1]) for o in measured[1:]
                 if not significantly_above(top, o)[0]]
         if tied:  # no winner named where the margin is within the uncertainty
@@ -190,17 +201,7 @@ def server_lines(results: dict[str, Any]) -> list[str]:
         for other in measured[1:]:
             if not any(other is o for o, _ in tied):
                 text += f", {ratio_text(top, other)}"
-        for other in bests:
-            if not other.throughput_rps:
-                text += f"; {other.label} never stayed under it"
-        noisy = [b for b in bests if b.noisy]
-        if noisy and len(bests) > 1:  # a side measured under noise: no winner, both figures
-            text = ("no significant difference can be claimed (a noisy step: other processes "
-                    "or the load generator took the machine, for "
-                    + ", ".join(b.label for b in noisy) + "); "
-                    + "; ".join(f"{b.label} {req_per_s(b.throughput_rps)} (p99 "
-                                f"{ms(b.p99_ms)}, {how})" if b.throughput_rps
-                                else f"{b.label} never stayed under it" for b in bests))
+        text += never
         lines.append(head + text + ".")
     if not by_model:
         lines.append("Server: no load measurement in this run.")

@@ -47,7 +47,6 @@ import gevent
 import gevent.pool
 import grpc
 import grpc.experimental.gevent
-import requests
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -406,6 +405,8 @@ def _window(environment: Environment) -> None:
 
 def _metrics_page(url: str) -> dict[str, str]:
     """The server's metrics page as text, or why not (parsed later, outside this process)."""
+    import requests  # here: imported before locust's gevent patching, its ssl would break
+
     try:
         response = requests.get(url, timeout=METRICS_TIMEOUT_S)
     except requests.RequestException as error:

@@ -170,7 +170,14 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
                  30, "the tab shows the live count")
         page.get_by_role("button", name="Stop").click()
         wait_for(summary_file.is_file, 20, "the summary is written at the stop")
-        time.sleep(3)  # the UI's next stats poll (every 2 s) shows the stopped swarm's figures
+        # a master hears its workers' last reports after it stopped, when its page no longer
+        # polls: the page opened afresh shows the stopped swarm's final figures
+        time.sleep(3)
+        page.reload()
+        page.get_by_role("tab", name="Exact latency (deploybench)").click()
+        row = page.get_by_role("row", name=REQUEST_NAME).first
+        wait_for(lambda: row.count() and row.locator("td").nth(1).inner_text().strip() != "0",
+                 30, "the reopened tab shows the count")
         cells = [c.strip() for c in row.locator("td").all_inner_texts()]
         titles = [t.strip() for t in
                   row.locator("xpath=ancestor::table").locator("th").all_inner_texts()]

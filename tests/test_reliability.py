@@ -276,8 +276,8 @@ def test_load_ends_clearly_when_the_server_dies(export_root: Path, tmp_path: Pat
     (record,) = deployment.processes
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [*DEPLOYBENCH, "load", "--target", "torchserve", "--model", MODEL, "--users", "2",
-         "--step-seconds", "30", "--warmup-seconds", "1", "--out", str(run_dir)],
+        [*DEPLOYBENCH, "load", "--no-calibrate", "--target", "torchserve", "--model", MODEL,
+         "--users", "2", "--step-seconds", "30", "--warmup-seconds", "1", "--out", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "DEPLOYBENCH_STATE_DIR": str(state)})
     ended_after, stderr = kill_during_load(process, run_dir, record, timeout=60)
