@@ -26,7 +26,6 @@ from deploybench.loadtest.process import LocustRun, run_locust
 from deploybench.loadtest.replay import ReplayEndpoint
 from deploybench.manifest import load_manifest
 from deploybench.serving import payload, targets
-from deploybench.serving.targets import Endpoints
 
 WARMUP_SECONDS = 0.5
 MEASURE_SECONDS = 2.0
@@ -51,16 +50,15 @@ def calibrate(root: Path, model: str, run_dir: Path) -> dict[str, Any]:
         golden = Golden.of(root, load_manifest(root, model))
     except (DeploybenchError, OSError, KeyError, ValueError) as error:
         return record(model, {"status": "failed", "reason": f"no golden samples: {error}"})
-    endpoint = targets.get(target).protocol(protocol).endpoint
     try:
         replay = ReplayEndpoint(root, model).start()
     except RuntimeError as error:
         return record(model, {"status": "failed", "reason": str(error)})
     with replay:
-        run = LocustRun(target=target, protocol=protocol, model=model, export_root=root,
-                        endpoints=Endpoints({f"{target}_{endpoint}": replay.url}), users=1,
-                        warmup_seconds=WARMUP_SECONDS, measure_seconds=MEASURE_SECONDS,
-                        prefix=run_dir / "locust" / f"calibration-{model}")
+        run = LocustRun.at(replay.url, target, protocol, model=model, export_root=root,
+                           users=1, warmup_seconds=WARMUP_SECONDS,
+                           measure_seconds=MEASURE_SECONDS,
+                           prefix=run_dir / "locust" / f"calibration-{model}")
         body = payload.encode(golden.inputs[:1])
         floor = floor_histogram(replay.port, body)  # before and after: drift hits both alike
         step = measure.build(run, run_locust(run), "calibration", 1, "users", run_dir,

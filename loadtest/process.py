@@ -46,6 +46,14 @@ class LocustRun:
     # the server's Prometheus metrics page, read as the window opens and closes ("": none)
     metrics_url: str = ""
 
+    @classmethod
+    def at(cls, url: str, target: str, protocol: str, **fields: Any) -> LocustRun:
+        """A step of `target`'s `protocol` user class pointed at one address (a replay
+        endpoint, or a server started apart from any deployment)."""
+        endpoint = targets.get(target).protocol(protocol).endpoint
+        return cls(target=target, protocol=protocol,
+                   endpoints=Endpoints({f"{target}_{endpoint}": url}), **fields)
+
     @property
     def user_class(self) -> str:
         return targets.get(self.target).protocol(self.protocol).locust_user

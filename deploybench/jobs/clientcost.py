@@ -41,7 +41,6 @@ from deploybench.loadtest.runner import load_generator
 from deploybench.manifest import load_manifest
 from deploybench.records import to_record
 from deploybench.serving import payload, targets
-from deploybench.serving.targets import Endpoints
 
 WARMUP_SECONDS = 1.0
 WRK_TIMEOUT_S = 30
@@ -103,11 +102,9 @@ def run_wrk(url: str, script: Path, seconds: float) -> dict[str, Any]:
 def run_kit(root: Path, model: str, target: str, url: str, seconds: float, prefix: Path,
             run_dir: Path) -> dict[str, Any]:
     """The kit's user class for the target's JSON protocol, one user, closed loop."""
-    protocol = json_protocol(target)
-    endpoint = targets.get(target).protocol(protocol).endpoint
-    run = LocustRun(target=target, protocol=protocol, model=model, export_root=root,
-                    endpoints=Endpoints({f"{target}_{endpoint}": url}), users=1,
-                    warmup_seconds=WARMUP_SECONDS, measure_seconds=seconds, prefix=prefix)
+    run = LocustRun.at(url, target, json_protocol(target), model=model, export_root=root,
+                       users=1, warmup_seconds=WARMUP_SECONDS, measure_seconds=seconds,
+                       prefix=prefix)
     step = measure.build(run, run_locust(run), "clientcost", 1, "users", run_dir, url)
     if step["status"] != "ok":
         raise RuntimeError(step["reason"])

@@ -64,13 +64,11 @@ def capacity_steps(root: Path, model: str, target: str, url: str, users: list[in
                    seconds: float, run_dir: Path, console: Console, emit: Sink
                    ) -> list[dict[str, Any]]:
     protocol = json_protocol(target)
-    endpoint = targets.get(target).protocol(protocol).endpoint
     steps = []
     for count in users:
-        run = LocustRun(target=target, protocol=protocol, model=model, export_root=root,
-                        endpoints=Endpoints({f"{target}_{endpoint}": url}), users=count,
-                        warmup_seconds=1.0, measure_seconds=seconds,
-                        prefix=run_dir / "locust" / f"capacity-{model}-{count}u")
+        run = LocustRun.at(url, target, protocol, model=model, export_root=root, users=count,
+                           warmup_seconds=1.0, measure_seconds=seconds,
+                           prefix=run_dir / "locust" / f"capacity-{model}-{count}u")
         output = run_locust(run)
         step = measure.build(run, output, "capacity", count, "users", run_dir, url)
         step.update(kind="loadgen-capacity", target="replay-endpoint",
