@@ -20,7 +20,7 @@ from hdrh.histogram import HdrHistogram
 
 from deploybench.errors import DeploybenchError
 from deploybench.golden import Golden
-from deploybench.loadtest import histogram
+from deploybench.loadtest import histogram, wire
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.process import LocustRun, run_locust
 from deploybench.loadtest.replay import ReplayEndpoint
@@ -91,9 +91,9 @@ def record(model: str, step: dict[str, Any], floor: dict[str, float] | None = No
 def floor_histogram(port: int, body: bytes) -> HdrHistogram:
     """A blocking socket's exchanges of one prepared request (no HTTP client, no answer
     check): the loopback's and the endpoint's own time."""
-    request = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
-               f"{payload.JSON_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
-               ).encode() + body
+    # the very bytes the kit's REST users send (loadtest/wire.py), built the same way
+    request = wire.Connections(f"http://127.0.0.1:{port}", timeout=10).request(
+        "/", body, payload.BODIES["json"].request_headers(body))
     recorded = histogram.new()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
