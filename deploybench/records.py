@@ -484,44 +484,42 @@ class LoadSpreadRecord(_ServerRow):
     why: str
 
 
-class LoadgenCalibrationRecord(_Record):
+class _LoadgenRun(_Record):
+    """A load generator's own run against one endpoint, closed loop: what the calibration and
+    the cost benchmark share."""
+
+    kind: Literal["loadgen-calibration", "loadgen-cost"]  # each subclass narrows it
+    model: str
+    endpoint: str
+    connections: int
+    status: Literal["ok", "failed"]
+    reason: str | None = None
+    requests: int | None = None
+    failures: int | None = None
+    throughput_rps: Number | None = None
+    loadgen_cpu_percent: Number | None = None
+
+
+class LoadgenCalibrationRecord(_LoadgenRun):
     """The load generator's own time per request, measured at the start of a load run against
     a trivial local endpoint, beside a raw socket's floor (loadtest/calibration.py)."""
 
     kind: Literal["loadgen-calibration"] = "loadgen-calibration"
-    model: str
-    connections: int
     user_class: str
-    endpoint: str
-    status: Literal["ok", "failed"]
-    reason: str | None = None
-    requests: int | None = None
-    failures: int | None = None
-    throughput_rps: Number | None = None
     client_latency_ms: Latency | None = None  # what the kit reports (p50, p90, p99)
     floor_latency_ms: Latency | None = None  # a blocking socket, same bytes, no checks
     overhead_p50_ms: Number | None = None  # client p50 - floor p50: the kit's own share
-    loadgen_cpu_percent: Number | None = None
 
 
-class LoadgenCostRecord(_Record):
+class LoadgenCostRecord(_LoadgenRun):
     """One load generator (the kit's, or wrk) against one endpoint in one round of the cost
-    benchmark: one connection, closed loop (deploybench/jobs/clientcost.py)."""
+    benchmark: one connection (deploybench/jobs/clientcost.py)."""
 
     kind: Literal["loadgen-cost"] = "loadgen-cost"
-    endpoint: str
-    model: str
     round: int
-    connections: int
     generator: Literal["wrk", "deploybench"]
-    status: Literal["ok", "failed"]
-    reason: str | None = None
-    requests: int | None = None
-    failures: int | None = None
     duration_s: Number | None = None
-    throughput_rps: Number | None = None
     latency_ms: Latency | None = None
-    loadgen_cpu_percent: Number | None = None
     p50_vs_wrk: Number | None = None  # the kit's p50 over wrk's, same endpoint and round
     rps_vs_wrk: Number | None = None
 
