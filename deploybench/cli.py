@@ -297,7 +297,7 @@ def load(
     calibrate: Annotated[bool, typer.Option(
         "--calibrate/--no-calibrate",
         help="First measure the load generator's own time per request against a trivial "
-             "local endpoint (about 6 s; recorded as kind loadgen-calibration).")] = True,
+             "local endpoint (about 5 s; recorded as kind loadgen-calibration).")] = True,
 ) -> None:
     """Load-test the servers with locust (one headless process per step), answers checked.
     Exit 0, or with --slo: 5 when a gate failed, 6 when one was inconclusive."""
