@@ -80,6 +80,13 @@ class Manifest:
                 return artifact
         raise DeploybenchError(f"{self.model}: the manifest has no {fmt} artifact")
 
+    def signature(self) -> dict[str, Any]:
+        """What a server checks a request against (serving/input_validation.py): the input's
+        name, its shape without the batch dimension, and the most rows a request may carry."""
+        spec = self.inputs[0]
+        return {"input_name": spec.name, "input_shape": list(spec.shape[1:]),
+                "max_rows": self.max_rows}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -225,6 +225,7 @@ class _Step(_ServerRow):
     requests: int | None = None
     failures: int | None = None
     wrong_answers: int | None = None
+    nonfinite_answers: int | None = None  # wrong answers holding NaN or Infinity
     throughput_rps: Number | None = None  # goodput: correct answers per second
     latency_ms: Latency | None = None
     # each percentile's 95% distribution-free interval [low, high], a bound None where the

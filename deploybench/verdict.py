@@ -385,9 +385,20 @@ def parity_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def nonfinite_lines(results: dict[str, Any]) -> list[str]:
+    """A server whose answers held NaN or Infinity, named: they are wrong answers whatever
+    else was checked (a server answering garbage with a 200 must not pass for a fast one)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for row in rows(results, "load"):
+        if row.get("nonfinite_answers"):
+            counts[(row["model"], server_label(row))] += row["nonfinite_answers"]
+    return [f"{model}: {label} answered {count} request(s) with NaN or Infinity in the "
+            "logits (counted as wrong answers)." for (model, label), count in counts.items()]
+
+
 def answer_lines(results: dict[str, Any]) -> list[str]:
-    return (server_lines(results) + same_server_lines(results) + edge_lines(results)
-            + parity_lines(results))
+    return (nonfinite_lines(results) + server_lines(results) + same_server_lines(results)
+            + edge_lines(results) + parity_lines(results))
 
 
 def verdict_table(results: dict[str, Any]) -> list[dict[str, Any]]:

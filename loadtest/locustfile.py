@@ -56,6 +56,7 @@ from deploybench.errors import DeploybenchError
 from deploybench.loadtest import histogram, wire
 from deploybench.loadtest.recorder import Recorder, write_json
 from deploybench.loadtest.samples import (
+    NonFiniteAnswer,
     Samples,
     Signature,
     WrongAnswer,
@@ -200,7 +201,8 @@ class _PredictUser(User):
     def report(self, response_time: float, exception: BaseException | None,
                service_ms: float | None) -> None:
         RECORDER.completed(self.request_name, response_time, exception, service_ms,
-                           wrong=isinstance(exception, WrongAnswer))
+                           wrong=isinstance(exception, WrongAnswer),
+                           nonfinite=isinstance(exception, NonFiniteAnswer))
 
 
 class _RESTUser(_PredictUser):

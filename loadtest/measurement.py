@@ -108,6 +108,7 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
         "requests": requests,
         "failures": failures,
         "wrong_answers": int(tally["wrong_answers"]) if tally else 0,
+        "nonfinite_answers": int(tally.get("nonfinite_answers", 0)) if tally else 0,
         # goodput: correct answers per second ("fast but wrong" earns nothing)
         "throughput_rps": round((requests - failures) / duration, 2) if duration else 0.0,
         "latency_ms": histogram.latency_ms(latencies),
@@ -152,7 +153,8 @@ def aborted(measurement: dict[str, Any], reason: str) -> dict[str, Any]:
     """A step stopped because its server went away: failed, with what was counted before the
     stop (requests, failures and their reasons) but no latency or throughput figures, which
     would mix the server's answers with refused connections."""
-    kept = ("requests", "failures", "wrong_answers", "errors", "duration_s")
+    kept = ("requests", "failures", "wrong_answers", "nonfinite_answers", "errors",
+            "duration_s")
     base = {k: v for k, v in measurement.items()
             if k not in kept and k not in ("status", "reason") and k not in _FIGURES}
     return {**base, "status": "failed", "reason": reason, "server_gone": True,

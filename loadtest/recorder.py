@@ -43,6 +43,7 @@ class Tally:
     requests: int = 0  # completed, whatever the outcome
     failures: int = 0  # every failure, wrong answers included
     wrong_answers: int = 0
+    nonfinite_answers: int = 0  # wrong answers holding NaN or Infinity
     scheduled: int = 0  # open loop: arrivals whose scheduled time fell in the window
     errors: dict[str, int] = field(default_factory=dict)
     timeline: list[list[float]] = field(default_factory=list)  # per second: [done, failed, ms]
@@ -54,7 +55,8 @@ class Tally:
             "histogram": histogram.encode(self.latency),
             "service_histogram": histogram.encode(self.service),
             "requests": self.requests, "failures": self.failures,
-            "wrong_answers": self.wrong_answers, "scheduled": self.scheduled,
+            "wrong_answers": self.wrong_answers, "nonfinite_answers": self.nonfinite_answers,
+            "scheduled": self.scheduled,
             "errors": dict(self.errors), "timeline": [list(t) for t in self.timeline],
         }
 
@@ -63,7 +65,7 @@ class Tally:
             setattr(self, key, data.get(key) or getattr(self, key))
         self.latency.decode_and_add(data["histogram"].encode("ascii"))
         self.service.decode_and_add(data["service_histogram"].encode("ascii"))
-        for key in ("requests", "failures", "wrong_answers", "scheduled"):
+        for key in ("requests", "failures", "wrong_answers", "nonfinite_answers", "scheduled"):
             setattr(self, key, getattr(self, key) + int(data.get(key, 0)))
         for reason, count in data.get("errors", {}).items():
             self.errors[reason] = self.errors.get(reason, 0) + count
@@ -138,7 +140,8 @@ class Recorder:
             self.tally(name).scheduled += 1
 
     def completed(self, name: str, response_time_ms: float, exception: BaseException | None,
-                  service_ms: float | None = None, wrong: bool = False) -> None:
+                  service_ms: float | None = None, wrong: bool = False,
+                  nonfinite: bool = False) -> None:
         if name in self.in_flight:
             self.in_flight[name] = max(self.in_flight[name] - 1, 0)
         if not self.recording:
@@ -153,6 +156,7 @@ class Recorder:
         if exception is not None:
             tally.failures += 1
             tally.wrong_answers += int(wrong)
+            tally.nonfinite_answers += int(nonfinite)
             slot[1] += 1
             reason = f"{type(exception).__name__}: {exception}"[:200]
             tally.errors[reason] = tally.errors.get(reason, 0) + 1

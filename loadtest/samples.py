@@ -27,6 +27,11 @@ class WrongAnswer(Exception):
     """A server answered, but not with the golden output: counted as a failure of its own."""
 
 
+class NonFiniteAnswer(WrongAnswer):
+    """An answer holding NaN or Infinity: wrong whatever it is compared with, so counted as
+    wrong even where answers are not checked against golden outputs (`load --no-check`)."""
+
+
 @dataclass(frozen=True)
 class Samples:
     model: str
@@ -46,7 +51,10 @@ class Samples:
         return self.count or len(self.references or [])
 
     def check(self, index: int, outputs: np.ndarray) -> None:
-        """Raise WrongAnswer unless `outputs` match the golden output of request `index`."""
+        """Raise WrongAnswer unless `outputs` match the golden output of request `index`
+        (NonFiniteAnswer for NaN or Infinity, golden output or not)."""
+        if outputs.dtype.kind == "f" and not np.all(np.isfinite(outputs)):
+            raise NonFiniteAnswer("non-finite logit (NaN or Infinity) in the answer")
         if self.references is None:
             if outputs.ndim < 1 or len(outputs) != self.batch_size:
                 raise WrongAnswer(f"{len(outputs) if outputs.ndim else 0} rows for "

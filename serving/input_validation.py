@@ -32,7 +32,7 @@ def decode_predict_body(body, signature):
     if body is None:
         raise ValueError("empty request body: send a JSON object with 'instances' or 'inputs'")
     if isinstance(body, (bytes, bytearray)):
-        body = _parse_json(body)
+        body = parse_json(body)
     if not isinstance(body, dict):
         raise ValueError("request body must be a JSON object with 'instances' or 'inputs'")
     name = signature["input_name"]
@@ -55,7 +55,7 @@ def decode_predict_body(body, signature):
     return _to_batch(value, signature), form
 
 
-def _parse_json(body):
+def parse_json(body):
     """The JSON body as Python objects. TorchServe hands it over undecoded
     (decode_input_request=false in config.properties), so the fast parser does the work; the
     standard one takes what orjson refuses: it names the problem as json does, and reads
@@ -72,7 +72,9 @@ def _parse_json(body):
 
 
 def decode_npy_body(body, signature):
-    """A validated float32 batch from an .npy body."""
+    """A validated float32 batch from an .npy body. The header (dtype, shape) is checked
+    before numpy reads the data: a header declaring a huge shape would otherwise make it
+    allocate that much memory first."""
     if isinstance(body, str):  # a text/* part TorchServe decoded: not ours to re-encode
         raise ValueError(f"an {NPY_TYPE} body must be binary .npy data")
     if not body:
@@ -80,23 +82,45 @@ def decode_npy_body(body, signature):
                          f"{_expected(signature)}")
     stream = io.BytesIO(body)
     try:
-        array = np.lib.format.read_array(stream, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as error:
+        version = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as error:
         raise ValueError(f"malformed .npy body: {error}") from None
-    if stream.tell() != len(body):
-        raise ValueError(f"malformed .npy body: {len(body) - stream.tell()} bytes after the array")
-    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
-        raise ValueError(f"wrong dtype: the .npy array holds {array.dtype.name}, "
-                         f"expected float32")
-    _check_shape(array.shape, signature)
-    _check_rows(len(array), signature)
+    if dtype.hasobject:
+        raise ValueError("malformed .npy body: it holds Python objects, which need pickles "
+                         "(allow_pickle=False)")
+    if dtype.kind != "f" or dtype.itemsize != 4:
+        raise ValueError(f"wrong dtype: the .npy array holds {dtype.name}, expected float32")
+    _check_shape(shape, signature)
+    _check_rows(shape[0], signature)
+    data = body[stream.tell():]
+    expected = int(np.prod(shape)) * 4
+    if len(data) != expected:
+        raise ValueError(f"malformed .npy body: its header declares {expected} bytes of data, "
+                         f"{len(data)} follow")
+    array = np.frombuffer(data, dtype=dtype)
+    array = array.reshape(shape, order="F" if fortran_order else "C")
     return check_finite(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _named(mapping, name):
-    if set(mapping) != {name}:
-        raise ValueError(f"unknown input name(s) {sorted(mapping)}: this model takes {name!r}")
+    check_input_names(list(mapping), {"input_name": name})
     return mapping[name]
+
+
+def check_input_names(names, signature):
+    """The names of a request's inputs: exactly the model's one input."""
+    name = signature["input_name"]
+    if not names:
+        raise ValueError(f"missing input: this model takes one input {name!r}")
+    unknown = sorted(str(n) for n in names if n != name)
+    if name not in names:
+        raise ValueError(f"unknown input name(s) {unknown}: this model takes {name!r}")
+    if unknown or len(names) > 1:
+        raise ValueError(f"extra input(s) {unknown or [name]}: this model takes one input "
+                         f"{name!r}")
 
 
 def _expected(signature):
@@ -117,20 +141,87 @@ def check_tensor(name, shape, datatype, size, signature):
         raise ValueError(f"wrong shape: {shape!r} is not a list of sizes")
     _check_shape(shape, signature)
     _check_rows(shape[0], signature)
-    if size is not None and size != int(np.prod(shape)):
+    needed = shape[0] * _row_size(signature)
+    if size is not None and size != needed:
         raise ValueError(f"wrong size: input {name!r} has {size} values, its shape "
+                         f"{list(shape)} needs {needed}")
+
+
+def decode_tensor(name, shape, datatype, data, raw, signature):
+    """A validated float32 batch from an Open Inference Protocol input: `data` (JSON numbers,
+    flat or nested) or `raw` (little-endian float32 bytes: the binary extension, gRPC)."""
+    if raw is not None:
+        if len(raw) % 4:
+            raise ValueError(f"wrong size: {len(raw)} bytes is not a whole number of "
+                             "float32 values")
+        check_tensor(name, shape, datatype, len(raw) // 4, signature)
+        return check_finite(np.frombuffer(raw, dtype="<f4").reshape(shape))
+    check_tensor(name, shape, datatype, None, signature)
+    if not isinstance(data, list):
+        raise ValueError(f"wrong dtype: input {name!r} data must be a list of numbers (FP32), "
+                         f"got {_kind(data)}")
+    array = _numbers(data, f"data: input {name!r} must be a flat list of numbers or nested "
+                           "lists of one shape")
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"wrong size: input {name!r} has {array.size} values, its shape "
                          f"{list(shape)} needs {int(np.prod(shape))}")
+    return to_float32(array.reshape(shape), data)
+
+
+def _numbers(value, ragged):
+    """Nested lists of JSON numbers as a float64 array, or a ValueError naming what else is
+    there: strings (numpy would read "1.5" as a number), booleans, nulls, objects, ragged
+    rows (`ragged` says what they must be)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        _check_numbers(value)  # names a wrong dtype; past it, the rows can only be ragged
+        raise ValueError(f"ragged {ragged}") from None
+    if array.dtype.kind not in "fiu":  # strings, booleans, objects (None, huge integers)
+        _check_numbers(value)
+        try:
+            return array.astype(np.float64)  # integers beyond int64 that numpy kept whole
+        except (OverflowError, TypeError, ValueError):
+            raise ValueError("value out of float32 range: an integer beyond float32's "
+                             "magnitudes") from None
+    return array.astype(np.float64, copy=False)
+
+
+def to_float32(array, values=None):
+    """`array` (float64, from JSON numbers) as float32, every value checked after the
+    conversion: a finite float64 beyond float32's range would become Infinity. `values`, the
+    nested lists it came from, is searched for booleans where numpy read a mix of numbers and
+    booleans as 0 and 1."""
+    if values is not None and np.any((array == 0) | (array == 1)):
+        _check_numbers(values)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"non-finite value (NaN or Infinity) in row {_first_bad_row(array)}")
+    batch = array.astype(np.float32)
+    if not np.all(np.isfinite(batch)):
+        row = _first_bad_row(batch)
+        raise ValueError(f"value out of float32 range in row {row}: float32 holds magnitudes "
+                         f"up to {float(np.finfo(np.float32).max):.4g}")
+    return batch
 
 
 def check_finite(array):
     """A float32 batch with no NaN or Infinity in it."""
     if not np.all(np.isfinite(array)):
-        row = int(np.argwhere(~np.isfinite(array))[0][0])
-        raise ValueError(f"non-finite value (NaN or Infinity) in row {row}")
+        raise ValueError(f"non-finite value (NaN or Infinity) in row {_first_bad_row(array)}")
     return array
 
 
+def _first_bad_row(array):
+    return int(np.argwhere(~np.isfinite(array))[0][0])
+
+
+def _row_size(signature):
+    return int(np.prod(signature["input_shape"], dtype=np.int64))
+
+
 def _check_shape(shape, signature):
+    if any(size < 0 for size in shape):
+        raise ValueError(f"wrong shape: negative size in {tuple(shape)}")
     if len(shape) < 1 or tuple(shape[1:]) != tuple(signature["input_shape"]):
         got = "(" + ", ".join(str(d) for d in shape) + ")"
         raise ValueError(f"wrong shape: got {got}, expected {_expected(signature)}")
@@ -148,21 +239,9 @@ def _to_batch(value, signature):
         raise ValueError(f"input must be a list of rows of shape {_expected(signature)}, "
                          f"got {_kind(value)}")
     _check_rows(len(value), signature)  # before numpy: an oversized list is refused cheaply
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        _check_numbers(value)  # names a wrong dtype; past it, the rows can only be ragged
-        shape = tuple(signature["input_shape"])
-        raise ValueError(f"ragged rows: every row must have shape {shape}") from None
+    array = _numbers(value, f"rows: every row must have shape {tuple(signature['input_shape'])}")
     _check_shape(array.shape, signature)
-    if not np.all(np.isfinite(array)):
-        _check_numbers(value)  # a null also turns into NaN: name it
-        row = int(np.argwhere(~np.isfinite(array))[0][0])
-        raise ValueError(f"non-finite value (NaN or Infinity) in row {row}")
-    batch = array.astype(np.float32)
-    if not np.all(np.isfinite(batch)):
-        raise ValueError("value out of float32 range")
-    return batch
+    return to_float32(array, value)
 
 
 def _check_numbers(value, depth=0):
@@ -172,7 +251,7 @@ def _check_numbers(value, depth=0):
     for item in value:
         if isinstance(item, list):
             _check_numbers(item, depth + 1)
-        elif item is None or not isinstance(item, (int, float)):
+        elif item is None or isinstance(item, bool) or not isinstance(item, (int, float)):
             raise ValueError(f"wrong dtype: expected numbers (float32), got {_kind(item)}")
 
 

@@ -86,38 +86,16 @@ def make_model(root: Path, name: str, framework: str, threads: int) -> Any:
     fmt = served_format(manifest, framework)
     verify_artifacts(root, manifest, [fmt])
     spec = manifest.inputs[0]
-    signature = {"input_name": spec.name, "input_shape": list(spec.shape[1:]),
-                 "max_rows": manifest.max_rows}
+    signature = manifest.signature()
     output_name = manifest.outputs[0].name
     backend = runtimes.BACKENDS[RUNTIMES[fmt]](root / manifest.artifact(fmt).path, threads)
 
     def v2_batch(request: InferRequest) -> np.ndarray:
-        if len(request.inputs) != 1:
-            raise ValueError(f"expected one input {spec.name!r}, got {len(request.inputs)}")
-        tensor = request.inputs[0]
-        raw = tensor._raw_data  # KServe keeps binary and gRPC raw contents here
-        if raw is not None:
-            if len(raw) % 4:
-                raise ValueError(f"wrong size: {len(raw)} bytes is not a whole number of "
-                                 "float32 values")
-            size: int | None = len(raw) // 4
-        else:
-            size = None
-        input_validation.check_tensor(tensor.name, tensor.shape, tensor.datatype, size,
-                                      signature)
-        if raw is not None:
-            array = np.frombuffer(raw, dtype="<f4")
-        else:
-            try:
-                array = np.asarray(tensor.data, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError("wrong dtype: input data must be numbers (FP32)") from None
-            if array.size != int(np.prod(tensor.shape)):
-                raise ValueError(f"wrong size: input {tensor.name!r} has {array.size} values, "
-                                 f"its shape {list(tensor.shape)} needs "
-                                 f"{int(np.prod(tensor.shape))}")
-        batch = input_validation.check_finite(array.reshape(tensor.shape))
-        return np.ascontiguousarray(batch, dtype=np.float32)
+        input_validation.check_input_names([t.name for t in request.inputs], signature)
+        (tensor,) = request.inputs
+        # KServe keeps binary and gRPC raw contents in _raw_data, JSON numbers in data
+        return input_validation.decode_tensor(tensor.name, tensor.shape, tensor.datatype,
+                                              tensor.data, tensor._raw_data, signature)
 
     class KitModel(kserve.Model):
         def __init__(self) -> None:
@@ -181,9 +159,13 @@ def binary_request(body: bytes, header_length: int, model_name: str) -> Any:
     bytes stay bytes (what KServe does for gRPC's raw contents), and the model reads them with
     numpy, without a copy."""
     import orjson
+    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER as INFERENCE_HEADER
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
+    if header_length > len(body):
+        raise InvalidInput(f"malformed request: {INFERENCE_HEADER} says the JSON header is "
+                           f"{header_length} bytes, the body has {len(body)}")
     try:
         header = orjson.loads(body[:header_length])
     except orjson.JSONDecodeError as error:
@@ -199,8 +181,12 @@ def binary_request(body: bytes, header_length: int, model_name: str) -> Any:
                             declared.get("datatype"), parameters=parameters)
         if declared.get("data") is not None:
             tensor.data = declared["data"]
-        elif isinstance(parameters.get("binary_data_size"), int):
-            end = start + parameters["binary_data_size"]
+        elif "binary_data_size" in parameters:
+            size = parameters["binary_data_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"malformed request: input {tensor.name!r} declares "
+                                   f"binary_data_size {size!r}, not a size in bytes")
+            end = start + size
             if end > len(body):
                 raise InvalidInput(f"malformed request: input {tensor.name!r} declares "
                                    f"{parameters['binary_data_size']} bytes, "
@@ -211,6 +197,9 @@ def binary_request(body: bytes, header_length: int, model_name: str) -> Any:
             raise InvalidInput(f"malformed request: input {tensor.name!r} has neither 'data' "
                                "nor 'binary_data_size'")
         inputs.append(tensor)
+    if start != len(body):
+        raise InvalidInput(f"malformed request: {len(body) - start} bytes after the last "
+                           "input's binary data")
     outputs = [RequestedOutput(name=o.get("name"), parameters=o.get("parameters"))
                for o in header.get("outputs") or [] if isinstance(o, dict)] or None
     return InferRequest(model_name=model_name, infer_inputs=inputs,
@@ -247,22 +236,80 @@ def bad_request_handlers(app: Any) -> None:
     app.add_exception_handler(RequestValidationError, invalid_body)
 
 
+class _Unparsed:
+    """A gRPC request whose bytes are not its message: the handler refuses it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def unparsed_request_interceptor() -> Any:
+    """gRPC parses a request before any handler runs, and answers bytes it cannot parse with
+    UNKNOWN (or INTERNAL): a bad request, named as a server error. This interceptor swaps each
+    unary method's parser for one that hands the failure to the handler, which answers
+    INVALID_ARGUMENT naming it."""
+    import grpc
+    from grpc import aio
+
+    class Interceptor(aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            handler = await continuation(details)
+            if handler is None or handler.unary_unary is None or (
+                    handler.request_deserializer is None):
+                return handler
+            parse, behaviour = handler.request_deserializer, handler.unary_unary
+
+            def tolerant(data: bytes) -> Any:
+                try:
+                    return parse(data)
+                except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and kin
+                    return _Unparsed(error)
+
+            async def refusing(request: Any, context: Any) -> Any:
+                if isinstance(request, _Unparsed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"malformed request: {request.error}")
+                return await behaviour(request, context)
+
+            return handler._replace(request_deserializer=tolerant, unary_unary=refusing)
+
+    return Interceptor()
+
+
 def serve(models: list[Any], host: str, http_port: int, grpc_port: int) -> None:
     """KServe's REST and gRPC servers for `models`, on `host` only."""
     import kserve
     from grpc import aio
     from kserve import model_server
     from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.errors import InvalidInput
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.rest.server import RESTServer
 
+    from deploybench.serving import input_validation
+
     class KitDataPlane(DataPlane):
+        def decode(self, body: Any, headers: Any, protocol_version: str = "v1",
+                   model_name: str | None = None) -> Any:
+            # a V1 JSON body is parsed by the kit's own parser: KServe's (orjson) calls NaN
+            # "Unrecognized request format", the kit's names it as the non-finite value it is
+            if (isinstance(body, bytes) and protocol_version.lower() == "v1"
+                    and not is_npy(headers)):
+                try:
+                    body = input_validation.parse_json(body)
+                except ValueError as error:
+                    raise InvalidInput(str(error)) from None
+            return super().decode(body, headers, protocol_version, model_name)
+
         def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
             length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER) if headers else None
-            if isinstance(body, bytes) and length is not None and length.isdigit():
+            if isinstance(body, bytes) and length is not None:
+                if not length.isdigit():
+                    raise InvalidInput(f"malformed request: {INFERENCE_CONTENT_LENGTH_HEADER} "
+                                       f"{length!r} is not a length in bytes")
                 return binary_request(body, int(length), model_name)
             return super().decode_inference_request(body, headers, model_name)
 
@@ -278,7 +325,8 @@ def serve(models: list[Any], host: str, http_port: int, grpc_port: int) -> None:
     bad_request_handlers(model_server.app)
 
     async def grpc_serve() -> None:
-        grpc_server = aio.server(interceptors=(ExceptionToStatusInterceptor(),))
+        grpc_server = aio.server(interceptors=(unparsed_request_interceptor(),
+                                               ExceptionToStatusInterceptor()))
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(server.dataplane, server.model_repository_extension), grpc_server)
         grpc_server.add_insecure_port(f"{host}:{grpc_port}")  # KServe's binds [::]

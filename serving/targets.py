@@ -55,6 +55,10 @@ class Protocol:
     body: str
     client: type
     locust_user: str  # the class name locust lists (its web UI, the headless command line)
+    # bad inputs (serving/bad_inputs.py's case names) that a server the kit does not build
+    # answers by design with something else than a refusal, each with why: the bad-input
+    # matrix records them as such instead of failing
+    by_design: tuple[tuple[str, str], ...] = ()
 
     @property
     def binary(self) -> bool:
@@ -121,6 +125,9 @@ class Target:
     software: str = ""
     # a server the kit never starts (measured at --url): left out of "all"
     external: bool = False
+    # why the server closes the connection after each refusal, when it does so by design (its
+    # answer says `Connection: close`): the bad-input matrix then allows a new connection
+    closes_after_error: str = ""
 
     def protocol(self, name: str) -> Protocol:
         for protocol in self.protocols:
@@ -384,15 +391,29 @@ def make_client(target: str, protocol: str, model: str, endpoints: Endpoints | N
 
 # --- the kit's own servers --------------------------------------------------------------------
 
+# What TF Serving answers by design (tensorflow_serving/util/json_tensor.cc, predict_util.cc):
+# the load stage counts a non-finite answer as a wrong one (loadtest/samples.py)
+TFSERVING_NAN = ("non-finite value", "its JSON parser reads NaN and Infinity "
+                 "(kParseNanAndInfFlag), and no check refuses a non-finite tensor value")
+TFSERVING_ROWS = ("more rows than max_rows", "it sets no limit on a request's rows")
+TFSERVING_EMPTY = ("empty batch", "a tensor of 0 rows runs, and its answer has 0 rows")
+# gRPC's own layer answers INTERNAL for bytes it cannot parse as the request message
+TFSERVING_UNPARSED = tuple((case, "gRPC answers INTERNAL for bytes that are not a "
+                            "PredictRequest, before TF Serving sees them")
+                           for case in ("not the protocol's format", "truncated body"))
+
 register(Target(
     name="tfserving",
     label="TF Serving",
     framework="tensorflow",
     artifact_format="savedmodel",
     protocols=(
-        Protocol("rest", "REST", "rest", "json", clients.TFServingREST, "TFServingRESTUser"),
+        Protocol("rest", "REST", "rest", "json", clients.TFServingREST, "TFServingRESTUser",
+                 by_design=(TFSERVING_NAN, TFSERVING_ROWS)),
         Protocol("grpc", "gRPC", "grpc", "tfserving-grpc", clients.TFServingGRPC,
-                 "TFServingGRPCUser"),
+                 "TFServingGRPCUser",
+                 by_design=(TFSERVING_NAN, TFSERVING_ROWS, TFSERVING_EMPTY,
+                            *TFSERVING_UNPARSED)),
     ),
     endpoints=(
         Endpoint("rest", "http://127.0.0.1:8501", "tfserving-rest-url"),
@@ -435,6 +456,9 @@ register(Target(
     ),
     native=native.torchserve_native,
     compose_service="torchserve",
+    closes_after_error=("TorchServe's frontend closes the connection after every answer of "
+                        "status 400 or more (NettyUtils.sendHttpResponse), saying "
+                        "`Connection: close`"),
     metrics=("metrics", "/metrics"),
     # the front end's cumulative microseconds per model (TorchServe's own), and the model's
     # forward pass as the kit's handler reports it through TorchServe's metrics

@@ -310,6 +310,9 @@ def _fill(value: Any, level: int, shape: list[int], dtype: str, out: list[float]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise invalid(f"JSON Value: {_json_debug(value)} Type: {_json_type(value)} "
                           f"is not of expected type: {dtype}")
+        if dtype == "float" and not _lossless_float(value):
+            raise invalid(f"Cannot convert JSON value: {_json_debug(value)} to float without "
+                          "loss of precision.")
         out.append(value)
         return
     if level >= len(shape):
@@ -319,6 +322,16 @@ def _fill(value: Any, level: int, shape: list[int], dtype: str, out: list[float]
                       f"expected size: {shape[level]}")
     for item in value:
         _fill(item, level + 1, shape, dtype, out)
+
+
+def _lossless_float(value: float) -> bool:
+    """json_tensor.cc IsLosslessDecimal<float>: NaN and Infinity pass (TF Serving runs them),
+    integers up to 2**24 - 1, other numbers within float32's range."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= 2**24 - 1
+    return float(np.finfo(np.float32).min) <= value <= float(np.finfo(np.float32).max)
 
 
 def _tensor(value: Any, np_dtype: np.dtype, dtype: str) -> np.ndarray:
@@ -586,10 +599,14 @@ def _add_grpc_services(server: FakeTFServing, grpc_server: grpc.Server) -> None:
             if proto.dtype != expected:
                 raise invalid(f"Expects arg[{index}] to be {_dtype_name(expected)} but "
                               f"{_dtype_name(proto.dtype)} is provided")
+            # predict_util.cc: Tensor::FromProto fails on a negative size, or on contents
+            # that do not fill the shape
             try:
+                if any(dim.size < 0 for dim in proto.tensor_shape.dim):
+                    raise ValueError("negative dimension")
                 inputs[alias] = tf.make_ndarray(proto)
             except (TypeError, ValueError) as error:
-                raise invalid(f"input {alias}: malformed TensorProto: {error}") from None
+                raise invalid(f"tensor parsing error: {alias} ({error})") from None
         aliases = list(request.output_filter) or list(signature_def.outputs)
         for alias in aliases:
             if alias not in signature_def.outputs:

@@ -1,0 +1,596 @@
+"""One bad-input matrix for every server and protocol: each case an abstract defect of a
+request, defined once; each request body of payload.BODIES an encoder that writes the case in
+its protocol's bytes, or names why the protocol cannot express it (a skip, never silent).
+
+`probe` sends the whole matrix to one target speaking one protocol, on one keep-alive
+connection (one channel for gRPC), and judges every answer: a refusal (4xx, or gRPC's
+INVALID_ARGUMENT) whose message names the problem passes; a 200, a 5xx, a dropped connection
+or no answer fails, unless the protocol's declaration says the server answers that case by
+design (a server the kit does not build, TF Serving: `Protocol.by_design`). Afterwards the same
+connection must get a good request answered correctly.
+
+A protocol added later gets the matrix by declaring its body: an encoder here per body.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from deploybench.serving import payload
+from deploybench.serving.payload import PredictionError
+
+GOOD_VALUE = 0.5
+HUGE = 2**40  # a size no request can have: rows, or bytes
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input of a request as a client would send it. `values` are numpy values of any
+    dtype (their bytes in binary protocols), or nested lists (ragged rows); `shape` is the
+    shape the request declares where it is not the values' own; `datatype` the dtype it
+    declares (the Open Inference Protocol's names)."""
+
+    name: str
+    values: Any
+    shape: tuple[int, ...] | None = None
+    datatype: str = "FP32"
+
+    @property
+    def declared_shape(self) -> list[int]:
+        return list(self.shape if self.shape is not None else np.shape(self.values))
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A request before encoding: its inputs, and a defect of the body itself (not-format,
+    truncated, length-beyond, negative-size, huge-size), "" for none."""
+
+    tensors: tuple[Tensor, ...]
+    defect: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    words: tuple[str, ...]  # any of them in the error message names the problem
+    draft: Callable[[dict[str, Any]], Draft]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A case the protocol cannot express, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def rows(signature: dict[str, Any], count: int, dtype: Any = np.float32) -> np.ndarray:
+    return np.full((count, *signature["input_shape"]), GOOD_VALUE, dtype=dtype)
+
+
+def _one(signature: dict[str, Any], values: Any, **declared: Any) -> Draft:
+    return Draft((Tensor(signature["input_name"], values, **declared),))
+
+
+def _with(values: np.ndarray, value: float) -> np.ndarray:
+    values = values.copy()
+    values.flat[0] = value
+    return values
+
+
+def _ragged(signature: dict[str, Any]) -> list[Any]:
+    row = rows(signature, 1)[0].tolist()
+    return [row, np.asarray(row).ravel()[:1].tolist()]
+
+
+def _body_defect(defect: str) -> Callable[[dict[str, Any]], Draft]:
+    return lambda signature: replace(_one(signature, rows(signature, 1)), defect=defect)
+
+
+# The defects, defined once. Words: the kit's servers' (serving/input_validation.py) and TF
+# Serving's own (json_tensor.cc, predict_util.cc; the test double speaks them).
+CASES: tuple[Case, ...] = (
+    Case("non-finite value", ("non-finite", "nan"),
+         lambda s: _one(s, _with(rows(s, 1), np.nan))),
+    Case("value beyond float32", ("float32 range", "without loss of precision"),
+         lambda s: _one(s, _with(rows(s, 1, np.float64), 1e39))),
+    Case("wrong rank", ("wrong shape", "expects [", "incorrect level", "unexpected level"),
+         lambda s: _one(s, rows(s, 1).ravel())),
+    Case("wrong size for the declared shape",
+         ("wrong size", "declares", "reshape", "tensor size", "parsing error"),
+         lambda s: _one(s, rows(s, 1), shape=(2, *s["input_shape"]))),
+    Case("wrong dtype", ("wrong dtype", "not of expected type", "expects arg"),
+         lambda s: _one(s, rows(s, 1, np.bool_), datatype="BOOL")),
+    Case("ragged rows", ("ragged", "tensor size", "unexpected size"),
+         lambda s: _one(s, _ragged(s))),
+    Case("empty batch", ("empty", "no values"),
+         lambda s: _one(s, rows(s, 0))),
+    Case("more rows than max_rows", ("too many rows",),
+         lambda s: _one(s, rows(s, s["max_rows"] + 1))),
+    Case("missing input", ("missing input", "missing named input", "does not match signature"),
+         lambda s: Draft(())),
+    Case("unknown input name", ("unknown input name", "not found in signature",
+                                "does not have named input", "keys must be equal"),
+         lambda s: Draft((Tensor(s["input_name"] + "_unknown", rows(s, 1)),))),
+    Case("extra input", ("extra input", "does not match signature", "does not have named input"),
+         lambda s: Draft((Tensor(s["input_name"], rows(s, 1)),
+                          Tensor(s["input_name"] + "_extra", rows(s, 1))))),
+    Case("strings where numbers go", ("wrong dtype", "not of expected type", "expects arg"),
+         lambda s: _one(s, rows(s, 1).astype(str), datatype="BYTES")),
+    Case("not the protocol's format", ("malformed", "json", "parse", "not a", "unrecognized"),
+         _body_defect("not-format")),
+    Case("truncated body", ("malformed", "truncated", "declares", "json", "parse", "follow",
+                            "unrecognized"),
+         _body_defect("truncated")),
+    Case("header length beyond the body", ("malformed", "beyond", "header", "declares"),
+         _body_defect("length-beyond")),
+    Case("negative size in a header", ("negative", "wrong shape", "not a size", "not a list",
+                                       "malformed", "parsing error"),
+         _body_defect("negative-size")),
+    Case("huge size in a header", ("too many rows", "declares", "reshape", "malformed",
+                                   "not a size", "parsing error"),
+         _body_defect("huge-size")),
+)
+CASE_NAMES = tuple(case.name for case in CASES)
+
+_DATATYPE_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("?")}
+
+
+def _consistent(tensor: Tensor) -> bool:
+    """Whether the values can be sent as raw bytes of the declared datatype: a float64 value
+    beyond float32 declared FP32 cannot (only a JSON number can carry it)."""
+    values = tensor.values
+    if not isinstance(values, np.ndarray):
+        return False
+    if tensor.datatype == "BYTES":
+        return values.dtype.kind == "U"
+    return _DATATYPE_DTYPES.get(tensor.datatype) == values.dtype.newbyteorder("<") or (
+        tensor.datatype == "BOOL" and values.dtype == np.bool_)
+
+
+def _raw(tensor: Tensor) -> bytes:
+    """The values as the binary extension and gRPC's raw contents carry them; BYTES elements
+    each with a 4-byte little-endian length first."""
+    if tensor.datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(item.encode())) + item.encode()
+                        for item in tensor.values.ravel().tolist())
+    return np.ascontiguousarray(tensor.values, dtype=_DATATYPE_DTYPES[tensor.datatype]).tobytes()
+
+
+def _json_ready(values: Any) -> Any:
+    return values.tolist() if isinstance(values, np.ndarray) else values
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, allow_nan=True).encode()  # NaN as a client's json.dumps writes it
+
+
+def _good(encoder: Callable[[Draft, dict[str, Any], str], Encoded | Skip],
+          draft: Draft, signature: dict[str, Any], model: str) -> Encoded:
+    encoded = encoder(replace(draft, defect=""), signature, model)
+    assert isinstance(encoded, Encoded)
+    return encoded
+
+
+NO_SIZES = "its tensors carry no declared sizes or lengths"
+
+
+# --- TF Serving's REST predict body (TF Serving, TorchServe's JSON, KServe's V1) ---------------
+
+def encode_rest_json(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    if draft.defect == "not-format":
+        return Encoded(b"<predict>not JSON</predict>")
+    if draft.defect == "truncated":
+        body = _good(encode_rest_json, draft, signature, model).body
+        return Encoded(body[: len(body) // 2])
+    if draft.defect:
+        return Skip(f"JSON rows: {NO_SIZES}")
+    name = signature["input_name"]
+    if len(draft.tensors) == 1 and draft.tensors[0].name == name:
+        (tensor,) = draft.tensors
+        if tensor.shape is not None:
+            return Skip("JSON rows carry their own shape: nothing is declared to differ from")
+        return Encoded(_json({"instances": _json_ready(tensor.values)}))
+    # named inputs: the columnar form ({"inputs": {name: rows}}) names each one
+    return Encoded(_json({"inputs": {t.name: _json_ready(t.values) for t in draft.tensors}}))
+
+
+# --- TorchServe's .npy body -------------------------------------------------------------------
+
+def npy_file(array: np.ndarray, shape: tuple[int, ...] | None = None,
+             header_length: int | None = None) -> bytes:
+    """An .npy file of `array`, its header declaring `shape` (default: the array's) and, with
+    `header_length`, a header length that is not the header's."""
+    header = repr({"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                   "shape": tuple(array.shape if shape is None else shape)})
+    text = header + " " * ((-(len(header) + 11)) % 64) + "\n"
+    length = len(text) if header_length is None else header_length
+    return (b"\x93NUMPY\x01\x00" + struct.pack("<H", length) + text.encode("latin-1")
+            + np.ascontiguousarray(array).tobytes())
+
+
+def encode_npy(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    tensors = draft.tensors
+    if len(tensors) != 1 or tensors[0].name != signature["input_name"]:
+        return Skip(".npy is one unnamed array: it names no input")
+    (tensor,) = tensors
+    if not isinstance(tensor.values, np.ndarray):
+        return Skip(".npy holds one rectangular array: its rows cannot be ragged")
+    if tensor.datatype == "FP32" and tensor.values.dtype != np.float32:
+        return Skip("a float32 .npy array cannot hold a value beyond float32")
+    values = tensor.values
+    defects = {
+        "not-format": lambda: b"\x00" * 128,
+        "truncated": lambda: npy_file(values)[:-10],
+        "length-beyond": lambda: npy_file(values, header_length=65_000),
+        "negative-size": lambda: npy_file(values, shape=(-1, *signature["input_shape"])),
+        "huge-size": lambda: npy_file(values, shape=(HUGE, *signature["input_shape"])),
+        "": lambda: npy_file(values, shape=tensor.shape),
+    }
+    return Encoded(defects[draft.defect](), {"Content-Type": payload.NPY_CONTENT_TYPE})
+
+
+# --- TF Serving's gRPC PredictRequest ---------------------------------------------------------
+
+def encode_tfserving_grpc(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    from deploybench.serving import protos
+
+    if draft.defect == "length-beyond":
+        return Skip("gRPC frames its messages itself: a length beyond the message is the "
+                    "truncated body")
+    request = protos.predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = protos.SIGNATURE
+    for tensor in draft.tensors:
+        if not isinstance(tensor.values, np.ndarray):
+            return Skip("a TensorProto is one rectangular array: its rows cannot be ragged")
+        if not _consistent(tensor):
+            return Skip("a float TensorProto cannot hold a value beyond float32")
+        proto = request.inputs[tensor.name]
+        shape = tensor.declared_shape
+        if draft.defect in ("negative-size", "huge-size"):
+            shape = [-1 if draft.defect == "negative-size" else HUGE, *shape[1:]]
+        for size in shape:
+            proto.tensor_shape.dim.add(size=size)
+        if tensor.datatype == "BYTES":
+            proto.dtype = protos.types_pb2.DT_STRING
+            proto.string_val.extend(item.encode() for item in tensor.values.ravel().tolist())
+        else:
+            proto.dtype = {"FP32": protos.types_pb2.DT_FLOAT,
+                           "BOOL": protos.types_pb2.DT_BOOL}[tensor.datatype]
+            proto.tensor_content = _raw(tensor)
+    body = request.SerializeToString()
+    return _grpc_body_defect(draft.defect, body)
+
+
+def _grpc_body_defect(defect: str, body: bytes) -> Encoded:
+    if defect == "not-format":
+        return Encoded(b"\x0a\xff\xff\xff\xff\x0f")  # field 1, a length beyond any message
+    if defect == "truncated":
+        return Encoded(body[: len(body) - 10])
+    return Encoded(body)
+
+
+# --- the Open Inference Protocol: REST JSON, REST binary, gRPC --------------------------------
+
+def _oip_shape(tensor: Tensor, defect: str) -> list[int]:
+    shape = tensor.declared_shape
+    if defect in ("negative-size", "huge-size"):
+        return [-1 if defect == "negative-size" else HUGE, *shape[1:]]
+    return shape
+
+
+def encode_oip_json(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    if draft.defect == "not-format":
+        return Encoded(b"<infer>not JSON</infer>", {"Content-Type": payload.JSON_CONTENT_TYPE})
+    if draft.defect == "truncated":
+        body = _good(encode_oip_json, draft, signature, model).body
+        return Encoded(body[: len(body) // 2], {"Content-Type": payload.JSON_CONTENT_TYPE})
+    if draft.defect == "length-beyond":
+        return Skip("a JSON body declares no lengths")
+    inputs = []
+    for tensor in draft.tensors:
+        values = tensor.values
+        data = (values.ravel().tolist() if isinstance(values, np.ndarray) else values)
+        if tensor.shape is None and not isinstance(values, np.ndarray):
+            shape = [len(values), len(values[0])]  # ragged: the first row's shape
+        else:
+            shape = _oip_shape(tensor, draft.defect)
+        inputs.append({"name": tensor.name, "shape": shape, "datatype": tensor.datatype,
+                       "data": data})
+    return Encoded(_json({"inputs": inputs}), {"Content-Type": payload.JSON_CONTENT_TYPE})
+
+
+def encode_oip_binary(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    from deploybench.serving import oip
+
+    inputs, raw = [], b""
+    for tensor in draft.tensors:
+        if not isinstance(tensor.values, np.ndarray):
+            return Skip("raw tensor bytes carry no rows: they cannot be ragged")
+        if not _consistent(tensor):
+            return Skip("raw FP32 bytes cannot hold a value beyond float32")
+        data = _raw(tensor)
+        size = {"negative-size": -len(data), "huge-size": HUGE}.get(draft.defect, len(data))
+        inputs.append({"name": tensor.name, "shape": tensor.declared_shape,
+                       "datatype": tensor.datatype, "parameters": {"binary_data_size": size}})
+        raw += data
+    header = json.dumps({"inputs": inputs}).encode()
+    body = header + raw
+    length = len(header)
+    if draft.defect == "not-format":
+        body, length = b"\x00\x01not a JSON header" + raw, 18
+    elif draft.defect == "truncated":
+        body = body[:-10]
+    elif draft.defect == "length-beyond":
+        length = len(body) + 100
+    return Encoded(body, {"Content-Type": oip.BINARY_CONTENT_TYPE, oip.HEADER_LENGTH: str(length)})
+
+
+def encode_oip_grpc(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    from deploybench.serving import oip
+
+    if draft.defect == "length-beyond":
+        return Skip("gRPC frames its messages itself: a length beyond the message is the "
+                    "truncated body")
+    request = oip.grpc_predict_v2_pb2.ModelInferRequest(model_name=model)
+    for tensor in draft.tensors:
+        if not isinstance(tensor.values, np.ndarray):
+            return Skip("raw tensor contents carry no rows: they cannot be ragged")
+        if not _consistent(tensor):
+            return Skip("raw FP32 contents cannot hold a value beyond float32")
+        declared = request.inputs.add(name=tensor.name, datatype=tensor.datatype)
+        declared.shape.extend(_oip_shape(tensor, draft.defect))
+        request.raw_input_contents.append(_raw(tensor))
+    return _grpc_body_defect(draft.defect, request.SerializeToString())
+
+
+# One encoder per request body (payload.BODIES): a protocol gets the matrix through its body.
+ENCODERS: dict[str, Callable[[Draft, dict[str, Any], str], Encoded | Skip]] = {
+    "json": encode_rest_json,
+    "npy": encode_npy,
+    "tfserving-grpc": encode_tfserving_grpc,
+    "oip-json": encode_oip_json,
+    "oip-binary": encode_oip_binary,
+    "oip-grpc": encode_oip_grpc,
+}
+
+
+def encode(case: Case, body: str, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    """`case` in the bytes of request body `body`, or why that body cannot carry it."""
+    if body not in ENCODERS:
+        return Skip(f"no bad-input encoder for request body {body!r}")
+    return ENCODERS[body](case.draft(signature), signature, model)
+
+
+# --- sending the matrix -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one case got: `status` the HTTP status or gRPC code ("skipped", "no answer",
+    "connection dropped"), `verdict` refused | by design | skipped | FAILED, `why` the reason
+    of a failure, a skip or a declared deviation, `message` the server's error message."""
+
+    case: str
+    status: str
+    verdict: str
+    why: str = ""
+    message: str = ""
+    closed: bool = False  # REST: the server closed the connection after answering
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict != "FAILED"
+
+
+@dataclass
+class Probe:
+    target: str
+    protocol: str
+    outcomes: list[Outcome]
+    good_answer: str  # "correct", or why not
+    connection_kept: bool  # REST: one connection from first case to last
+    closes_by_design: str = ""  # why the server closes the connection after a refusal
+
+    @property
+    def ok(self) -> bool:
+        return (all(o.ok for o in self.outcomes) and self.good_answer == "correct"
+                and (self.connection_kept or bool(self.closes_by_design)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "protocol": self.protocol, "ok": self.ok,
+                "good_answer": self.good_answer, "connection_kept": self.connection_kept,
+                "closes_by_design": self.closes_by_design,
+                "cases": [o.__dict__ for o in self.outcomes]}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int | str  # an HTTP status, or a gRPC status code's name
+    body: bytes
+    refused: bool  # 4xx / INVALID_ARGUMENT
+    message: str
+    closed: bool = False
+
+
+class _RESTSender:
+    def __init__(self, url: str, path: str, timeout: float) -> None:
+        from deploybench.serving.targets import host_port
+
+        host, port = host_port(url)
+        self.path = path
+        self.connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.first_socket: Any = None
+        self.kept = True
+
+    def send(self, encoded: Encoded) -> Reply:
+        headers = {"Content-Type": payload.JSON_CONTENT_TYPE, **encoded.headers}
+        self.connection.request("POST", self.path, body=encoded.body, headers=headers)
+        response = self.connection.getresponse()
+        body = response.read()
+        name = self.connection.sock.getsockname() if self.connection.sock else None
+        self.first_socket = self.first_socket or name
+        closed = response.will_close or name != self.first_socket
+        if closed:
+            self.kept = False
+            self.connection.close()  # the next request opens a new one
+            self.first_socket = None
+        return Reply(response.status, body, 400 <= response.status < 500,
+                     payload.error_message(body, response.status), closed)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class _GRPCSender:
+    def __init__(self, address: str, method: str, timeout: float) -> None:
+        import grpc
+
+        self.grpc = grpc
+        self.channel = grpc.insecure_channel(address)
+        self.call = self.channel.unary_unary(method, request_serializer=None,
+                                             response_deserializer=None)
+        self.timeout = timeout
+        self.kept = True
+
+    def send(self, encoded: Encoded) -> Reply:
+        try:
+            return Reply(200, self.call(encoded.body, timeout=self.timeout), False, "")
+        except self.grpc.RpcError as error:
+            code = error.code()
+            return Reply(code.name if code else "UNKNOWN", b"",
+                         code == self.grpc.StatusCode.INVALID_ARGUMENT, error.details() or "")
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def probe(target: str, protocol: str, address: str, model: str, signature: dict[str, Any],
+          good_rows: np.ndarray, reference: np.ndarray, tolerance: float,
+          output_name: str = "logits", timeout: float = 30.0,
+          cases: tuple[Case, ...] = CASES) -> Probe:
+    """Every case of the matrix to `target` speaking `protocol` at `address`, on one
+    connection; then one good request of `good_rows`, whose answer must match `reference`."""
+    from deploybench.serving import targets
+
+    server = targets.get(target)
+    declared = server.protocol(protocol)
+    body = payload.BODIES[declared.body]
+    by_design = dict(declared.by_design)
+    if body.grpc_method:
+        sender: _RESTSender | _GRPCSender = _GRPCSender(address, body.grpc_method, timeout)
+    else:
+        path = declared.client.PREDICT_PATH.format(model=model)
+        sender = _RESTSender(address, path, timeout)
+    outcomes = []
+    try:
+        for case in cases:
+            encoded = encode(case, declared.body, signature, model)
+            if isinstance(encoded, Skip):
+                outcomes.append(Outcome(case.name, "skipped", "skipped", encoded.reason))
+                continue
+            outcomes.append(_judge(case, sender, encoded, body, output_name,
+                                   by_design.get(case.name), bool(server.closes_after_error)))
+        good = body.encode(good_rows, model, signature["input_name"])
+        headers = body.request_headers(good) if not body.grpc_method else {}
+        good_answer = _good_answer(sender, Encoded(good, headers), body, output_name,
+                                   reference, tolerance)
+    finally:
+        sender.close()
+    return Probe(target, protocol, outcomes, good_answer, sender.kept,
+                 server.closes_after_error)
+
+
+def _judge(case: Case, sender: Any, encoded: Encoded, body: payload.Body, output_name: str,
+           by_design: str | None, closes_by_design: bool) -> Outcome:
+    try:
+        reply = sender.send(encoded)
+    except TimeoutError:
+        return Outcome(case.name, "no answer", "FAILED", "no answer within the timeout")
+    except (OSError, http.client.HTTPException) as error:
+        sender.close()  # the next request opens a new connection
+        sender.kept = False
+        return Outcome(case.name, "connection dropped", "FAILED",
+                       f"{type(error).__name__}: {error}", closed=True)
+    status = str(reply.status)
+    if reply.closed and not (closes_by_design and reply.refused):
+        return Outcome(case.name, status, "FAILED", "the server closed the connection",
+                       reply.message[:300], closed=True)
+    if by_design is not None and not reply.refused:  # what this server does, declared
+        seen = (_answer_check(reply.body, body, output_name) if reply.status == 200
+                else reply.message[:200])
+        return Outcome(case.name, status, "by design", f"{by_design}; answer: {seen}")
+    if reply.refused:
+        message = " ".join(reply.message.split())
+        if "\n" in reply.message or not any(w in message.lower() for w in case.words):
+            return Outcome(case.name, status, "FAILED",
+                           f"the message names none of {list(case.words)}", message[:300])
+        return Outcome(case.name, status, "refused", message=message[:300], closed=reply.closed)
+    if reply.status == 200:
+        answered = _answer_check(reply.body, body, output_name)
+        return Outcome(case.name, status, "FAILED", f"answered 200 ({answered})")
+    return Outcome(case.name, status, "FAILED", f"not a refusal: {reply.message[:200]}",
+                   reply.message[:300])
+
+
+def _answer_check(answer: bytes, body: payload.Body, output_name: str) -> str:
+    try:
+        logits = body.answer(answer, output_name)
+    except PredictionError as error:
+        return f"unreadable: {error}"
+    if not np.all(np.isfinite(logits)):
+        return "non-finite logits"
+    return f"{logits.shape[0] if logits.ndim else 0} rows of finite logits"
+
+
+def _good_answer(sender: Any, encoded: Encoded, body: payload.Body, output_name: str,
+                 reference: np.ndarray, tolerance: float) -> str:
+    try:
+        reply = sender.send(encoded)
+    except (OSError, http.client.HTTPException) as error:
+        return f"no answer: {type(error).__name__}: {error}"
+    if reply.status != 200:
+        return f"{reply.status}: {reply.message[:200]}"
+    try:
+        logits = body.answer(reply.body, output_name)
+    except PredictionError as error:
+        return f"unreadable answer: {error}"
+    ok, why = payload.matches_reference(logits, reference, tolerance)
+    return "correct" if ok else why
+
+
+def table(probes: list[Probe]) -> tuple[list[str], list[list[str]]]:
+    """The matrix as a table: a row per case, a column per target and protocol, each cell the
+    status (or "skipped"), marked where it failed."""
+    columns = [f"{p.target} {p.protocol}" for p in probes]
+    body_rows = []
+    for index, name in enumerate(CASE_NAMES):
+        cells = []
+        for result in probes:
+            outcome = result.outcomes[index] if index < len(result.outcomes) else None
+            if outcome is None:
+                cells.append("")
+            elif outcome.verdict == "by design":
+                cells.append(f"{outcome.status} (by design)")
+            else:
+                closed = ", closed" + (" (by design)" if result.closes_by_design else "")
+                cells.append(outcome.status + (closed if outcome.closed else "")
+                             + (" FAILED" if not outcome.ok else ""))
+        body_rows.append([name, *cells])
+    body_rows.append(["good request afterwards",
+                      *[p.good_answer + ("" if p.connection_kept else ", reconnected")
+                        for p in probes]])
+    return ["case", *columns], body_rows
+
