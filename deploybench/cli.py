@@ -369,6 +369,65 @@ def load(
 
 
 @command
+def bad_inputs(
+    target: Annotated[str, typer.Option(
+        help="A server (`deploybench servers` lists them), or all.")] = "all",
+    protocol: Annotated[str | None, typer.Option(
+        help="Protocols, comma-separated (default: every protocol each server speaks).")] = None,
+    model: Annotated[str, typer.Option(help="An exported model the servers serve.")
+                     ] = "digits-mlp",
+    artifacts: Annotated[Path | None, typer.Option(
+        help="Export root (default: what `deploybench serve` serves, else artifacts).")] = None,
+    port_offset: Annotated[int | None, typer.Option(
+        help="Servers on the published ports shifted by N (default: the running "
+             "deployment's endpoints).")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="Where --target listens when the kit did not start it: http://host:port for "
+             "its REST protocols, host:port for gRPC.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the outcomes here (JSON).")
+                   ] = None,
+) -> None:
+    """Send every server the bad-input matrix (serving/bad_inputs.py) in each protocol it
+    speaks, on one connection: each case must be refused (4xx, gRPC INVALID_ARGUMENT) naming
+    the problem, then a good request answered correctly. Exit 1 when one was not."""
+    from rich.table import Table
+
+    from deploybench.files import atomic_write_json
+    from deploybench.serving import bad_inputs as matrix
+    from deploybench.serving import targets
+    from deploybench.serving.manager import Deployment
+
+    pairs = targets.pairs(target, protocol)
+    deployment = Deployment.load() if port_offset is None and url is None else None
+    if deployment is not None and deployment.up():
+        endpoints, root = deployment.endpoints_obj(), artifacts or Path(deployment.root)
+        pairs = [(t, p) for t, p in pairs if t in deployment.up()]
+    else:
+        endpoints, root = targets.loopback_endpoints(port_offset or 0), artifacts or Path(
+            "artifacts")
+    if url is not None:
+        pairs, endpoints = targets.at_url(pairs, url, endpoints)
+    probes = []
+    for name in dict.fromkeys(t for t, _ in pairs):
+        chosen = tuple(p for t, p in pairs if t == name)
+        with console.status(f"{name}: {len(matrix.CASES)} bad inputs in {', '.join(chosen)}"):
+            probes += matrix.probe_target(name, endpoints, root.resolve(), model, chosen)
+    header, rows = matrix.table(probes)
+    table = Table(*header, title=f"bad inputs, {model}")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if out is not None:
+        atomic_write_json(out, {"model": model, "probes": [p.to_dict() for p in probes]})
+    failed = [f"{p.target} {p.protocol}: {o.case} ({o.why})" for p in probes
+              for o in p.outcomes if not o.ok]
+    failed += [f"{p.target} {p.protocol}: good request afterwards: {p.good_answer}"
+               for p in probes if p.good_answer != "correct"]
+    if failed:
+        raise DeploybenchError(f"{len(failed)} bad-input check(s) failed: {'; '.join(failed)}")
+
+
+@command
 def run(
     model: Annotated[str, typer.Option(
         help="Model from the zoo, or 'all': both quick digits models (larger ones by name).")

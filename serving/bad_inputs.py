@@ -19,6 +19,7 @@ import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -425,7 +426,7 @@ class Reply:
     closed: bool = False
 
 
-class _RESTSender:
+class RESTSender:
     def __init__(self, url: str, path: str, timeout: float) -> None:
         from deploybench.serving.targets import host_port
 
@@ -454,7 +455,7 @@ class _RESTSender:
         self.connection.close()
 
 
-class _GRPCSender:
+class GRPCSender:
     def __init__(self, address: str, method: str, timeout: float) -> None:
         import grpc
 
@@ -477,6 +478,45 @@ class _GRPCSender:
         self.channel.close()
 
 
+def sender_for(target: str, protocol: str, address: str, model: str,
+               timeout: float = 30.0) -> RESTSender | GRPCSender:
+    """One connection (REST) or channel (gRPC) to `target`'s predict method for `model`."""
+    from deploybench.serving import targets
+
+    declared = targets.get(target).protocol(protocol)
+    method = payload.BODIES[declared.body].grpc_method
+    if method:
+        return GRPCSender(address, method, timeout)
+    return RESTSender(address, declared.client.PREDICT_PATH.format(model=model), timeout)
+
+
+def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Body,
+             output_name: str, closes_by_design: bool = False,
+             nonfinite_by_design: bool = False) -> str:
+    """The fuzzer's property for one request: a refusal (4xx, INVALID_ARGUMENT) or a readable
+    answer of finite logits (any logits, where the server runs non-finite values by design);
+    never a 5xx, another gRPC code, a dropped connection or no answer. "" when it holds,
+    else what happened."""
+    try:
+        reply = sender.send(encoded)
+    except TimeoutError:
+        sender.close()
+        return "no answer within the timeout"
+    except (OSError, http.client.HTTPException) as error:
+        sender.close()
+        return f"connection dropped: {type(error).__name__}: {error}"
+    if reply.closed and not (closes_by_design and reply.refused):
+        return f"{reply.status}, and the server closed the connection"
+    if reply.refused:
+        return "" if "\n" not in reply.message else "a refusal whose message spans lines"
+    if reply.status == 200:
+        seen = _answer_check(reply.body, body, output_name)
+        readable = seen.endswith("rows of finite logits") or (
+            nonfinite_by_design and seen == "non-finite logits")
+        return "" if readable else f"200 with {seen}"
+    return f"{reply.status}: {reply.message[:200]}"
+
+
 def probe(target: str, protocol: str, address: str, model: str, signature: dict[str, Any],
           good_rows: np.ndarray, reference: np.ndarray, tolerance: float,
           output_name: str = "logits", timeout: float = 30.0,
@@ -489,11 +529,7 @@ def probe(target: str, protocol: str, address: str, model: str, signature: dict[
     declared = server.protocol(protocol)
     body = payload.BODIES[declared.body]
     by_design = dict(declared.by_design)
-    if body.grpc_method:
-        sender: _RESTSender | _GRPCSender = _GRPCSender(address, body.grpc_method, timeout)
-    else:
-        path = declared.client.PREDICT_PATH.format(model=model)
-        sender = _RESTSender(address, path, timeout)
+    sender = sender_for(target, protocol, address, model, timeout)
     outcomes = []
     try:
         for case in cases:
@@ -594,3 +630,21 @@ def table(probes: list[Probe]) -> tuple[list[str], list[list[str]]]:
                         for p in probes]])
     return ["case", *columns], body_rows
 
+
+
+def probe_target(target: str, endpoints: Any, root: Path, model: str,
+                 protocols: tuple[str, ...] | None = None, timeout: float = 30.0) -> list[Probe]:
+    """The matrix to every protocol of `target` (or `protocols`) at `endpoints`, about the
+    exported `model` under `root`: its signature and golden samples."""
+    from deploybench.golden import Golden
+    from deploybench.manifest import FP32_TOLERANCE, load_manifest
+    from deploybench.serving import targets
+
+    manifest = load_manifest(root, model)
+    golden = Golden.of(root, manifest)
+    count = min(4, manifest.max_rows, len(golden.inputs))
+    tolerance = float(manifest.tolerance.get("fp32_max_abs_diff", FP32_TOLERANCE))
+    return [probe(target, protocol, endpoints.address(target, protocol), model,
+                  manifest.signature(), golden.inputs[:count], golden.outputs[:count],
+                  tolerance, manifest.outputs[0].name, timeout)
+            for protocol in protocols or targets.get(target).protocol_names]

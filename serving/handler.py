@@ -26,7 +26,13 @@ import torch
 
 # packed beside this file in the .mar (TorchServe puts the model folder on sys.path); the
 # KServe server imports the same file as deploybench.serving.input_validation
-from input_validation import NPY_TYPE, decode_npy_body, decode_predict_body
+from input_validation import (
+    NPY_TYPE,
+    check_outputs,
+    decode_npy_body,
+    decode_predict_body,
+    error_text,
+)
 
 SIGNATURE_FILE = "signature.json"
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
@@ -61,9 +67,7 @@ class DeploybenchHandler:
             try:
                 batch, form = self._decode(request, context, index)
             except ValueError as error:
-                message = str(error)
-                context.set_response_status(400, message, index)
-                answers[index] = {"error": message}
+                self._refuse(context, answers, index, error)
                 continue
             rows.append(batch)
             forms.append(form)
@@ -78,16 +82,28 @@ class DeploybenchHandler:
             start = 0
             # no zip(strict=...): the official TorchServe image runs the handler on Python 3.9
             for index, batch, form in zip(owners, rows, forms):  # noqa: B905
-                part = logits[start : start + len(batch)].tolist()
+                part = logits[start : start + len(batch)]
                 start += len(batch)
+                try:
+                    check_outputs(part)
+                except ValueError as error:
+                    self._refuse(context, answers, index, error)
+                    continue
                 key = "predictions" if form == "instances" else "outputs"
-                answers[index] = {key: part}
+                answers[index] = {key: part.tolist()}
         # Encoded here, compact: TorchServe would json.dumps a dict with indent=2, which costs
         # more worker time and sends more bytes for nothing.
         for index, answer in enumerate(answers):
             context.set_response_content_type(index, "application/json")
             answers[index] = json.dumps(answer, separators=(",", ":"))
         return answers
+
+    @staticmethod
+    def _refuse(context, answers, index, error):
+        """Request `index` answered 400 with its error, in TF Serving's error shape."""
+        message = error_text(error)
+        context.set_response_status(400, message, index)
+        answers[index] = {"error": message}
 
     def _decode(self, request, context, index):
         body = request.get("body", request.get("data"))

@@ -86,8 +86,10 @@ def decode_npy_body(body, signature):
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
         shape, fortran_order, dtype = read_header(stream)
-    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as error:
-        raise ValueError(f"malformed .npy body: {error}") from None
+    except Exception as error:  # noqa: BLE001 - numpy parses the header with Python's
+        # tokenizer and literal_eval: any failure there (TokenError, SyntaxError, ...) is a
+        # header that is not one
+        raise ValueError(f"malformed .npy body: {type(error).__name__}: {error}") from None
     if dtype.hasobject:
         raise ValueError("malformed .npy body: it holds Python objects, which need pickles "
                          "(allow_pickle=False)")
@@ -196,12 +198,33 @@ def to_float32(array, values=None):
         _check_numbers(values)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"non-finite value (NaN or Infinity) in row {_first_bad_row(array)}")
-    batch = array.astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is looked for just below, and named
+        batch = array.astype(np.float32)
     if not np.all(np.isfinite(batch)):
         row = _first_bad_row(batch)
         raise ValueError(f"value out of float32 range in row {row}: float32 holds magnitudes "
                          f"up to {float(np.finfo(np.float32).max):.4g}")
     return batch
+
+
+def check_outputs(logits):
+    """A model's answer to a valid request, refused when it holds NaN or Infinity: finite
+    inputs near float32's limits can overflow inside the model, and such an answer is garbage
+    (the request's values were too large for the model's float32 arithmetic)."""
+    if not np.all(np.isfinite(logits)):
+        raise ValueError(f"non-finite output: the model's answer to row "
+                         f"{_first_bad_row(logits)} is NaN or Infinity (its input values "
+                         "overflow the model's float32 arithmetic)")
+    return logits
+
+
+def error_text(error, limit=300):
+    """An error message fit for an HTTP status line and a log: ASCII (TorchServe's worker
+    counts a message's characters where its frontend reads bytes: a non-ASCII one desyncs
+    their stream and kills the worker), one line, at most `limit` characters (a message may
+    quote the request)."""
+    text = " ".join(str(error).split()).encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_finite(array):

@@ -127,9 +127,13 @@ def make_model(root: Path, name: str, framework: str, threads: int) -> Any:
                 else:
                     batch, form = input_validation.decode_predict_body(payload, signature)
             except ValueError as error:
-                raise InvalidInput(str(error)) from None
+                raise InvalidInput(input_validation.error_text(error)) from None
             loop = asyncio.get_running_loop()
             logits = await loop.run_in_executor(self.executor, self.runner.predict, batch)
+            try:
+                input_validation.check_outputs(logits)
+            except ValueError as error:
+                raise InvalidInput(str(error)) from None
             if form is not None:  # V1: TF Serving's answer
                 return {"predictions" if form == "instances" else "outputs": logits.tolist()}
             output = InferOutput(output_name, list(logits.shape), "FP32")
