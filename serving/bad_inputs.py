@@ -453,6 +453,13 @@ class RESTSender:
 
     def close(self) -> None:
         self.connection.close()
+        self.first_socket = None
+
+
+# gRPC's codes for a request the client got wrong (HTTP's 4xx): the fuzzer's refusals; a case
+# of the matrix, a bad argument, must be INVALID_ARGUMENT
+GRPC_CLIENT_ERRORS = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
+                      "UNIMPLEMENTED")
 
 
 class GRPCSender:
@@ -472,10 +479,26 @@ class GRPCSender:
         except self.grpc.RpcError as error:
             code = error.code()
             return Reply(code.name if code else "UNKNOWN", b"",
-                         code == self.grpc.StatusCode.INVALID_ARGUMENT, error.details() or "")
+                         code is not None and code.name in GRPC_CLIENT_ERRORS,
+                         error.details() or "")
 
     def close(self) -> None:
         self.channel.close()
+
+
+def parses(body: str, data: bytes) -> bool:
+    """Whether `data` is a message of gRPC request body `body` (True for a REST body)."""
+    from deploybench.serving import oip, protos
+
+    message = {"tfserving-grpc": protos.predict_pb2.PredictRequest,
+               "oip-grpc": oip.grpc_predict_v2_pb2.ModelInferRequest}.get(body)
+    if message is None:
+        return True
+    try:
+        message.FromString(data)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError, and its C implementation's
+        return False
+    return True
 
 
 def sender_for(target: str, protocol: str, address: str, model: str,
@@ -492,11 +515,12 @@ def sender_for(target: str, protocol: str, address: str, model: str,
 
 def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Body,
              output_name: str, closes_by_design: bool = False,
-             nonfinite_by_design: bool = False) -> str:
+             nonfinite_by_design: bool = False, unparsed_by_design: bool = False) -> str:
     """The fuzzer's property for one request: a refusal (4xx, INVALID_ARGUMENT) or a readable
     answer of finite logits (any logits, where the server runs non-finite values by design);
     never a 5xx, another gRPC code, a dropped connection or no answer. "" when it holds,
-    else what happened."""
+    else what happened. `unparsed_by_design`: bytes that are not the protocol's message, which
+    the server answers its own way by design (TF Serving's gRPC: INTERNAL)."""
     try:
         reply = sender.send(encoded)
     except TimeoutError:
@@ -507,7 +531,7 @@ def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Bo
         return f"connection dropped: {type(error).__name__}: {error}"
     if reply.closed and not (closes_by_design and reply.refused):
         return f"{reply.status}, and the server closed the connection"
-    if reply.refused:
+    if reply.refused or (unparsed_by_design and reply.status != 200):
         return "" if "\n" not in reply.message else "a refusal whose message spans lines"
     if reply.status == 200:
         seen = _answer_check(reply.body, body, output_name)
@@ -568,7 +592,7 @@ def _judge(case: Case, sender: Any, encoded: Encoded, body: payload.Body, output
         seen = (_answer_check(reply.body, body, output_name) if reply.status == 200
                 else reply.message[:200])
         return Outcome(case.name, status, "by design", f"{by_design}; answer: {seen}")
-    if reply.refused:
+    if reply.refused and status not in GRPC_CLIENT_ERRORS[1:]:
         message = " ".join(reply.message.split())
         if "\n" in reply.message or not any(w in message.lower() for w in case.words):
             return Outcome(case.name, status, "FAILED",

@@ -180,6 +180,11 @@ def binary_request(body: bytes, header_length: int, model_name: str) -> Any:
     for declared in header["inputs"]:
         if not isinstance(declared, dict):
             raise InvalidInput("malformed request: an input is not an object")
+        for key, kind in (("name", str), ("shape", list), ("datatype", str),
+                          ("parameters", dict)):
+            if key in declared and not isinstance(declared[key], kind):
+                raise InvalidInput(f"malformed request: an input's {key!r} is not a "
+                                   f"{kind.__name__}")
         parameters = declared.get("parameters") or {}
         tensor = InferInput(declared.get("name"), declared.get("shape"),
                             declared.get("datatype"), parameters=parameters)

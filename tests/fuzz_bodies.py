@@ -200,9 +200,35 @@ STRATEGIES = {"json": rest_json, "npy": npy, "tfserving-grpc": tfserving_grpc,
               "oip-json": oip_json, "oip-binary": oip_binary, "oip-grpc": oip_grpc}
 
 
-# Bodies the fuzzer once found a server mishandling, by request body: sent before any
-# generated example, every run (see the README's fuzzing figures for what each one was)
-REGRESSIONS: dict[str, list[Encoded]] = {}
+def _binary_v2(header: dict[str, Any], raw: bytes) -> Encoded:
+    from deploybench.serving import oip
+
+    text = _dumps(header)
+    return Encoded(text + raw, {"Content-Type": oip.BINARY_CONTENT_TYPE,
+                                oip.HEADER_LENGTH: str(len(text))})
+
+
+NOT_A_MESSAGE = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, a length beyond any message
+# Bodies the fuzzer found a server mishandling, by request body: sent first, every run
+REGRESSIONS: dict[str, list[Encoded]] = {
+    "json": [
+        # a non-ASCII error message desynced TorchServe's worker and frontend: the worker died
+        Encoded(_dumps({"signature_name": ["d\u00f9"], "instances": [[0.5] * 64]})),
+        # finite inputs near float32's limit overflowed inside the model: 200, NaN logits
+        Encoded(_dumps({"instances": [[3.4e38] * 64]})),
+    ],
+    "npy": [  # a header of 1 byte: numpy's tokenizer raised TokenError, a 500
+        Encoded(b"\x93NUMPY\x01\x00\x01\x00{'descr': '<f4', 'fortran_order': False, "
+                b"'shape': (1, 64)}\n" + bytes(256), {"Content-Type": payload.NPY_CONTENT_TYPE}),
+    ],
+    "oip-binary": [  # a datatype that is not a string: KServe's AttributeError, a 500 and a drop
+        _binary_v2({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": {},
+                                "parameters": {"binary_data_size": 256}}]}, bytes(256)),
+    ],
+    # bytes that are not a request: KServe's gRPC answered UNKNOWN (a DecodeError)
+    "oip-grpc": [Encoded(NOT_A_MESSAGE)],
+    "tfserving-grpc": [Encoded(NOT_A_MESSAGE)],
+}
 
 
 def fuzz(target: str, protocol: str, address: str, model: str, signature: dict[str, Any],
@@ -221,12 +247,15 @@ def fuzz(target: str, protocol: str, address: str, model: str, signature: dict[s
     sender = bad_inputs.sender_for(target, protocol, address, model, timeout)
     closes = bool(server.closes_after_error)
     nonfinite = "non-finite value" in dict(declared.by_design)
+    unparsed = "not the protocol's format" in dict(declared.by_design)
     tried, failures = 0, []
 
     def one(encoded: Encoded) -> None:
         nonlocal tried
         tried += 1
-        why = bad_inputs.survives(sender, encoded, body, output_name, closes, nonfinite)
+        why = bad_inputs.survives(
+            sender, encoded, body, output_name, closes, nonfinite,
+            unparsed and not bad_inputs.parses(declared.body, encoded.body))
         if why:
             failures.append(f"{why} <- {encoded.body[:160]!r} {encoded.headers}")
             if stop_at_first:

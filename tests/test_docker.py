@@ -28,6 +28,7 @@ from deploybench.serving.manager import STATE_FILE, Deployment, ServerStatus
 from deploybench.serving.processes import ProcessRecord
 from deploybench.serving.targets import make_client
 from deploybench.settings import load_settings
+from tests.bad_input_checks import assert_matrix
 from tests.conftest import invoke
 from tests.docker_engine import docker_engine
 from tests.servers import free_offset, port_free, wait_for
@@ -208,6 +209,14 @@ def load_results(*args: str) -> dict:
     assert result.exit_code == 0, result.output
     out = Path(args[args.index("--out") + 1])
     return json.loads((out / "results.json").read_text())
+
+
+def test_the_bad_input_matrix_is_refused_by_every_container(stack, export_root: Path) -> None:
+    """The matrix every native server gets, against the containers: the images run the same
+    validation as the native servers."""
+    deployment, _ = stack
+    for name in IN_DOCKER:
+        assert_matrix(name, deployment.endpoints_obj(), export_root, MODEL)
 
 
 def test_load_through_the_containers_reads_cpu_and_memory_from_container_stats(

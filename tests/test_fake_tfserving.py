@@ -16,6 +16,7 @@ from fake_tfserving import FakeTFServing
 
 from deploybench.golden import Golden
 from deploybench.manifest import load_manifest
+from tests.bad_input_checks import assert_fuzz, assert_matrix
 
 MODELS = ("digits-mlp", "digits-cnn")
 
@@ -302,6 +303,34 @@ def test_grpc_error_codes(channel: grpc.Channel) -> None:
                        status_request)
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error.details() == "Could not find any versions of model nope"
+
+
+# --- the bad-input matrix and the fuzzer: the checks the real TF Serving gets where it runs -----
+
+
+class FakeEndpoints:
+    """The double's addresses, as the kit's Endpoints give a target's."""
+
+    def __init__(self, fake: FakeTFServing) -> None:
+        self.addresses = {"rest": fake.rest_url, "grpc": fake.grpc_target}
+
+    def address(self, target: str, protocol: str) -> str:
+        return self.addresses[protocol]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_bad_input_matrix_gets_refusals_or_tf_serving_s_declared_answers(
+    fake: FakeTFServing, export_root: Path, model: str
+) -> None:
+    """Every case refused with TF Serving's words, except those the registry declares TF
+    Serving answers by design (NaN runs, no row limit, gRPC's INTERNAL for bytes that are not
+    a request): exactly those, so the declaration cannot go stale."""
+    assert_matrix("tfserving", FakeEndpoints(fake), export_root, model)
+
+
+def test_the_fuzzer_gets_tf_serving_s_refusals_or_answers(fake: FakeTFServing,
+                                                         export_root: Path) -> None:
+    assert_fuzz("tfserving", FakeEndpoints(fake), export_root)
 
 
 # --- options ----------------------------------------------------------------------------------

@@ -4,32 +4,27 @@ check, a locust sweep."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
 from deploybench.manifest import FP32_TOLERANCE
 from deploybench.serving import oip, payload, processes
 from deploybench.serving.manager import Deployment, serve, stop
-from deploybench.serving.targets import get, host_port, make_client
+from deploybench.serving.targets import get, make_client
+from tests.bad_input_checks import assert_fuzz, assert_matrix
 from tests.conftest import invoke
 from tests.servers import free_offset, inet_connections
-from tests.test_serving import BAD_INPUTS, BAD_NPY_INPUTS, ROW, golden
+from tests.test_serving import golden
 
 KSERVE = ("kserve-tensorflow", "kserve-pytorch")
 MODELS = ["digits-mlp", "digits-cnn"]
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
-# KServe parses a JSON body itself before the model sees it (orjson, which also refuses NaN
-# and Infinity as not JSON): its words name the problem for these
-KSERVE_JSON_WORDS = "Unrecognized request format"
-PARSED_BY_KSERVE = ("malformed JSON", "NaN", "Infinity")
 
 
 @pytest.fixture(scope="module")
@@ -102,135 +97,31 @@ def test_the_frameworks_are_the_ones_declared(kserve):
         assert f"lib{absent}_cpu" not in names and f"_pywrap_{absent}" not in names, target
 
 
-def v2_tensor(shape: list, data: list, name: str = "pixels", datatype: str = "FP32") -> dict:
-    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
-
-
-def binary(header: dict, raw: bytes) -> tuple[bytes, dict]:
-    text = json.dumps(header).encode()
-    return text + raw, {oip.HEADER_LENGTH: str(len(text)),
-                        "Content-Type": "application/octet-stream"}
-
-
-ONE = np.full((1, 64), 0.5, np.float32)
-# The Open Inference Protocol's bad inputs for digits-mlp (1 x 64): body (or a binary body and
-# its headers) and the words the 400 must name
-BAD_V2_INPUTS = {
-    "v2: no inputs": ({"outputs": []}, "inputs"),
-    "v2: two inputs": ({"inputs": [v2_tensor([1, 64], ROW)["inputs"][0]] * 2}, "one input"),
-    "v2: unknown input name": (v2_tensor([1, 64], ROW, name="image"), "unknown input name"),
-    "v2: wrong datatype": (v2_tensor([1, 64], [1] * 64, datatype="INT32"), "wrong dtype"),
-    "v2: wrong rank": (v2_tensor([64], ROW), "wrong shape"),
-    "v2: wrong shape": (v2_tensor([1, 63], ROW[:63]), "wrong shape"),
-    "v2: size short of the shape": (v2_tensor([2, 64], ROW), "wrong size"),
-    "v2: strings": (v2_tensor([1, 64], ["a"] * 64), "wrong dtype"),
-    "v2: empty batch": (v2_tensor([0, 64], []), "empty input"),
-    "v2: too many rows": (v2_tensor([65, 64], ROW * 65), "too many rows"),
-    "v2: negative size": (v2_tensor([-1, 64], ROW), "wrong shape"),
-    "v2 binary: shorter than its shape": (binary(
-        {"inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32",
-                     "parameters": {"binary_data_size": 256}}]}, ONE.tobytes()), "wrong size"),
-    "v2 binary: fewer bytes than declared": (binary(
-        {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
-                     "parameters": {"binary_data_size": 512}}]}, ONE.tobytes()), "malformed"),
-    "v2 binary: NaN": (binary(
-        {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
-                     "parameters": {"binary_data_size": 256}}]},
-        np.full((1, 64), np.nan, np.float32).tobytes()), "non-finite"),
-    "v2 binary: no header length": ((ONE.tobytes(), {"Content-Type":
-                                                      "application/octet-stream"}), "header"),
-}
-
-
-class Reply:
-    def __init__(self, status: int, body: bytes, closes: bool) -> None:
-        self.status_code, self.content, self.closes = status, body, closes
-
-    def json(self) -> dict:
-        return json.loads(self.content)
-
-
-def send_bad(connection: http.client.HTTPConnection, case: str) -> Reply:
-    """One bad request on `connection` (kept open between requests, as a client pool does)."""
-    if case in BAD_V2_INPUTS:
-        body = BAD_V2_INPUTS[case][0]
-        data, headers = body if isinstance(body, tuple) else (json.dumps(body).encode(), {
-            "Content-Type": "application/json"})
-        path = "/v2/models/digits-mlp/infer"
-    else:
-        if case in BAD_NPY_INPUTS:
-            data, content_type = BAD_NPY_INPUTS[case][0], payload.NPY_CONTENT_TYPE
-        else:
-            body = BAD_INPUTS[case][0]
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            content_type = payload.JSON_CONTENT_TYPE
-        path, headers = "/v1/models/digits-mlp:predict", {"Content-Type": content_type}
-    connection.request("POST", path, body=data, headers=headers)
-    response = connection.getresponse()
-    body = response.read()
-    return Reply(response.status, body, response.will_close)
-
-
-def expected_words(case: str) -> str:
-    if case in BAD_V2_INPUTS:
-        return BAD_V2_INPUTS[case][1]
-    if case in PARSED_BY_KSERVE:
-        return KSERVE_JSON_WORDS
-    return {**BAD_INPUTS, **BAD_NPY_INPUTS}[case][1]
-
-
-CASES = sorted(BAD_INPUTS) + sorted(BAD_NPY_INPUTS) + sorted(BAD_V2_INPUTS)
-
-
 @pytest.mark.parametrize("target", KSERVE)
-def test_the_whole_bad_input_matrix_gets_400s_on_one_connection(kserve, export_root, target):
-    """Every bad input of TorchServe's matrix (V1, JSON and .npy) and of the Open Inference
-    Protocol's, in a row on one keep-alive connection: each a 400 naming the problem in the
-    protocol's error body; the connection is never dropped, the process never restarts, and it
-    then answers golden samples correctly."""
-    url, pid = rest_url(kserve, target), pid_of(kserve, target)
-    host, port = host_port(url)
-    connection = http.client.HTTPConnection(host, port, timeout=30)
-    first = None
-    try:
-        for case in CASES:
-            response = send_bad(connection, case)
-            assert response.status_code == 400, (case, response.status_code, response.content)
-            error = response.json()["error"]
-            assert expected_words(case) in error, (case, error)
-            assert "\n" not in payload.error_message(response.content)
-            assert not response.closes, f"{case}: the server closed the connection"
-            first = first or connection.sock.getsockname()
-            assert connection.sock.getsockname() == first, case  # never reconnected
-    finally:
-        connection.close()
+@pytest.mark.parametrize("model", MODELS)  # digits-cnn: a wrong rank would abort TensorFlow
+def test_the_bad_input_matrix_is_refused_on_one_connection(kserve, export_root, target, model):
+    """Every case of the matrix in every protocol (V1, V2 REST, V2 binary, V2 gRPC): a 400 or
+    INVALID_ARGUMENT naming the problem, on one keep-alive connection; the process never
+    restarts, and it then answers golden samples correctly."""
+    pid = pid_of(kserve, target)
+    for probe in assert_matrix(target, kserve.endpoints_obj(), export_root, model):
+        assert probe.connection_kept, probe.protocol
     assert psutil.pid_exists(pid) and pid_of(kserve, target) == pid
-    samples = golden(export_root, "digits-mlp")
-    client = make_client(target, "v2-binary", "digits-mlp", kserve.endpoints_obj())
-    ok, why = payload.matches_reference(client.predict(samples.inputs[:8]),
-                                        samples.outputs[:8], FP32_TOLERANCE)
-    client.close()
-    assert ok, why
 
 
 @pytest.mark.parametrize("target", KSERVE)
-def test_a_bad_grpc_request_is_invalid_argument_naming_the_problem(kserve, target):
-    import grpc
+def test_the_fuzzer_gets_refusals_or_answers_never_a_5xx_drop_or_hang(kserve, export_root,
+                                                                       target):
+    pid = pid_of(kserve, target)
+    assert_fuzz(target, kserve.endpoints_obj(), export_root)
+    assert psutil.pid_exists(pid) and pid_of(kserve, target) == pid
 
-    address = kserve.endpoints_obj().of(target)["grpc"]
-    with grpc.insecure_channel(address) as channel:
-        stub = oip.grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = oip.grpc_predict_v2_pb2.ModelInferRequest(model_name="digits-cnn")
-        tensor = request.inputs.add(name="pixels", datatype="FP32")
-        tensor.shape.extend([1, 8, 8])  # rank 3: would abort TensorFlow
-        request.raw_input_contents.append(np.zeros(64, "<f4").tobytes())
-        with pytest.raises(grpc.RpcError) as info:
-            stub.ModelInfer(request, timeout=30)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "wrong shape" in info.value.details()
-    client = make_client(target, "v2-grpc", "digits-cnn", kserve.endpoints_obj())
-    assert client.predict(np.zeros((1, 8, 8, 1), np.float32)).shape == (1, 10)
-    client.close()
+
+def test_the_bad_inputs_command_prints_the_matrix_and_exits_0(kserve, export_root, offset):
+    result = invoke("bad-inputs", "--target", "kserve-pytorch", "--protocol", "v1,v2-grpc",
+                    "--port-offset", str(offset), "--artifacts", str(export_root))
+    assert result.exit_code == 0, result.output
+    assert "value beyond float32" in result.output and "INVALID_ARGUMENT" in result.output
 
 
 def test_every_listening_socket_of_both_servers_is_loopback(kserve):

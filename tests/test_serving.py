@@ -20,6 +20,7 @@ from deploybench.serving.clients import TorchServeREST
 from deploybench.serving.manager import Deployment, serve, stop
 from deploybench.serving.targets import Endpoints, make_client
 from deploybench.settings import load_settings
+from tests.bad_input_checks import assert_fuzz, assert_matrix
 from tests.conftest import invoke
 from tests.servers import free_endpoints, free_offset, port_free
 
@@ -309,6 +310,29 @@ def test_the_whole_matrix_leaves_the_worker_alive_and_correct(export_root, serve
     ok, why = payload.matches_reference(payload.decode(good.content), samples.outputs[:8],
                                         FP32_TOLERANCE)
     assert ok, why
+
+
+def worker_pids(endpoints: Endpoints, model: str) -> list[tuple[int, str]]:
+    answer = requests.get(f"{endpoints.torchserve_management}/models/{model}", timeout=10)
+    return [(w["pid"], w["status"]) for w in answer.json()[0]["workers"]]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_shared_bad_input_matrix_is_refused_and_the_worker_lives(export_root, served, model):
+    """The matrix every server gets (serving/bad_inputs.py), in REST JSON and .npy: each case
+    a 400 naming the problem (TorchServe's frontend closes the connection after each, saying
+    so), the same worker READY afterwards, a good request answered correctly."""
+    endpoints = served[0].endpoints_obj()
+    before = worker_pids(endpoints, model)
+    assert_matrix("torchserve", endpoints, export_root, model)
+    assert worker_pids(endpoints, model) == before and before[0][1] == "READY"
+
+
+def test_the_fuzzer_gets_refusals_or_answers_never_a_5xx_drop_or_hang(export_root, served):
+    endpoints = served[0].endpoints_obj()
+    before = worker_pids(endpoints, "digits-mlp")
+    assert_fuzz("torchserve", endpoints, export_root)
+    assert worker_pids(endpoints, "digits-mlp") == before
 
 
 def test_serving_refuses_a_tampered_artifact(export_copy, tmp_path, monkeypatch):
