@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := docker-compose chromium default-jre-headless g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages test-docker-packages promtool images run test lint clean
+.PHONY: setup system-packages test-docker-packages promtool images run test lint clean fuzz
 
 setup: system-packages $(STAMP)
 
@@ -78,3 +78,8 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) artifacts runs test-artifacts .pytest_cache .cache
+
+# The long fuzzing run of the servers' request decoders (not a test; `make test` runs a bounded
+# one): 1,000 generated bodies per server and protocol, a table and fuzz-results.json.
+fuzz: setup
+	$(BIN)/python -m tests.fuzz_decoders --examples 1000 --out fuzz-results.json

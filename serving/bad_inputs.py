@@ -306,7 +306,7 @@ def encode_oip_json(draft: Draft, signature: dict[str, Any], model: str) -> Enco
         values = tensor.values
         data = (values.ravel().tolist() if isinstance(values, np.ndarray) else values)
         if tensor.shape is None and not isinstance(values, np.ndarray):
-            shape = [len(values), len(values[0])]  # ragged: the first row's shape
+            shape = [len(values), *signature["input_shape"]]  # ragged: the shape of good rows
         else:
             shape = _oip_shape(tensor, draft.defect)
         inputs.append({"name": tensor.name, "shape": shape, "datatype": tensor.datatype,
@@ -588,13 +588,15 @@ def _judge(case: Case, sender: Any, encoded: Encoded, body: payload.Body, output
     if reply.closed and not (closes_by_design and reply.refused):
         return Outcome(case.name, status, "FAILED", "the server closed the connection",
                        reply.message[:300], closed=True)
-    if by_design is not None and not reply.refused:  # what this server does, declared
+    message = " ".join(reply.message.split())
+    named = reply.refused and status not in GRPC_CLIENT_ERRORS[1:] and any(
+        w in message.lower() for w in case.words)
+    if by_design is not None and not named:  # what this server does, declared
         seen = (_answer_check(reply.body, body, output_name) if reply.status == 200
-                else reply.message[:200])
+                else message[:200])
         return Outcome(case.name, status, "by design", f"{by_design}; answer: {seen}")
     if reply.refused and status not in GRPC_CLIENT_ERRORS[1:]:
-        message = " ".join(reply.message.split())
-        if "\n" in reply.message or not any(w in message.lower() for w in case.words):
+        if "\n" in reply.message or not named:
             return Outcome(case.name, status, "FAILED",
                            f"the message names none of {list(case.words)}", message[:300])
         return Outcome(case.name, status, "refused", message=message[:300], closed=reply.closed)

@@ -99,7 +99,9 @@ def decode_npy_body(body, signature):
     _check_rows(shape[0], signature)
     data = body[stream.tell():]
     expected = int(np.prod(shape)) * 4
-    if len(data) != expected:
+    if len(data) > expected:
+        raise ValueError(f"malformed .npy body: {len(data) - expected} bytes after the array")
+    if len(data) < expected:
         raise ValueError(f"malformed .npy body: its header declares {expected} bytes of data, "
                          f"{len(data)} follow")
     array = np.frombuffer(data, dtype=dtype)

@@ -396,7 +396,8 @@ def make_client(target: str, protocol: str, model: str, endpoints: Endpoints | N
 TFSERVING_NAN = ("non-finite value", "its JSON parser reads NaN and Infinity "
                  "(kParseNanAndInfFlag), and no check refuses a non-finite tensor value")
 TFSERVING_ROWS = ("more rows than max_rows", "it sets no limit on a request's rows")
-TFSERVING_EMPTY = ("empty batch", "a tensor of 0 rows runs, and its answer has 0 rows")
+TFSERVING_EMPTY = ("empty batch", "a tensor of 0 rows goes to the model: its answer of 0 rows, "
+                   "or the model's own error")
 # gRPC's own layer answers INTERNAL for bytes it cannot parse as the request message
 TFSERVING_UNPARSED = tuple((case, "gRPC answers INTERNAL for bytes that are not a "
                             "PredictRequest, before TF Serving sees them")

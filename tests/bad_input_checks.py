@@ -24,9 +24,11 @@ def assert_matrix(target: str, endpoints: Any, root: Path, model: str = "digits-
         failed = [(o.case, o.status, o.why, o.message) for o in probe.outcomes if not o.ok]
         assert not failed, f"{target} {probe.protocol}: {failed}\n{table}"
         assert probe.good_answer == "correct", (probe.protocol, probe.good_answer)
+        # only what is declared, and the declared NaN is real (a stale one would hide a fix)
         declared = {case for case, _ in targets.get(target).protocol(probe.protocol).by_design}
         seen = {o.case for o in probe.outcomes if o.verdict == "by design"}
-        assert seen == declared, (probe.protocol, seen, declared)
+        assert seen <= declared, (probe.protocol, seen, declared)
+        assert ("non-finite value" in seen) == ("non-finite value" in declared), probe.protocol
         closes = bool(targets.get(target).closes_after_error)
         assert probe.connection_kept != closes, (probe.protocol, probe.connection_kept)
     return probes
