@@ -393,6 +393,7 @@ def bad_inputs(
     from rich.table import Table
 
     from deploybench.files import atomic_write_json
+    from deploybench.loadtest.runner import probe as reachability
     from deploybench.serving import bad_inputs as matrix
     from deploybench.serving import targets
     from deploybench.serving.manager import Deployment
@@ -407,6 +408,18 @@ def bad_inputs(
             "artifacts")
     if url is not None:
         pairs, endpoints = targets.at_url(pairs, url, endpoints)
+    reachable = []
+    for name, speaks in pairs:
+        why = reachability(name, speaks, model, endpoints)
+        if why is None:
+            reachable.append((name, speaks))
+        elif target == "all":  # a server that is not running is a line, not a failure
+            console.print(f"{name} {speaks}: skipped, {why}", highlight=False)
+        else:
+            raise DeploybenchError(f"{name}/{speaks} is not reachable: {why}")
+    if not reachable:
+        raise DeploybenchError("no server is reachable: start them with `deploybench serve`")
+    pairs = reachable
     probes = []
     for name in dict.fromkeys(t for t, _ in pairs):
         chosen = tuple(p for t, p in pairs if t == name)

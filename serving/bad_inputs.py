@@ -157,8 +157,8 @@ def _consistent(tensor: Tensor) -> bool:
         return False
     if tensor.datatype == "BYTES":
         return values.dtype.kind == "U"
-    return _DATATYPE_DTYPES.get(tensor.datatype) == values.dtype.newbyteorder("<") or (
-        tensor.datatype == "BOOL" and values.dtype == np.bool_)
+    expected = _DATATYPE_DTYPES.get(tensor.datatype)
+    return expected is not None and values.dtype == expected
 
 
 def _raw(tensor: Tensor) -> bytes:

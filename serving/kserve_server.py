@@ -226,18 +226,22 @@ def bad_request_handlers(app: Any) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import ORJSONResponse
 
+    from deploybench.serving.input_validation import error_text
+
     async def bad_request(request: Any, error: Exception) -> ORJSONResponse:
         if isinstance(error, pydantic.ValidationError):  # an answer KServe could not encode
             log.error("cannot encode the answer: %s", error)
             return ORJSONResponse({"error": f"server error: {error}"}, status_code=500)
         text = f"missing field {error}" if isinstance(error, KeyError) else str(error)
-        return ORJSONResponse({"error": f"malformed request: {text}"}, status_code=400)
+        return ORJSONResponse({"error": error_text(f"malformed request: {text}")},
+                              status_code=400)
 
     async def invalid_body(request: Any, error: RequestValidationError) -> ORJSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in problem['loc'][2:]) or 'body'}: {problem['msg']}"
             for problem in error.errors() if problem["loc"][1:2] != ("bytes",))
-        return ORJSONResponse({"error": f"malformed request: {problems or 'not JSON'}"},
+        # one line: a location may quote a key of the request, newlines and all
+        return ORJSONResponse({"error": error_text(f"malformed request: {problems or 'not JSON'}")},
                               status_code=400)
 
     for kind in (KeyError, ValueError, TypeError):

@@ -221,6 +221,10 @@ REGRESSIONS: dict[str, list[Encoded]] = {
         Encoded(b"\x93NUMPY\x01\x00\x01\x00{'descr': '<f4', 'fortran_order': False, "
                 b"'shape': (1, 64)}\n" + bytes(256), {"Content-Type": payload.NPY_CONTENT_TYPE}),
     ],
+    "oip-json": [  # a key with a newline quoted in KServe's validation message: two lines
+        Encoded(_dumps({"inputs": [], "parameters": {"a\nb": {"c": [1]}}}),
+                {"Content-Type": payload.JSON_CONTENT_TYPE}),
+    ],
     "oip-binary": [  # a datatype that is not a string: KServe's AttributeError, a 500 and a drop
         _binary_v2({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": {},
                                 "parameters": {"binary_data_size": 256}}]}, bytes(256)),
