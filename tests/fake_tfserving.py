@@ -599,13 +599,13 @@ def _add_grpc_services(server: FakeTFServing, grpc_server: grpc.Server) -> None:
             if proto.dtype != expected:
                 raise invalid(f"Expects arg[{index}] to be {_dtype_name(expected)} but "
                               f"{_dtype_name(proto.dtype)} is provided")
-            # predict_util.cc: Tensor::FromProto fails on a negative size, or on contents
-            # that do not fill the shape
+            # predict_util.cc: Tensor::FromProto fails on a negative size, on contents that
+            # do not fill the shape, or when the tensor it declares cannot be allocated
             try:
                 if any(dim.size < 0 for dim in proto.tensor_shape.dim):
                     raise ValueError("negative dimension")
                 inputs[alias] = tf.make_ndarray(proto)
-            except (TypeError, ValueError) as error:
+            except (TypeError, ValueError, MemoryError) as error:
                 raise invalid(f"tensor parsing error: {alias} ({error})") from None
         aliases = list(request.output_filter) or list(signature_def.outputs)
         for alias in aliases:
