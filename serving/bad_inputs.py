@@ -421,12 +421,15 @@ class Probe:
 class Reply:
     status: int | str  # an HTTP status, or a gRPC status code's name
     body: bytes
-    refused: bool  # 4xx / INVALID_ARGUMENT
+    refused: bool  # a 4xx, or a gRPC client-error code (GRPC_CLIENT_ERRORS)
     message: str
     closed: bool = False
 
 
 class RESTSender:
+    """Requests to one predict path on one keep-alive connection, noting when the server
+    closes it (the next request then opens a new one)."""
+
     def __init__(self, url: str, path: str, timeout: float) -> None:
         from deploybench.serving.targets import host_port
 
@@ -463,6 +466,8 @@ GRPC_CLIENT_ERRORS = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "O
 
 
 class GRPCSender:
+    """Serialized requests to one unary method on one channel."""
+
     def __init__(self, address: str, method: str, timeout: float) -> None:
         import grpc
 
