@@ -173,7 +173,7 @@ def load_exported_program(path: Path) -> TorchRunner:
 
 class AOTIPackage:
     """The models of an AOTInductor package: `model`, and one `rows_<low>_<high>` for each
-    piece of the batch range that compiling kept out of it (export/formats.py write_aoti); a
+    piece of the batch range that compiling kept out of it (export/torch_formats.py write_aoti); a
     batch runs on the model whose range holds it."""
 
     def __init__(self, path: Path) -> None:

@@ -126,7 +126,7 @@ def test_stripping_debug_strings_changes_no_output(export_root, tmp_path):
     of the converter's own output, without its tensor names."""
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from deploybench.export.formats import ExportContext, _tflite, strip_debug_strings
+    from deploybench.export.tf_formats import ExportContext, _tflite, strip_debug_strings
     from deploybench.zoo import get_spec
 
     manifest = load_manifest(export_root, "digits-cnn")
@@ -314,11 +314,11 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
     them passed, and the earlier published export stays."""
     from torch._inductor import config as inductor_config
 
-    from deploybench.export import formats
+    from deploybench.export import torch_formats
 
     root = export_copy  # holds the session's published export
     published = (root / "digits-mlp").resolve()
-    real = formats._write_executorch
+    real = torch_formats._write_executorch
 
     def perturbed(ctx, variant):  # noqa: ANN001, ANN202
         if variant == "fp32":
@@ -333,7 +333,7 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
                     next(ctx.torch_model.parameters()).sub_(0.05)
         return real(ctx, variant)
 
-    monkeypatch.setattr(formats, "_write_executorch", perturbed)
+    monkeypatch.setattr(torch_formats, "_write_executorch", perturbed)
     with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
         second = invoke("export", "--model", "digits-mlp", "--out", str(root))
     assert second.exit_code == 3, second.output

@@ -1,0 +1,82 @@
+"""What every artifact format shares: the context its writer gets, the declaration of a format
+(how to write it, how to run what was written, for the parity gate), and the capture of what
+native libraries write to the terminal. Each runtime family has its own module of formats
+(tf_formats.py: SavedModel and TFLite/LiteRT; torch_formats.py: TorchScript, .mar, torch.export,
+AOTInductor, ExecuTorch); formats.py holds the one table of them all."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploybench.zoo.spec import ModelSpec
+
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+EXPORTED_PROGRAM_FILE = "model.exported.pt2"  # torch.export.save
+REPRESENTATIVE_SAMPLES = 200  # the calibration samples of every int8 variant
+
+log = logging.getLogger("deploybench.export.formats")
+
+
+@dataclass
+class ExportContext:
+    """What every format function needs: the model, its twins and where to write."""
+
+    spec: ModelSpec
+    torch_model: Any
+    keras_model: Any
+    x_train: np.ndarray
+    build_dir: Path  # the model's staging folder
+    version: int = 1
+    # per format, what its writer learnt of how the target runs it (ExecuTorch's delegation)
+    readiness: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def savedmodel_dir(self) -> Path:
+        # TF Serving's layout: <base path>/<version>/saved_model.pb
+        return self.build_dir / "savedmodel" / str(self.version)
+
+    @property
+    def torchscript_path(self) -> Path:
+        return self.build_dir / TORCHSCRIPT_FILE
+
+    @property
+    def exported_program_path(self) -> Path:
+        return self.build_dir / EXPORTED_PROGRAM_FILE
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    write: Callable[[ExportContext], Path]
+    runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
+    quantized: bool = False
+
+
+@contextlib.contextmanager
+def native_stderr_logged(what: str) -> Iterator[None]:
+    """C++ libraries write to file descriptor 2 themselves (ExecuTorch's cpuinfo probe,
+    AOTInductor's input check): what they write goes to the log, not the terminal."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.info("%s wrote to stderr:\n%s", what, text)
+
