@@ -154,9 +154,12 @@ def test_a_torchserve_step_yields_the_breakdown(torchserve, export_root: Path,
     assert figures["url"] == torchserve.endpoints["torchserve_metrics"] + "/metrics"
     assert figures["missing"] == []
     request, queue, model = (figures[f"{part}_ms"] for part in ("request", "queue", "model"))
-    # the server counted the window's requests, give or take those in flight at its edges
-    # (TorchServe reads the handler's counters from the worker's log lines, a little later)
-    assert abs(request["count"] - step["requests"]) <= 4
+    # the server counted the window's requests, give or take those in flight at its edges (2
+    # users, each edge) and those completed while each edge's metrics page was being fetched
+    # (about 10 ms each: a few requests at this rate; TorchServe reads the handler's counters
+    # from the worker's log lines, a little later)
+    slack = 4 + math.ceil(step["throughput_rps"] * 0.02)
+    assert abs(request["count"] - step["requests"]) <= slack, (request["count"], slack)
     assert abs(model["count"] - request["count"]) <= 4
     # TorchServe publishes counters: means only, stated as such
     assert request["source"] == "counter (mean only)" and "p99" not in request
