@@ -242,6 +242,27 @@ def parse_gates(text: str | None, junit: Path | None) -> list:  # noqa: ANN201
     return parse(text)
 
 
+def servers_at(pairs: list[tuple[str, str]], artifacts: Path | None, port_offset: int | None,
+               url: str | None) -> tuple[list[tuple[str, str]], Any, Path, Any]:
+    """Where the chosen servers listen and what they serve, for the commands that talk to
+    running servers: the running deployment's endpoints and export (unless --port-offset or
+    --url say otherwise), else the published ports shifted by --port-offset and `artifacts`;
+    --url points the one target at its address. (pairs, endpoints, export root, the
+    deployment record as loaded, running or not, or None)."""
+    from deploybench.serving import targets
+    from deploybench.serving.manager import Deployment
+
+    deployment = Deployment.load() if port_offset is None and url is None else None
+    if deployment is not None and deployment.up():
+        endpoints, root = deployment.endpoints_obj(), artifacts or Path(deployment.root)
+    else:
+        endpoints = targets.loopback_endpoints(port_offset or 0)
+        root = artifacts or Path("artifacts")
+    if url is not None:
+        pairs, endpoints = targets.at_url(pairs, url, endpoints)
+    return pairs, endpoints, root, deployment
+
+
 @command
 def load(
     out: Annotated[Path, typer.Option(help="Run folder: results.json and locust's files.")],
@@ -307,7 +328,6 @@ def load(
     from deploybench.loadtest.runner import LoadPlan, check_reachable, check_signatures
     from deploybench.loadtest.scenarios import load_scenario
     from deploybench.serving import targets
-    from deploybench.serving.manager import Deployment
     from deploybench.slo import exit_error
 
     chosen = load_scenario(
@@ -320,17 +340,11 @@ def load(
     if users and chosen.kind != "closed" or rates and chosen.kind != "open":
         raise DeploybenchError("--users is for a closed-loop sweep, --rates for an open-loop "
                                f"scenario; {chosen.name} is {chosen.kind}")
-    pairs = targets.pairs(target, protocol)
-    deployment = Deployment.load() if port_offset is None and url is None else None
-    if deployment is not None and deployment.up():
-        endpoints, mode = deployment.endpoints_obj(), deployment.mode
-        root = artifacts or Path(deployment.root)
-        served = deployment.models
-    else:
-        endpoints, mode = targets.loopback_endpoints(port_offset or 0), "external"
-        root, served = artifacts or Path("artifacts"), None
-    if url is not None:
-        pairs, endpoints = targets.at_url(pairs, url, endpoints)
+    pairs, endpoints, root, deployment = servers_at(targets.pairs(target, protocol), artifacts,
+                                                    port_offset, url)
+    running = deployment is not None and deployment.up()
+    mode = deployment.mode if running else "external"
+    served = deployment.models if running else None
     if not check and not all(targets.get(t).protocol(p).body.startswith("oip-")
                              for t, p in pairs):
         raise UsageError("--no-check reads the model's signature from the Open Inference "
@@ -349,7 +363,7 @@ def load(
     models = resolve_models(model, root, all_of=served) if check else [model]
     plan = LoadPlan(pairs, models, root, endpoints, chosen, out.resolve(), mode,
                     locust_workers=workers, repeats=repeat, calibrate=calibrate)
-    if deployment is not None and deployment.up():
+    if running:
         plan.observers = deployment.observers()
     check_reachable(plan, skip_unreachable=target == "all")
     check_signatures(plan, check)
@@ -393,33 +407,16 @@ def bad_inputs(
     from rich.table import Table
 
     from deploybench.files import atomic_write_json
-    from deploybench.loadtest.runner import probe as reachability
+    from deploybench.loadtest.runner import reachable_pairs
     from deploybench.serving import bad_inputs as matrix
     from deploybench.serving import targets
-    from deploybench.serving.manager import Deployment
 
-    pairs = targets.pairs(target, protocol)
-    deployment = Deployment.load() if port_offset is None and url is None else None
-    if deployment is not None and deployment.up():
-        endpoints, root = deployment.endpoints_obj(), artifacts or Path(deployment.root)
-        pairs = [(t, p) for t, p in pairs if t in deployment.up()]
-    else:
-        endpoints, root = targets.loopback_endpoints(port_offset or 0), artifacts or Path(
-            "artifacts")
-    if url is not None:
-        pairs, endpoints = targets.at_url(pairs, url, endpoints)
-    reachable = []
-    for name, speaks in pairs:
-        why = reachability(name, speaks, model, endpoints)
-        if why is None:
-            reachable.append((name, speaks))
-        elif target == "all":  # a server that is not running is a line, not a failure
-            console.print(f"{name} {speaks}: skipped, {why}", highlight=False)
-        else:
-            raise DeploybenchError(f"{name}/{speaks} is not reachable: {why}")
-    if not reachable:
-        raise DeploybenchError("no server is reachable: start them with `deploybench serve`")
-    pairs = reachable
+    pairs, endpoints, root, _ = servers_at(targets.pairs(target, protocol), artifacts,
+                                           port_offset, url)
+    # a server that is not running is a line under --target all, not a failure
+    pairs, skipped = reachable_pairs(pairs, [model], endpoints, skip_unreachable=target == "all")
+    for line in skipped:
+        console.print(f"skipped: {line}", highlight=False)
     probes = []
     for name in dict.fromkeys(t for t, _ in pairs):
         chosen = tuple(p for t, p in pairs if t == name)

@@ -127,13 +127,15 @@ def probe(target: str, protocol: str, model: str, endpoints: Endpoints) -> str |
     return None
 
 
-def check_reachable(plan: LoadPlan, skip_unreachable: bool) -> None:
-    """Before any load: every (target, protocol, model) answers, or the run stops with one
-    line. With --target all, an unreachable target is skipped (and noted) instead."""
-    reachable = []
-    for target, protocol in plan.pairs:
-        reasons = [why for model in plan.models
-                   if (why := probe(target, protocol, model, plan.endpoints))]
+def reachable_pairs(pairs: list[tuple[str, str]], models: list[str], endpoints: Endpoints,
+                    skip_unreachable: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (target, protocol) pairs whose server answers with every model ready, and a line
+    for each that does not; one of those stops everything unless `skip_unreachable`, and so
+    does none reachable."""
+    reachable, skipped = [], []
+    for target, protocol in pairs:
+        reasons = [why for model in models
+                   if (why := probe(target, protocol, model, endpoints))]
         if not reasons:
             reachable.append((target, protocol))
             continue
@@ -141,11 +143,19 @@ def check_reachable(plan: LoadPlan, skip_unreachable: bool) -> None:
         if not skip_unreachable:
             raise DeploybenchError(
                 f"{message}; start it with `deploybench serve` (or pass --port-offset)")
-        plan.skipped.append(message)
+        skipped.append(message)
     if not reachable:
-        raise DeploybenchError("no target is reachable: " + "; ".join(plan.skipped)
+        raise DeploybenchError("no target is reachable: " + "; ".join(skipped)
                                + "; start the servers with `deploybench serve`")
-    plan.pairs = reachable
+    return reachable, skipped
+
+
+def check_reachable(plan: LoadPlan, skip_unreachable: bool) -> None:
+    """Before any load: every (target, protocol, model) answers, or the run stops with one
+    line. With --target all, an unreachable target is skipped (and noted) instead."""
+    plan.pairs, skipped = reachable_pairs(plan.pairs, plan.models, plan.endpoints,
+                                          skip_unreachable)
+    plan.skipped.extend(skipped)
 
 
 def check_signatures(plan: LoadPlan, check: bool) -> None:

@@ -260,10 +260,7 @@ def encode_tfserving_grpc(draft: Draft, signature: dict[str, Any], model: str) -
         if not _consistent(tensor):
             return Skip("a float TensorProto cannot hold a value beyond float32")
         proto = request.inputs[tensor.name]
-        shape = tensor.declared_shape
-        if draft.defect in ("negative-size", "huge-size"):
-            shape = [-1 if draft.defect == "negative-size" else HUGE, *shape[1:]]
-        for size in shape:
+        for size in _header_shape(tensor, draft.defect):
             proto.tensor_shape.dim.add(size=size)
         if tensor.datatype == "BYTES":
             proto.dtype = protos.types_pb2.DT_STRING
@@ -276,6 +273,15 @@ def encode_tfserving_grpc(draft: Draft, signature: dict[str, Any], model: str) -
     return _grpc_body_defect(draft.defect, body)
 
 
+def _header_shape(tensor: Tensor, defect: str) -> list[int]:
+    """The shape a request declares for `tensor`: its batch size negative or huge where the
+    defect says so."""
+    shape = tensor.declared_shape
+    if defect in ("negative-size", "huge-size"):
+        return [-1 if defect == "negative-size" else HUGE, *shape[1:]]
+    return shape
+
+
 def _grpc_body_defect(defect: str, body: bytes) -> Encoded:
     if defect == "not-format":
         return Encoded(b"\x0a\xff\xff\xff\xff\x0f")  # field 1, a length beyond any message
@@ -285,13 +291,6 @@ def _grpc_body_defect(defect: str, body: bytes) -> Encoded:
 
 
 # --- the Open Inference Protocol: REST JSON, REST binary, gRPC --------------------------------
-
-def _oip_shape(tensor: Tensor, defect: str) -> list[int]:
-    shape = tensor.declared_shape
-    if defect in ("negative-size", "huge-size"):
-        return [-1 if defect == "negative-size" else HUGE, *shape[1:]]
-    return shape
-
 
 def encode_oip_json(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
     if draft.defect == "not-format":
@@ -308,7 +307,7 @@ def encode_oip_json(draft: Draft, signature: dict[str, Any], model: str) -> Enco
         if tensor.shape is None and not isinstance(values, np.ndarray):
             shape = [len(values), *signature["input_shape"]]  # ragged: the shape of good rows
         else:
-            shape = _oip_shape(tensor, draft.defect)
+            shape = _header_shape(tensor, draft.defect)
         inputs.append({"name": tensor.name, "shape": shape, "datatype": tensor.datatype,
                        "data": data})
     return Encoded(_json({"inputs": inputs}), {"Content-Type": payload.JSON_CONTENT_TYPE})
@@ -353,7 +352,7 @@ def encode_oip_grpc(draft: Draft, signature: dict[str, Any], model: str) -> Enco
         if not _consistent(tensor):
             return Skip("raw FP32 contents cannot hold a value beyond float32")
         declared = request.inputs.add(name=tensor.name, datatype=tensor.datatype)
-        declared.shape.extend(_oip_shape(tensor, draft.defect))
+        declared.shape.extend(_header_shape(tensor, draft.defect))
         request.raw_input_contents.append(_raw(tensor))
     return _grpc_body_defect(draft.defect, request.SerializeToString())
 

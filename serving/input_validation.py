@@ -211,8 +211,7 @@ def _check_no_booleans(value, array):
 def to_float32(array):
     """`array` (float64, from JSON numbers) as float32, every value checked after the
     conversion: a finite float64 beyond float32's range would become Infinity."""
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"non-finite value (NaN or Infinity) in row {_first_bad_row(array)}")
+    check_finite(array)
     with np.errstate(over="ignore"):  # an overflow is looked for just below, and named
         batch = array.astype(np.float32)
     if not np.all(np.isfinite(batch)):

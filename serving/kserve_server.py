@@ -133,7 +133,7 @@ def make_model(root: Path, name: str, framework: str, threads: int) -> Any:
             try:
                 input_validation.check_outputs(logits)
             except ValueError as error:
-                raise InvalidInput(str(error)) from None
+                raise InvalidInput(input_validation.error_text(error)) from None
             if form is not None:  # V1: TF Serving's answer
                 return {"predictions" if form == "instances" else "outputs": logits.tolist()}
             output = InferOutput(output_name, list(logits.shape), "FP32")
@@ -198,7 +198,7 @@ def binary_request(body: bytes, header_length: int, model_name: str) -> Any:
             end = start + size
             if end > len(body):
                 raise InvalidInput(f"malformed request: input {tensor.name!r} declares "
-                                   f"{parameters['binary_data_size']} bytes, "
+                                   f"{size} bytes, "
                                    f"{len(body) - start} follow")
             tensor._raw_data = body[start:end]
             start = end
