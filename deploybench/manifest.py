@@ -45,6 +45,11 @@ class Artifact:
     path: str  # relative to the export root
     status: str = "ok"  # ok | failed (export error) | parity-failed
     quantized: bool = False
+    # the matrix the report draws: the twin it was converted from, the runtime that runs it
+    # (deploybench.runtimes.BACKENDS) and its precision; None in manifests written before
+    framework: str | None = None
+    runtime: str | None = None
+    precision: str | None = None
     sha256: str | None = None
     bytes: int | None = None
     export_seconds: float | None = None

@@ -56,10 +56,26 @@ class ExportContext:
 
 @dataclass(frozen=True)
 class Format:
+    """One artifact format: its writer, the runner of what it wrote (for the parity gate), and
+    where it sits in the matrix the report draws: the twin it is converted from (`framework`),
+    the runtime that runs it (a key of deploybench.runtimes.BACKENDS) and its precision.
+
+    A format is `optional` where its converter is a separate tool the kit does not need for
+    its own paths (litert-torch, the ONNX converters): when the converter is missing or fails,
+    the format is a failed row with its reason and the model's other formats still publish.
+    A parity failure never publishes, optional or not."""
+
     name: str
     write: Callable[[ExportContext], Path]
     runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
-    quantized: bool = False
+    framework: str  # tensorflow | pytorch
+    runtime: str
+    precision: str = "fp32"  # fp32 | fp16 | dynamic-int8 | int8
+    optional: bool = False
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision != "fp32"
 
 
 @contextlib.contextmanager

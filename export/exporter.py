@@ -59,7 +59,8 @@ class ModelExport:
     published: bool
     build_dir: Path
     seconds: float
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what kept it from publishing
+    skipped: list[str] = field(default_factory=list)  # optional formats that failed
 
 
 def check_writable(root: Path) -> None:
@@ -160,9 +161,12 @@ def export_model(
     artifacts: list[Artifact] = []
     for fmt in FORMATS:
         step(f"exporting {fmt.name}")
-        artifact = Artifact(format=fmt.name, path="", quantized=fmt.quantized)
+        artifact = Artifact(format=fmt.name, path="", quantized=fmt.quantized,
+                            framework=fmt.framework, runtime=fmt.runtime,
+                            precision=fmt.precision)
         artifacts.append(artifact)
         began = time.perf_counter()
+        before = set(build_dir.rglob("*"))
         try:
             path = fmt.write(ctx)
         except Exception as error:  # a failed format is a row with its reason, not a crash
@@ -170,6 +174,7 @@ def export_model(
             artifact.status = "failed"
             artifact.reason = f"{type(error).__name__}: {error}".splitlines()[0]
             artifact.export_seconds = round(time.perf_counter() - began, 3)
+            remove_new_files(build_dir, before)  # nothing half-written is published
             continue
         artifact.export_seconds = round(time.perf_counter() - began, 3)
         readiness = ctx.readiness.get(fmt.name, {})
@@ -210,16 +215,32 @@ def export_model(
         artifacts=artifacts,
     )
     manifest.save(build_dir / MANIFEST_FILE)
-    problems = [
-        f"{spec.name} {a.format}: {a.status}: {a.reason}" for a in artifacts if a.status != "ok"
-    ]
+    optional = {fmt.name for fmt in FORMATS if fmt.optional}
+    problems, skipped = [], []
+    for a in artifacts:
+        if a.status != "ok":
+            line = f"{spec.name} {a.format}: {a.status}: {a.reason}"
+            # an optional converter that is missing or fails leaves a row; a parity failure
+            # never publishes
+            (skipped if a.format in optional and a.status == "failed" else problems).append(line)
     published = not problems
     if published:
         step("publishing")
         publish(root, spec.name, build_dir)
     if progress is not None:
         progress.update(task, description=f"{spec.name}: {'done' if published else 'FAILED'}")
-    return ModelExport(manifest, published, build_dir, time.perf_counter() - started, problems)
+    return ModelExport(manifest, published, build_dir, time.perf_counter() - started, problems,
+                       skipped)
+
+
+def remove_new_files(build_dir: Path, before: set[Path]) -> None:
+    """Remove what a failed writer left in the build folder (deepest first)."""
+    for path in sorted(set(build_dir.rglob("*")) - before, key=lambda p: len(p.parts),
+                       reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            remove_tree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def publish(root: Path, model: str, build_dir: Path) -> None:
@@ -266,6 +287,8 @@ def export(specs: list[ModelSpec], root: Path, console: Console, version: int = 
             results.append(export_model(spec, root, progress, version))
     for result in results:
         console.print(render_table(result))
+        for line in result.skipped:
+            console.print(f"[yellow]not exported[/yellow] (optional): {line}", soft_wrap=True)
         if result.published:
             console.print(f"published {root / result.manifest.model} "
                           f"in {result.seconds:.1f} s")

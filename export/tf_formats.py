@@ -107,12 +107,11 @@ def run_tflite(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 TFLITE_VARIANTS = ("fp32", "fp16", "dynamic-int8", "int8")
 
 
-
 FORMATS: tuple[Format, ...] = (
-    Format("savedmodel", write_savedmodel, runtimes.load_savedmodel),
+    Format("savedmodel", write_savedmodel, runtimes.load_savedmodel, "tensorflow", "tensorflow"),
     *(
-        Format(f"tflite-{variant}", tflite_writer(variant), run_tflite,
-               quantized=variant != "fp32")
+        Format(f"tflite-{variant}", tflite_writer(variant), run_tflite, "tensorflow", "litert",
+               precision=variant)
         for variant in TFLITE_VARIANTS
     ),
 )

@@ -255,17 +255,16 @@ def delegation(edge: Any) -> dict[str, Any]:
             "non_delegated_ops": left}
 
 
-
 # Order matters: the .mar packs the TorchScript file, AOTInductor compiles the exported program.
 FORMATS: tuple[Format, ...] = (
-    Format("torchscript", write_torchscript, runtimes.load_torchscript),
-    Format("mar", write_mar, run_mar),
+    Format("torchscript", write_torchscript, runtimes.load_torchscript, "pytorch", "torch"),
+    Format("mar", write_mar, run_mar, "pytorch", "torch"),
     # PyTorch's current path: torch.export ...
-    Format("exported-program", write_exported_program, runtimes.load_exported_program),
+    Format("exported-program", write_exported_program, runtimes.load_exported_program,
+           "pytorch", "torch-export"),
     # ... compiled ahead of time for servers (from the exported program's file) ...
-    Format("aoti", write_aoti, runtimes.load_aoti),
+    Format("aoti", write_aoti, runtimes.load_aoti, "pytorch", "aoti"),
     # ... and ExecuTorch for phones
-    Format("executorch-fp32", executorch_writer("fp32"), runtimes.load_executorch),
-    Format("executorch-int8", executorch_writer("int8"), runtimes.load_executorch,
-           quantized=True),
+    *(Format(f"executorch-{variant}", executorch_writer(variant), runtimes.load_executorch,
+             "pytorch", "executorch", precision=variant) for variant in ("fp32", "int8")),
 )
