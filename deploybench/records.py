@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter
 from pydantic_core import PydanticCustomError
 
-SCHEMA = "deploybench.results/2"
+SCHEMA = "deploybench.results/3"
 
 
 def _number(value: Any) -> int | float:
@@ -298,6 +298,10 @@ class _EdgeRow(_Record):
     model: str
     variant: str | None = None
     runtime: str | None = None
+    # the twin the artifact was converted from (tensorflow | pytorch) and its precision, from
+    # the manifest: the framework x runtime matrix
+    framework: str | None = None
+    precision: str | None = None
     threads: int | None = None
     xnnpack: bool | None = None
     batch: int
@@ -317,6 +321,8 @@ class _EdgeRow(_Record):
     init_ms: Number | None = None
     first_ms: Number | None = None
     latency_ms: Latency | None = None
+    # p50, p90 and p99's 95% distribution-free intervals [low, high] (edge/measure.py)
+    latency_ci95_ms: dict[str, list[Number | None]] | None = None
     peak_memory_growth_bytes: int | None = None
     retained_memory_growth_bytes: int | None = None
     memory_method: str | None = None
@@ -329,8 +335,9 @@ class _EdgeRow(_Record):
     finite_outputs: bool | None = None
     runtime_threads: dict[str, int | None] | None = None
     delegate_partitions: int | None = None
-    # ExecuTorch programs: the share of operators XNNPACK runs, and those left to the portable
-    # kernels (from the manifest)
+    # the share of operators XNNPACK runs, and those left to the runtime's own kernels: an
+    # ExecuTorch program's from the manifest (its lowering), a .tflite's from the interpreter
+    # with XNNPACK on (edge/bench.py)
     delegated_share: Number | None = None
     non_delegated_ops: list[str] | None = None
 
@@ -573,7 +580,7 @@ def record_dict(record: Record) -> dict[str, Any]:
 class ResultsFile(_Strict):
     """The whole results.json of one run folder."""
 
-    schema_id: Literal["deploybench.results/2"] = Field(alias="schema")  # SCHEMA
+    schema_id: Literal["deploybench.results/3"] = Field(alias="schema")  # SCHEMA
     created: str
     partial: bool
     notes: list[str]

@@ -13,6 +13,7 @@ from deploybench.errors import DeploybenchError
 from deploybench.files import atomic_write_text
 from deploybench.formatting import number
 from deploybench.manifest import format_label
+from deploybench.matrix import FRAMEWORKS, matrices
 from deploybench.results import RESULTS_FILE, read_results
 from deploybench.verdict import (
     answer_lines,
@@ -77,6 +78,8 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
         "edge": sorted(rows(results, "edge") + rows(results, "inprocess"),
                        key=lambda r: (r["model"], r["kind"], r["variant"], r["threads"],
                                       str(r.get("xnnpack")))),
+        "matrices": matrices(results),
+        "frameworks": FRAMEWORKS,
         "load": rows(results, "load"),
         "gates": rows(results, "slo-gate"),
         "calibration": rows(results, "loadgen-calibration"),

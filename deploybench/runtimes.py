@@ -343,7 +343,7 @@ class TFLiteModel(_Predicts):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.path = Path(path)
-        self.threads = threads
+        self.threads, self.xnnpack = threads, xnnpack
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: no such TFLite file")
         resolver = (
@@ -391,14 +391,42 @@ class TFLiteModel(_Predicts):
 
     def info(self) -> dict[str, Any]:
         # The interpreter takes num_threads as given (it has no getter); the delegate nodes in
-        # its graph show whether XNNPACK took part, and in how many partitions.
+        # its graph show whether XNNPACK took part, in how many partitions, and which operators
+        # it left to LiteRT's own kernels.
         try:
             nodes = self.interpreter._get_ops_details()
-            partitions: int | None = sum(1 for n in nodes if n.get("op_name") == "DELEGATE")
         except Exception:  # a private API: absent in some versions
-            partitions = None
+            return {"runtime_threads": {"num_threads": self.threads},
+                    "delegate_partitions": None}
+        partitions = sum(1 for n in nodes if n.get("op_name") == "DELEGATE")
         return {"runtime_threads": {"num_threads": self.threads},
-                "delegate_partitions": partitions}
+                "delegate_partitions": partitions,
+                **(delegation(nodes) if self.xnnpack else {})}
+
+
+def delegation(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The share of a .tflite's operators a delegate runs, and the operators left (by name).
+
+    After delegation the interpreter lists the model's own nodes and then one DELEGATE node
+    per partition, with the partition's boundary tensors as its inputs and outputs. A node
+    belongs to a partition when it is reached walking back from the partition's outputs
+    through the tensors that producing nodes write, stopping at the partition's inputs."""
+    own = [n for n in nodes if n.get("op_name") != "DELEGATE"]
+    producer = {int(t): n["index"] for n in own for t in n["outputs"]}
+    delegated: set[int] = set()
+    for partition in (n for n in nodes if n.get("op_name") == "DELEGATE"):
+        boundary = {int(t) for t in partition["inputs"]}
+        stack = [int(t) for t in partition["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            index = producer.get(tensor)
+            if tensor in boundary or index is None or index in delegated:
+                continue
+            delegated.add(index)
+            stack += [int(t) for t in nodes[index]["inputs"] if int(t) >= 0]
+    left = sorted({n["op_name"] for n in own if n["index"] not in delegated})
+    return {"delegated_share": round(len(delegated) / len(own), 4) if own else None,
+            "non_delegated_ops": left}
 
 
 class LiteRTBackend:

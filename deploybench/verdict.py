@@ -10,6 +10,7 @@ from typing import Any
 
 from deploybench.formatting import ms, req_per_s
 from deploybench.manifest import format_label
+from deploybench.matrix import matrix_lines
 
 DEFAULT_BOUND_MS = 100.0
 
@@ -398,7 +399,7 @@ def nonfinite_lines(results: dict[str, Any]) -> list[str]:
 
 def answer_lines(results: dict[str, Any]) -> list[str]:
     return (nonfinite_lines(results) + server_lines(results) + same_server_lines(results)
-            + edge_lines(results) + parity_lines(results))
+            + edge_lines(results) + matrix_lines(results) + parity_lines(results))
 
 
 def verdict_table(results: dict[str, Any]) -> list[dict[str, Any]]:

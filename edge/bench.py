@@ -1,7 +1,10 @@
-"""The edge stage: every TFLite variant of a model under the LiteRT interpreter, at each thread
-count, with XNNPACK and without, beside the SavedModel in TensorFlow and the TorchScript in
-torch on the same inputs; one typed record per measurement, handed to the caller's sink
-(the run's writer puts it in RUN_DIR/results.json), and a table.
+"""The edge stage: every artifact a phone can run, from either twin, under its runtime (LiteRT,
+with XNNPACK and without; ExecuTorch; ONNX Runtime), at each thread count, beside the
+in-process baselines (the SavedModel in TensorFlow, TorchScript, the exported program and
+AOTInductor in torch, both twins' ONNX in ONNX Runtime) on the same inputs; one typed record
+per measurement, handed to the caller's sink (the run's writer puts it in
+RUN_DIR/results.json), and a table. What runs where comes from the manifest (each artifact's
+twin, runtime and precision): a format added to export is measured without a change here.
 
 Each artifact's sha256 is checked against the manifest and each .tflite file's operators are
 read before anything runs; a bad file is a failed row naming the file, and the other variants
@@ -24,13 +27,18 @@ from deploybench.edge.table import render
 from deploybench.edge.worker import Job
 from deploybench.errors import DeploybenchError, UsageError
 from deploybench.files import size_of
-from deploybench.manifest import Manifest, load_manifest, verify_artifacts
+from deploybench.manifest import Artifact, Manifest, load_manifest, verify_artifacts
 from deploybench.records import EdgeRecord, Sink, to_record
 
-EDGE_VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
-EXECUTORCH_VARIANTS = ("executorch-fp32", "executorch-int8")  # PyTorch's edge path
+# The runtimes a phone can run, each planned by its function below; every artifact the manifest
+# gives one of these runtimes is measured, whichever twin it was converted from.
+EDGE_RUNTIMES = ("litert", "executorch", "onnxruntime")
+# Server-side runtimes, run in process on the same inputs: (format, runtime)
 BASELINES = (("savedmodel", "tensorflow"), ("torchscript", "torch"),
-             ("exported-program", "torch-export"), ("aoti", "aoti"))
+             ("exported-program", "torch-export"), ("aoti", "aoti"),
+             ("onnx-torch", "onnxruntime"), ("onnx-keras", "onnxruntime"))
+# Manifests written before artifacts declared their place in the matrix
+_LEGACY = {"tflite": ("tensorflow", "litert"), "executorch": ("pytorch", "executorch")}
 WORKER_TIMEOUT_S = 900
 
 # Every row has every field, so a failed row reads like a measured one with blanks; the
@@ -75,12 +83,33 @@ def checked_path(root: Path, manifest: Manifest, fmt: str) -> Path:
     return root / artifact.path
 
 
-def plan_variant(
+def matrix_place(artifact: Artifact) -> dict[str, Any]:
+    """The artifact's twin, runtime and precision: the manifest's, or for a manifest written
+    before artifacts declared them, read from the format's name."""
+    family = artifact.format.split("-", 1)[0]
+    framework, runtime = _LEGACY.get(family, (artifact.framework, artifact.runtime))
+    precision = artifact.precision or artifact.format.removeprefix(f"{family}-")
+    return {"framework": artifact.framework or framework,
+            "runtime": artifact.runtime or runtime, "precision": precision}
+
+
+def not_exported(base: dict[str, Any], artifact: Artifact) -> Pending:
+    """An artifact its converter could not write (an optional format): a row with the reason,
+    which the report shows as the matrix cell; not a failure of the edge run."""
+    return failed(base, f"not exported: {artifact.reason}", status="not-exported")
+
+
+def plan_litert(
     root: Path, manifest: Manifest, variant: str, golden: Path, threads: list[int],
     runs: int, warmup: int,
 ) -> list[Pending]:
-    base = new_row(kind="edge", model=manifest.model, variant=variant, runtime="litert",
-                   runs=runs, warmup=warmup)
+    """A .tflite (from either twin) under the LiteRT interpreter, at each thread count, with
+    XNNPACK and without; its operators read before anything runs."""
+    artifact = manifest.artifact(variant)
+    base = new_row(kind="edge", model=manifest.model, variant=variant, runs=runs,
+                   warmup=warmup, **matrix_place(artifact))
+    if artifact.status == "failed":
+        return [not_exported(base, artifact)]
     try:
         path = checked_path(root, manifest, variant)
         base["path"] = os.path.relpath(path, root)
@@ -110,13 +139,15 @@ def plan_executorch(
     """An ExecuTorch program at each thread count. Every program runs on ExecuTorch's runtime
     (what XNNPACK does not take, its portable kernels do); its readiness is how much XNNPACK
     takes, from the export's record of the lowering."""
-    base = new_row(kind="edge", model=manifest.model, variant=variant, runtime="executorch",
-                   runs=runs, warmup=warmup)
+    artifact = manifest.artifact(variant)
+    base = new_row(kind="edge", model=manifest.model, variant=variant, runs=runs,
+                   warmup=warmup, **matrix_place(artifact))
+    if artifact.status == "failed":
+        return [not_exported(base, artifact)]
     try:
         path = checked_path(root, manifest, variant)
     except DeploybenchError as error:
         return [failed(base, str(error))]
-    artifact = manifest.artifact(variant)
     share, left = artifact.delegated_share, artifact.non_delegated_ops or []
     if share is None:
         verdict = "XNNPACK delegation not recorded at export"
@@ -135,6 +166,36 @@ def plan_executorch(
     ]
 
 
+def plan_onnxruntime(
+    root: Path, manifest: Manifest, variant: str, golden: Path, threads: list[int],
+    runs: int, warmup: int,
+) -> list[Pending]:
+    """An ONNX model (from either twin) under ONNX Runtime's CPU execution provider, the one
+    this build of ONNX Runtime has (ONNX Runtime Mobile runs the same kernels on a phone), at
+    each thread count."""
+    artifact = manifest.artifact(variant)
+    base = new_row(kind="edge", model=manifest.model, variant=variant, runs=runs,
+                   warmup=warmup, **matrix_place(artifact))
+    if artifact.status == "failed":
+        return [not_exported(base, artifact)]
+    try:
+        path = checked_path(root, manifest, variant)
+    except DeploybenchError as error:
+        return [failed(base, str(error))]
+    base.update(path=os.path.relpath(path, root), size_bytes=size_of(path), edge_ready=True,
+                verdict="ONNX Runtime, CPU execution provider")
+    return [
+        Pending({**base, "threads": n},
+                Job(manifest.model, variant, "onnxruntime", str(path), str(golden), n, None,
+                    runs, warmup))
+        for n in threads
+    ]
+
+
+PLANNERS = {"litert": plan_litert, "executorch": plan_executorch,
+            "onnxruntime": plan_onnxruntime}
+
+
 def plan_baseline(
     root: Path, manifest: Manifest, fmt: str, runtime: str, golden: Path,
     threads: list[int], runs: int, warmup: int,
@@ -142,6 +203,10 @@ def plan_baseline(
     base = new_row(kind="inprocess", model=manifest.model, variant=fmt, runtime=runtime,
                    runs=runs, warmup=warmup)
     try:
+        artifact = manifest.artifact(fmt)
+        base.update(matrix_place(artifact), runtime=runtime)
+        if artifact.status == "failed":
+            return [not_exported(base, artifact)]
         path = checked_path(root, manifest, fmt)
     except DeploybenchError as error:
         return [failed(base, str(error))]
@@ -156,19 +221,24 @@ def plan_baseline(
 def plan_model(
     root: Path, model: str, threads: list[int], runs: int, warmup: int, baselines: bool
 ) -> list[Pending]:
+    """Every edge artifact of the model's manifest, by the runtime that runs it, then the
+    in-process baselines its manifest has."""
     try:
         manifest = load_manifest(root, model)
     except DeploybenchError as error:
         return [failed(new_row(kind="edge", model=model, runs=runs, warmup=warmup), str(error))]
     golden = root / manifest.golden["path"]
     pending: list[Pending] = []
-    for variant in EDGE_VARIANTS:
-        pending += plan_variant(root, manifest, variant, golden, threads, runs, warmup)
-    for variant in EXECUTORCH_VARIANTS:
-        pending += plan_executorch(root, manifest, variant, golden, threads, runs, warmup)
+    for runtime, plan in PLANNERS.items():
+        for artifact in manifest.artifacts:
+            if matrix_place(artifact)["runtime"] == runtime:
+                pending += plan(root, manifest, artifact.format, golden, threads, runs, warmup)
     if baselines:
+        exported = {a.format for a in manifest.artifacts}
         for fmt, runtime in BASELINES:
-            pending += plan_baseline(root, manifest, fmt, runtime, golden, threads, runs, warmup)
+            if fmt in exported:  # an export from before a format existed has no row for it
+                pending += plan_baseline(root, manifest, fmt, runtime, golden, threads, runs,
+                                         warmup)
     return pending
 
 
@@ -231,7 +301,8 @@ def run_edge(
             progress.advance(task)
 
     render(rows, console)
-    problems = [f"{describe(r)}: {r['error']}" for r in rows if r["status"] != "ok"]
+    problems = [f"{describe(r)}: {r['error']}" for r in rows
+                if r["status"] not in ("ok", "not-exported")]
     if problems:
         raise EdgeIncompleteError(
             f"edge run incomplete ({len(problems)} of {len(rows)} not measured): "

@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 
 from deploybench.golden import Golden, accuracy
+from deploybench.order_statistics import sorted_interval
 from deploybench.runtimes import Runner
 
 _STATUS = Path("/proc/self/status")
@@ -78,6 +79,19 @@ def percentiles(samples_ms: np.ndarray) -> dict[str, float]:
     }
 
 
+EDGE_PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+
+
+def percentile_intervals(samples_ms: np.ndarray) -> dict[str, list[float | None]]:
+    """Each percentile's 95% distribution-free interval [low, high] from the timed runs (as the
+    load stage gives its steps'): what lets two rows be called within noise of each other. The
+    runs are taken one after another, so they are not quite independent: a slow spell of the
+    machine widens the spread more than the interval admits; read overlapping intervals as
+    "no difference shown", not as proof of none."""
+    ordered = [round(float(v), 5) for v in np.sort(samples_ms)]
+    return {key: sorted_interval(ordered, q) for key, q in EDGE_PERCENTILES.items()}
+
+
 def _ms(start_ns: int) -> float:
     return (time.perf_counter_ns() - start_ns) / 1e6
 
@@ -122,6 +136,7 @@ def measure(
         "init_ms": round(init_ms, 4),
         "first_ms": round(first_ms, 4),
         "latency_ms": percentiles(samples / 1e6),
+        "latency_ci95_ms": percentile_intervals(samples / 1e6),
         "peak_memory_growth_bytes": memory.peak_growth,
         "retained_memory_growth_bytes": memory.retained_growth,
         "memory_method": memory.method,

@@ -12,26 +12,32 @@ from rich.table import Table
 
 from deploybench.formatting import kib, mib, ms_compact, span, us_compact
 
-STATUS_STYLE = {"ok": "green", "failed": "red", "not-edge-ready": "yellow"}
+STATUS_STYLE = {"ok": "green", "failed": "red", "not-edge-ready": "yellow",
+                "not-exported": "yellow"}
 BASELINE_LABELS = {"tensorflow": "tf", "torch": "torch", "torch-export": "eager",
                    "aoti": "aoti"}
 LEGEND = (
-    "fp32..int8: TFLite variants under LiteRT (xnn: XNNPACK delegate on/off); et-fp32, "
-    "et-int8: ExecuTorch programs (XNNPACK); tf: SavedModel in TensorFlow; torch: TorchScript "
-    "in torch; eager: the torch.export program in torch. init: load + allocate; p50..p99: the "
-    "inference call alone; peak MiB: peak RSS growth over load and runs."
+    "fp32..int8: the Keras twin's TFLite variants under LiteRT (xnn: XNNPACK delegate on/off); "
+    "pt-fp32..: the PyTorch twin's, converted by litert-torch, under the same LiteRT; et-fp32, "
+    "et-int8: ExecuTorch programs (XNNPACK); onnx-torch, onnx-keras (-int8): each twin's ONNX "
+    "under ONNX Runtime (CPU provider); tf: SavedModel in TensorFlow; torch: TorchScript in "
+    "torch; eager: the torch.export program in torch; aoti: AOTInductor; ort-torch, ort-keras: "
+    "the ONNX files in process. init: load + allocate; p50..p99: the inference call alone; "
+    "peak MiB: peak RSS growth over load and runs."
 )
 
 
 def label(row: dict[str, Any]) -> str:
-    """A short name for the row's artifact: the TFLite variant, or the baseline's runtime."""
-    if row["kind"] == "inprocess":
-        return BASELINE_LABELS.get(row["runtime"], row["runtime"] or "-")
+    """A short name for the row's artifact: the edge variant, or the baseline's runtime."""
     variant = row["variant"]
+    if row["kind"] == "inprocess":
+        if row["runtime"] == "onnxruntime" and variant:
+            return variant.replace("onnx-", "ort-")
+        return BASELINE_LABELS.get(row["runtime"], row["runtime"] or "-")
     if variant is None:
         return "-"
     return (variant.removeprefix("tflite-").replace("dynamic-", "dyn-")
-            .replace("executorch-", "et-"))
+            .replace("executorch-", "et-").replace("litert-torch-", "pt-"))
 
 
 def styled(row: dict[str, Any]) -> str:

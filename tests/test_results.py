@@ -148,7 +148,7 @@ def data_of(run_dir: Path) -> dict[str, Any]:
 
 def test_every_kind_round_trips(run_dir: Path) -> None:
     data = data_of(run_dir)
-    assert data["schema"] == SCHEMA == "deploybench.results/2"
+    assert data["schema"] == SCHEMA == "deploybench.results/3"
     assert {m["kind"] for m in data["measurements"]} == set(KINDS)
     assert read_results(run_dir / RESULTS_FILE).dump() == data
     # opening it again and saving changes nothing
@@ -178,13 +178,17 @@ def test_report_of_a_valid_file(run_dir: Path) -> None:
 
 
 def test_an_older_file_whose_records_fit_is_read_and_upgraded(run_dir: Path) -> None:
-    """A run written by the previous deploybench (schema /1: the same records without the
-    registry's labels) still reports; adding to it saves it as today's schema."""
+    """A run written by an earlier deploybench (schema /1: the same records without the
+    registry's labels, nor the edge rows' framework, precision and intervals) still reports;
+    adding to it saves it as today's schema."""
     data = data_of(run_dir)
     data["schema"] = "deploybench.results/1"
     for record in data["measurements"]:
         if "target" in record:  # the fields the registry added
             for field in ("target_label", "protocol_label", "framework"):
+                record.pop(field, None)
+        if record["kind"] in ("edge", "inprocess"):
+            for field in ("framework", "precision", "latency_ci95_ms"):
                 record.pop(field, None)
     (run_dir / RESULTS_FILE).write_text(json.dumps(data))
     result = invoke("report", str(run_dir))
@@ -206,11 +210,11 @@ BAD = {
     "older schema": (lambda data: (_set(["schema"], "deploybench.results/1")(data),
                                    _set(["measurements", 2, "throughput"], 3.0)(data)),
                      "schema deploybench.results/1 (an older deploybench's) does not fit "
-                     "deploybench.results/2: measurement 2 (kind load): throughput: Extra inputs "
+                     "deploybench.results/3: measurement 2 (kind load): throughput: Extra inputs "
                      "are not permitted; run it again"),
-    "newer schema": (_set(["schema"], "deploybench.results/3"),
-                     "schema deploybench.results/3 is newer than this deploybench's "
-                     "deploybench.results/2; update deploybench to read it"),
+    "newer schema": (_set(["schema"], "deploybench.results/4"),
+                     "schema deploybench.results/4 is newer than this deploybench's "
+                     "deploybench.results/3; update deploybench to read it"),
     "wrong type": (_set(["measurements", 2, "latency_ms", "p99"], "fast"),
                    "measurement 2 (kind load): latency_ms.p99: Input should be a valid number"),
     "unknown kind": (_set(["measurements", 0, "kind"], "colour"),
