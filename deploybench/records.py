@@ -170,6 +170,10 @@ class ExportRecord(_Record):
     path: str
     status: str  # ok | failed | parity-failed
     quantized: bool
+    # the twin it was converted from, the runtime that runs it, its precision (the manifest's)
+    framework: str | None = None
+    runtime: str | None = None
+    precision: str | None = None
     bytes: int | None = None
     export_seconds: Number | None = None
     max_abs_diff: Number | None = None
