@@ -211,18 +211,24 @@ def server_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-FRAMEWORK_NAMES = {"tensorflow": "TensorFlow", "pytorch": "PyTorch"}
+def runtime_name(best: Best) -> str:
+    """What runs the model inside a server that hosts several (KServe-PyTorch -> PyTorch,
+    KServe-ONNX Runtime -> ONNX Runtime): its label without the server's name."""
+    name = best.label.removesuffix(f" {best.protocol_label}") if best.protocol_label else \
+        best.label
+    return name.removeprefix(f"{best.software}-") if best.software else name
 
 
 def same_server_lines(results: dict[str, Any]) -> list[str]:
-    """One server hosting both frameworks (KServe) with the same code: the difference between
-    its two rows is the framework's. Per model and protocol: throughput under the bound and the
+    """One server hosting each framework's runtime (KServe) with the same code: the difference
+    between its rows is the runtime's (the framework's own, or the PyTorch twin's ONNX in ONNX
+    Runtime), not the server's. Per model and protocol: throughput under the bound and the
     server's CPU-seconds per 1k requests, side by side."""
     bound = bound_of(results)
     groups: dict[tuple[str, str, str], dict[str, Best]] = defaultdict(dict)
     for best in best_under_bound(results, bound):
         if best.software and best.framework:
-            groups[(best.model, best.software, best.protocol)][best.framework] = best
+            groups[(best.model, best.software, best.protocol)][best.target] = best
     lines = []
     tensorflow_missing = [name for name, row in unavailable_rows(results).items()
                           if row.get("framework") == "tensorflow"]
@@ -231,15 +237,16 @@ def same_server_lines(results: dict[str, Any]) -> list[str]:
             continue
         ranked = sorted(pair.values(), key=lambda b: b.throughput_rps or 0, reverse=True)
         first, second = ranked[0], ranked[1]
-        text = (f"Same server, two frameworks ({model}, {software} {first.protocol_label}, "
+        what = ("two frameworks" if len(ranked) == 2 and {b.framework for b in ranked}
+                == {"tensorflow", "pytorch"} else f"{len(ranked)} runtimes")
+        text = (f"Same server, {what} ({model}, {software} {first.protocol_label}, "
                 f"p99 under {bound:g} ms): ")
         parts = []
         for best in ranked:
-            name = FRAMEWORK_NAMES.get(best.framework or "", best.framework)
             rate = req_per_s(best.throughput_rps) if best.throughput_rps else "nothing under it"
             cpu = (f", {best.cpu_s_per_1k:.2f} CPU-s per 1k requests"
                    if best.cpu_s_per_1k is not None else "")
-            parts.append(f"{name} {rate}{cpu}")
+            parts.append(f"{runtime_name(best)} {rate}{cpu}")
         text += "; ".join(parts)
         if first.throughput_rps and second.throughput_rps:
             above, why = significantly_above(first, second)

@@ -38,6 +38,7 @@ WHEELS = (
     "torch==2.13.0", "tensorflow==2.21.*", "kserve==0.21.*", "torchserve==0.12.0",
     "pyyaml>=6", "locust==2.47.*", "tensorflow-serving-api==2.21.*", "hdrhistogram>=0.10",
     "python-dotenv>=1.0", "orjson>=3.9,<4", "numpy>=1.26", "grpcio>=1.62",
+    "onnxruntime>=1.22,<2",
     # the kit itself is built from its sources in each image: its build backend
     "setuptools>=68", "wheel",
 )

@@ -1,10 +1,10 @@
-"""KServe's Python model server hosting the kit's models in one framework: the SavedModel in
-TensorFlow, or the AOTInductor package in torch (TorchScript when no package was exported).
-Two processes run this same code, one per framework, so the difference between them is the
-framework's, not the server's.
+"""KServe's Python model server hosting the kit's models in one runtime: the SavedModel in
+TensorFlow, the AOTInductor package in torch (TorchScript when no package was exported), or
+the PyTorch twin's ONNX in ONNX Runtime. One process per runtime runs this same code, so the
+difference between them is the runtime's, not the server's.
 
     python -m deploybench.serving.kserve_server --artifacts ROOT --models digits-mlp \\
-        --framework pytorch --host 127.0.0.1 --http-port 8092 --grpc-port 8093 --threads 1
+        --runtime pytorch --host 127.0.0.1 --http-port 8092 --grpc-port 8093 --threads 1
 
 It speaks TF Serving's REST predict API as KServe's V1 protocol (and takes TorchServe's .npy
 body there, Content-Type application/x-npy) and the Open Inference Protocol (V2: REST JSON,
@@ -35,13 +35,15 @@ from typing import Any
 
 import numpy as np
 
-FRAMEWORK_FORMATS = {  # what each framework serves, in order of preference
+RUNTIME_FORMATS = {  # what each runtime serves, in order of preference
     "tensorflow": ("savedmodel",),
     "pytorch": ("aoti", "torchscript"),
+    "onnxruntime": ("onnx-torch",),
 }
-RUNTIMES = {"savedmodel": "tensorflow", "aoti": "aoti", "torchscript": "torch"}
+RUNTIMES = {"savedmodel": "tensorflow", "aoti": "aoti", "torchscript": "torch",
+            "onnx-torch": "onnxruntime"}
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "aoti": "pytorch_aoti",
-             "torchscript": "pytorch_torchscript"}
+             "torchscript": "pytorch_torchscript", "onnx-torch": "onnxruntime_onnx"}
 STOP_GRACE_S = 2
 
 log = logging.getLogger("deploybench.kserve")
@@ -52,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--artifacts", type=Path, required=True, help="export root")
     parser.add_argument("--models", required=True,
                         help="comma-separated exported models, or all: every one exported")
-    parser.add_argument("--framework", choices=sorted(FRAMEWORK_FORMATS))
+    parser.add_argument("--runtime", choices=sorted(RUNTIME_FORMATS))
     parser.add_argument("--health", action="store_true",
                         help="exit 0 when every model is ready on the V2 model-ready endpoint of "
                              "the server at --http-port (a container's healthcheck), else 1")
@@ -63,16 +65,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def served_format(manifest: Any, framework: str) -> str:
-    """The first format of the framework's preference that the export produced."""
-    for fmt in FRAMEWORK_FORMATS[framework]:
+def served_format(manifest: Any, runtime: str) -> str:
+    """The first format of the runtime's preference that the export produced."""
+    for fmt in RUNTIME_FORMATS[runtime]:
         if any(a.format == fmt and a.status == "ok" for a in manifest.artifacts):
             return fmt
-    wanted = " or ".join(FRAMEWORK_FORMATS[framework])
+    wanted = " or ".join(RUNTIME_FORMATS[runtime])
     raise SystemExit(f"{manifest.model}: no {wanted} artifact was exported")
 
 
-def make_model(root: Path, name: str, framework: str, threads: int) -> Any:
+def make_model(root: Path, name: str, runtime: str, threads: int) -> Any:
     """A kserve.Model for one exported model, its artifact loaded and checked first."""
     import kserve
     from kserve.errors import InvalidInput
@@ -83,7 +85,7 @@ def make_model(root: Path, name: str, framework: str, threads: int) -> Any:
     from deploybench.serving import input_validation
 
     manifest = load_manifest(root, name)
-    fmt = served_format(manifest, framework)
+    fmt = served_format(manifest, runtime)
     verify_artifacts(root, manifest, [fmt])
     spec = manifest.inputs[0]
     signature = manifest.signature()
@@ -389,11 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     root = args.artifacts.resolve()
     if args.health:
         sys.exit(0 if healthy(root, args.models, args.http_port) else 1)
-    if args.framework is None:
-        raise SystemExit("--framework is required to serve: tensorflow or pytorch")
+    if args.runtime is None:
+        raise SystemExit("--runtime is required to serve: " + ", ".join(RUNTIME_FORMATS))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    models = [make_model(root, name, args.framework, args.threads)
+    models = [make_model(root, name, args.runtime, args.threads)
               for name in model_names(root, args.models)]
     serve(models, args.host, args.http_port, args.grpc_port)
 

@@ -192,9 +192,10 @@ def tfserving_command(run_dir: Path, root: Path, models: list[str], settings: Se
     return command, env
 
 
-def kserve_native(framework: str) -> Callable[[NativeSetup], tuple[list[str], dict[str, str]]]:
-    """KServe's model server (serving/kserve_server.py) hosting `framework`: the same code for
-    both frameworks, the same threads as the other servers, on the endpoints' host only."""
+def kserve_native(runtime: str) -> Callable[[NativeSetup], tuple[list[str], dict[str, str]]]:
+    """KServe's model server (serving/kserve_server.py) hosting the artifacts `runtime` runs:
+    the same code for every runtime, the same threads as the other servers, on the endpoints'
+    host only."""
 
     def start(setup: NativeSetup) -> tuple[list[str], dict[str, str]]:
         if setup.overrides:
@@ -206,7 +207,7 @@ def kserve_native(framework: str) -> Callable[[NativeSetup], tuple[list[str], di
         command = [
             sys.executable, "-m", "deploybench.serving.kserve_server",
             "--artifacts", str(setup.root.resolve()), "--models", ",".join(setup.models),
-            "--framework", framework, "--host", str(rest.hostname),
+            "--runtime", runtime, "--host", str(rest.hostname),
             "--http-port", str(rest.port), "--grpc-port", grpc[1],
             "--threads", str(setup.settings.intra_op_threads),
         ]

@@ -488,14 +488,18 @@ def oip_protocols(user_prefix: str) -> tuple[Protocol, ...]:
     )
 
 
-# KServe's model server, one process per framework with the same code (serving/kserve_server.py):
-# the SavedModel in TensorFlow, the AOTInductor package in torch
-for _framework, _served, _rest, _grpc in (("tensorflow", "savedmodel", 8090, 8091),
-                                          ("pytorch", "aoti", 8092, 8093)):
-    _user = "KServe" + FRAMEWORKS[_framework]
+# KServe's model server, one process per runtime with the same code (serving/kserve_server.py):
+# the SavedModel in TensorFlow, the AOTInductor package in torch, and the PyTorch twin's ONNX
+# in ONNX Runtime, the neutral runtime: beside KServe-PyTorch it shows how much of a serving
+# difference is the runtime's (same twin, same server), beside KServe-TensorFlow the rest
+for _runtime, _framework, _served, _label, _rest, _grpc in (
+        ("tensorflow", "tensorflow", "savedmodel", "TensorFlow", 8090, 8091),
+        ("pytorch", "pytorch", "aoti", "PyTorch", 8092, 8093),
+        ("onnxruntime", "pytorch", "onnx-torch", "ONNX Runtime", 8094, 8095)):
+    _user = "KServe" + _label.replace(" ", "")
     register(Target(
-        name=f"kserve-{_framework}",
-        label=f"KServe-{FRAMEWORKS[_framework]}",
+        name=f"kserve-{_runtime}",
+        label=f"KServe-{_label}",
         framework=_framework,
         artifact_format=_served,
         protocols=(
@@ -504,11 +508,11 @@ for _framework, _served, _rest, _grpc in (("tensorflow", "savedmodel", 8090, 809
             *oip_protocols(_user),
         ),
         endpoints=(
-            Endpoint("rest", f"http://127.0.0.1:{_rest}", f"kserve-{_framework}-url"),
-            Endpoint("grpc", f"127.0.0.1:{_grpc}", f"kserve-{_framework}-grpc-target"),
+            Endpoint("rest", f"http://127.0.0.1:{_rest}", f"kserve-{_runtime}-url"),
+            Endpoint("grpc", f"127.0.0.1:{_grpc}", f"kserve-{_runtime}-grpc-target"),
         ),
-        native=native.kserve_native(_framework),
-        compose_service=f"kserve-{_framework}",
+        native=native.kserve_native(_runtime),
+        compose_service=f"kserve-{_runtime}",
         metrics=("rest", "/metrics"),
         # kserve/metrics.py: the predict call, in seconds (prometheus_client's default buckets)
         time_metrics=ServerMetrics(model=TimeFigure("request_predict_seconds", 1000.0)),

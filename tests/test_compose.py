@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 CONFIG_DIR = REPO / "serving" / "config"
 ENV = read_env_file(REPO / ".env")
-SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch")
-KSERVE = ("kserve-tensorflow", "kserve-pytorch")
+SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime")
+KSERVE = ("kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime")
 BATCHING_SERVERS = ("tfserving", "torchserve")  # KServe's Python server has no batching
 LOCUST = ("locust-master", "locust-worker")
 MONITORING = ("prometheus", "grafana")
@@ -262,13 +262,13 @@ def test_images_are_pinned_to_the_versions_the_project_uses(services: dict[str, 
         assert build["args"]["BASE_IMAGE"] == base_image, name
         assert services[name]["image"].startswith("deploybench-"), name  # never the base's tag
     assert ts.endswith(f":{version('torchserve')}-cpu")
-    # one KServe image for both frameworks, with the versions this checkout pins
-    assert services["kserve-tensorflow"]["image"] == services["kserve-pytorch"]["image"]
+    # one KServe image for every runtime, with the versions this checkout pins
+    assert {services[name]["image"] for name in KSERVE} == {services["kserve-pytorch"]["image"]}
     assert services["kserve-tensorflow"]["image"] == f"deploybench-kserve:{version('kserve')}"
     build = services["kserve-pytorch"]["build"]
     kserve_file = (REPO / build["context"] / build["dockerfile"]).read_text()
     pyproject = (REPO / "pyproject.toml").read_text()
-    for pin in ('"kserve==', '"torch==', '"orjson'):
+    for pin in ('"kserve==', '"torch==', '"orjson', '"onnxruntime'):
         (spec,) = re.findall(rf'{pin}[^"]*"', pyproject)
         assert spec in kserve_file, spec
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-\S+$", kserve_file, re.MULTILINE)
@@ -322,6 +322,7 @@ def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
         "torchserve": {8080, 8081, 8082},
         "kserve-tensorflow": {8080, 8081},
         "kserve-pytorch": {8080, 8081},
+        "kserve-onnxruntime": {8080, 8081},
         "locust-master": {8089},
         "locust-worker": set(),
         "prometheus": {9090},
@@ -382,14 +383,15 @@ def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any])
         batching.num_batch_threads.value * batching.max_execution_batch_size.value)
     assert str(ts["environment"]["DEPLOYBENCH_TORCH_THREADS"]) == intra
     assert str(ts["environment"]["OMP_NUM_THREADS"]) == intra
-    for name in KSERVE:  # the same limits, the same intra-op threads for either framework
+    for name in KSERVE:  # the same limits, the same intra-op threads for every runtime
         kserve = services[name]
         assert float(kserve["cpus"]) == float(ts["cpus"])
         assert size_bytes(kserve["mem_limit"]) == size_bytes(ts["mem_limit"])
         assert f"--threads={intra}" in kserve["command"], name
         assert str(kserve["environment"]["OMP_NUM_THREADS"]) == intra
-    assert ({c for c in services["kserve-tensorflow"]["command"] if "framework" not in c}
-            == {c for c in services["kserve-pytorch"]["command"] if "framework" not in c})
+    commands = [{c for c in services[name]["command"] if not c.startswith("--runtime=")}
+                for name in KSERVE]  # the same command but for the runtime each hosts
+    assert all(command == commands[0] for command in commands)
     # one allocator setting for both (glibc keeps freed memory: no page faults per batch)
     for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         assert int(ENV[key]) > 0
@@ -692,7 +694,7 @@ def test_torchserve_health_is_unhealthy_without_a_server(
 def test_tfserving_healthcheck_means_every_model_available(
     export_root: Path, tmp_path: Path
 ) -> None:
-    from fake_tfserving import FakeTFServing
+    from tests.fake_tfserving import FakeTFServing
 
     script = REPO / "docker" / "tfserving" / "healthcheck.sh"
     with FakeTFServing(export_root) as fake:

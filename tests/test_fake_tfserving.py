@@ -12,11 +12,11 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from fake_tfserving import FakeTFServing
 
 from deploybench.golden import Golden
 from deploybench.manifest import load_manifest
 from tests.bad_input_checks import assert_fuzz, assert_matrix
+from tests.fake_tfserving import FakeTFServing
 
 MODELS = ("digits-mlp", "digits-cnn")
 

@@ -1,4 +1,4 @@
-"""KServe's model server, one process per framework (serving/kserve_server.py), started for
+"""KServe's model server, one process per runtime (serving/kserve_server.py), started for
 real on loopback: golden answers through every protocol, the bad-input matrix, the loopback
 check, a locust sweep."""
 
@@ -22,7 +22,7 @@ from tests.conftest import invoke
 from tests.servers import free_offset, inet_connections
 from tests.test_serving import golden
 
-KSERVE = ("kserve-tensorflow", "kserve-pytorch")
+KSERVE = ("kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime")
 MODELS = ["digits-mlp", "digits-cnn"]
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
 
@@ -35,7 +35,7 @@ def offset() -> int:
 @pytest.fixture(scope="module")
 def kserve(export_root: Path, tmp_path_factory: pytest.TempPathFactory,
            offset: int) -> Iterator[Deployment]:
-    """Both KServe servers, natively, on free loopback ports; stopped afterwards."""
+    """The KServe servers, natively, on free loopback ports; stopped afterwards."""
     from deploybench.serving.targets import loopback_endpoints
 
     with pytest.MonkeyPatch.context() as patch:
@@ -87,14 +87,19 @@ def test_metadata_declares_the_models_signature(kserve, target):
         assert (name, [int(d) for d in shape], datatype) == ("pixels", [-1, 8, 8, 1], "FP32")
 
 
-def test_the_frameworks_are_the_ones_declared(kserve):
-    """One process per framework, each with only its own framework imported."""
-    for target, loaded, absent in (("kserve-tensorflow", "tensorflow", "torch"),
-                                   ("kserve-pytorch", "torch", "tensorflow")):
+def test_the_runtimes_are_the_ones_declared(kserve):
+    """One process per runtime, each with only its own runtime loaded: ONNX Runtime's server
+    loads neither TensorFlow nor torch."""
+    for target, loaded, absent in (("kserve-tensorflow", "tensorflow", ("torch",)),
+                                   ("kserve-pytorch", "torch", ("tensorflow",)),
+                                   ("kserve-onnxruntime", "onnxruntime",
+                                    ("tensorflow", "torch"))):
         maps = {Path(m.path).name for m in psutil.Process(pid_of(kserve, target)).memory_maps()}
         names = " ".join(sorted(maps))
-        assert f"lib{loaded}" in names or f"_pywrap_{loaded}" in names, (target, names[:300])
-        assert f"lib{absent}_cpu" not in names and f"_pywrap_{absent}" not in names, target
+        assert (f"lib{loaded}" in names or f"_pywrap_{loaded}" in names
+                or f"{loaded}_pybind" in names), (target, names[:300])
+        for other in absent:
+            assert f"lib{other}_cpu" not in names and f"_pywrap_{other}" not in names, target
 
 
 @pytest.mark.parametrize("target", KSERVE)
@@ -124,7 +129,7 @@ def test_the_bad_inputs_command_prints_the_matrix_and_exits_0(kserve, export_roo
     assert "value beyond float32" in result.output and "INVALID_ARGUMENT" in result.output
 
 
-def test_every_listening_socket_of_both_servers_is_loopback(kserve):
+def test_every_listening_socket_of_every_server_is_loopback(kserve):
     """KServe binds every interface by itself; the kit's server listens on loopback only."""
     listening = []
     for record in kserve.processes:

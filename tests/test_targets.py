@@ -19,7 +19,8 @@ from tests.conftest import invoke
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE = Path(__file__).resolve().with_name("double_target.py")
-KIT_SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch")
+KIT_SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch",
+               "kserve-onnxruntime")
 EXTERNAL = ("oip",)  # declared, never started by the kit: left out of "all"
 
 # Modules that must learn about servers from the registry only (the servers' own modules,
@@ -74,10 +75,11 @@ def test_run_measures_each_servers_json_and_binary_protocol() -> None:
     assert targets.run_pairs(servers) == [
         ("tfserving", "rest"), ("tfserving", "grpc"), ("torchserve", "rest"),
         ("torchserve", "npy"), ("kserve-tensorflow", "v1"), ("kserve-tensorflow", "v2-binary"),
-        ("kserve-pytorch", "v1"), ("kserve-pytorch", "v2-binary")]
+        ("kserve-pytorch", "v1"), ("kserve-pytorch", "v2-binary"),
+        ("kserve-onnxruntime", "v1"), ("kserve-onnxruntime", "v2-binary")]
     assert targets.run_pairs(servers, binary_only=True) == [
         ("tfserving", "grpc"), ("torchserve", "npy"), ("kserve-tensorflow", "v2-binary"),
-        ("kserve-pytorch", "v2-binary")]
+        ("kserve-pytorch", "v2-binary"), ("kserve-onnxruntime", "v2-binary")]
 
 
 def test_a_url_points_one_target_at_its_rest_or_grpc_protocols() -> None:
@@ -118,7 +120,8 @@ def test_locustfile_imports_stay_light() -> None:
     assert found["heavy"] == []
     assert found["users"] == [
         "TFServingRESTUser", "TFServingGRPCUser", "TorchServeRESTUser", "TorchServeNpyUser",
-        *(f"KServe{framework}{protocol}User" for framework in ("TensorFlow", "PyTorch")
+        *(f"KServe{runtime}{protocol}User"
+          for runtime in ("TensorFlow", "PyTorch", "ONNXRuntime")
           for protocol in ("V1", "V2REST", "V2Binary", "V2GRPC")),
         "OIPV2RESTUser", "OIPV2BinaryUser", "OIPV2GRPCUser"]
 
