@@ -169,9 +169,20 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
     models = models or exported_models(root)
     if not models:
         raise DeploybenchError(f"{root}: no exported models; run `deploybench export` first")
+    # a server whose artifact an optional converter could not write (kserve-onnxruntime
+    # without an ONNX export) is a row with that reason; the others still start
+    unexported: dict[str, str] = {}
     for model in models:
         manifest = load_manifest(root, model)
-        verify_artifacts(root, manifest, [targets.get(s).artifact_format for s in servers])
+        for server in servers:
+            fmt = targets.get(server).artifact_format
+            artifact = next((a for a in manifest.artifacts if a.format == fmt), None)
+            if fmt and artifact is not None and artifact.status != "ok":
+                unexported.setdefault(server, f"{model}: {fmt} was not exported "
+                                              f"({artifact.status}: {artifact.reason})")
+        verify_artifacts(root, manifest, [targets.get(s).artifact_format for s in servers
+                                          if s not in unexported])
+    servers = tuple(s for s in servers if s not in unexported)
     settings = settings or load_settings()
     if mode not in (None, "docker", "native"):  # before anything is written
         raise DeploybenchError(f"unknown mode {mode!r}: docker or native")
@@ -201,6 +212,8 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
     for server, reason in why_not_docker.items():
         if server not in natively:  # --mode docker: no native fallback
             deployment.servers.append(ServerStatus(server, "unavailable", reason, "docker"))
+    for server, reason in unexported.items():
+        deployment.servers.append(ServerStatus(server, "unavailable", reason))
     try:
         if in_docker:
             _serve_docker(deployment, root, in_docker, timeout, log)

@@ -226,3 +226,27 @@ def test_url_and_no_check_mistakes_are_usage_errors(tmp_path):
         result = invoke("load", "--no-calibrate", *args, "--out", str(tmp_path / "run"))
         assert result.exit_code == 2, (args, result.output)
         assert words in result.output, (args, result.output)
+
+
+def test_a_runtime_whose_artifact_was_not_exported_is_a_row_with_the_reason(
+        export_copy, tmp_path, monkeypatch):
+    """kserve-onnxruntime where the ONNX converter failed at export: an unavailable row naming
+    the format and why, nothing started, nothing half-verified."""
+    path = export_copy / "digits-mlp" / "manifest.json"
+    data = json.loads(path.read_text())
+    (artifact,) = [a for a in data["artifacts"] if a["format"] == "onnx-torch"]
+    artifact.update(status="failed", reason="ModuleNotFoundError: No module named 'onnxscript'",
+                    path="", sha256=None, bytes=None)
+    path.write_text(json.dumps(data))
+    monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
+    deployment = serve(export_copy, mode="native", models=["digits-mlp"],
+                       run_dir=tmp_path / "run", servers=("kserve-onnxruntime",),
+                       log=lambda text: None)
+    try:
+        (status,) = deployment.servers
+        assert (status.name, status.status) == ("kserve-onnxruntime", "unavailable")
+        assert status.reason == ("digits-mlp: onnx-torch was not exported (failed: "
+                                 "ModuleNotFoundError: No module named 'onnxscript')")
+        assert deployment.processes == [] and deployment.up() == []
+    finally:
+        stop(deployment)

@@ -51,9 +51,11 @@ from deploybench.verdict import server_label
 # The in-process ceiling a server is held to, by the artifact it serves: the runtime that runs
 # the same model there, and the artifact it runs (the .mar holds the TorchScript file).
 CEILINGS = {"mar": ("torch", "torchscript"), "savedmodel": ("tensorflow", "savedmodel"),
-            "aoti": ("aoti", "aoti"), "torchscript": ("torch", "torchscript")}
+            "aoti": ("aoti", "aoti"), "torchscript": ("torch", "torchscript"),
+            "onnx-torch": ("onnxruntime", "onnx-torch")}
 CEILING_FORMATS = dict(CEILINGS.values())
-FRAMEWORK_NAME = {"torch": "PyTorch", "tensorflow": "TensorFlow", "aoti": "PyTorch"}
+FRAMEWORK_NAME = {"torch": "PyTorch", "tensorflow": "TensorFlow", "aoti": "PyTorch",
+                  "onnxruntime": "ONNX Runtime"}
 
 
 def ceiling_runtime(target: str) -> str:
