@@ -440,6 +440,89 @@ class LiteRTBackend:
         return TFLiteModel(self.path, threads=self.threads, xnnpack=self.xnnpack)
 
 
+# --- ONNX Runtime -------------------------------------------------------------------------
+
+
+def _onnxruntime_load_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a file it cannot load: its own exception classes, each
+    derived from Exception alone."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf,
+            state.NoSuchFile, state.NotImplemented, state.RuntimeException)
+
+
+class ONNXRuntimeRunner(_Predicts):
+    """An ONNX model under ONNX Runtime, on its CPU execution provider only, with ORT's default
+    graph optimizations (all). `threads` means what it means for the other runtimes: that many
+    threads inside an op, ops one at a time; None leaves ORT's own choice (one thread per
+    physical core). One float32 input and one float32 output, as every artifact has; another
+    model is refused."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path}: no such ONNX model")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: no warnings on the terminal at load
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(os.fspath(self.path), options,
+                                                providers=["CPUExecutionProvider"])
+        except _onnxruntime_load_errors() as error:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise ArtifactError(
+                f"{self.path}: not a loadable ONNX model ({first_line})") from error
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ArtifactError(f"{self.path}: {len(inputs)} inputs and {len(outputs)} outputs "
+                                "(every artifact has one of each)")
+        for role, arg in (("input", inputs[0]), ("output", outputs[0])):
+            if arg.type != "tensor(float)":
+                raise ArtifactError(f"{self.path}: {role} is {arg.type}, not float32 "
+                                    "(every artifact takes and returns float32)")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+
+    def set_input(self, x: np.ndarray) -> None:
+        self._x = np.ascontiguousarray(x, dtype=np.float32)
+
+    def run(self) -> None:
+        self._y = self.session.run([self.output_name], {self.input_name: self._x})[0]
+
+    def output(self) -> np.ndarray:
+        return self._y  # a new array each run
+
+    def info(self) -> dict[str, Any]:
+        # as set; 0 is ORT's "its own choice", reported as None like an unset TFLite num_threads
+        options = self.session.get_session_options()
+        return {"runtime_threads": {"intra_op": options.intra_op_num_threads or None,
+                                    "inter_op": options.inter_op_num_threads or None}}
+
+
+def load_onnx(path: Path, threads: int | None = None) -> ONNXRuntimeRunner:
+    return ONNXRuntimeRunner(path, threads)
+
+
+class ONNXRuntimeBackend:
+    """ONNX Runtime in process, at `threads` intra-op threads (ops one at a time)."""
+
+    def __init__(self, path: Path, threads: int, xnnpack: bool | None = None) -> None:
+        import onnxruntime  # noqa: F401  (import time is not load time)
+
+        self.path, self.threads = Path(path), threads
+
+    def load(self) -> ONNXRuntimeRunner:
+        # the session reads the model, optimizes its graph and plans its memory: all init
+        return ONNXRuntimeRunner(self.path, threads=self.threads)
+
+
 BACKENDS: dict[str, type] = {
     "litert": LiteRTBackend,
     "tensorflow": TensorFlowBackend,
@@ -447,5 +530,6 @@ BACKENDS: dict[str, type] = {
     "torch-export": TorchExportBackend,
     "aoti": AOTInductorBackend,
     "executorch": ExecuTorchBackend,
+    "onnxruntime": ONNXRuntimeBackend,
 }
 

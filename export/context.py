@@ -2,7 +2,8 @@
 (how to write it, how to run what was written, for the parity gate), and the capture of what
 native libraries write to the terminal. Each runtime family has its own module of formats
 (tf_formats.py: SavedModel and TFLite/LiteRT; torch_formats.py: TorchScript, .mar, torch.export,
-AOTInductor, ExecuTorch); formats.py holds the one table of them all."""
+AOTInductor, ExecuTorch; litert_torch_formats.py: the PyTorch twin on LiteRT; onnx_formats.py:
+ONNX from both twins, for ONNX Runtime); formats.py holds the one table of them all."""
 
 from __future__ import annotations
 

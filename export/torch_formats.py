@@ -87,7 +87,7 @@ def write_exported_program(ctx: ExportContext) -> Path:
     max_rows): the program PyTorch's server and edge paths are made from."""
     import torch
 
-    example, dynamic = _batch_example(ctx)
+    example, dynamic = batch_example(ctx)
     with quiet_torch():
         program = torch.export.export(ctx.torch_model.eval(), (example,),
                                       dynamic_shapes=dynamic)
@@ -177,7 +177,7 @@ def quiet_torch() -> Iterator[None]:
         yield
 
 
-def _batch_example(ctx: ExportContext) -> tuple[Any, Any]:
+def batch_example(ctx: ExportContext) -> tuple[Any, Any]:
     """An example batch at the top of the model's range (max_rows), and the dynamic batch
     dimension (1..max_rows) for torch.export; a smaller example narrows the range the export
     keeps when a permute stands in front of a convolution (DESIGN.md)."""
@@ -211,7 +211,7 @@ def _write_executorch(ctx: ExportContext, variant: str) -> Path:
     )
     from executorch.exir import to_edge_transform_and_lower
 
-    example, dynamic = _batch_example(ctx)
+    example, dynamic = batch_example(ctx)
     model = ctx.torch_model.eval()
     if variant == "int8":
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

@@ -37,6 +37,8 @@ def test_manifest_describes_every_artifact(export_root, model):
     assert formats == {
         "savedmodel", "tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8",
         "torchscript", "mar", "exported-program", "aoti", "executorch-fp32", "executorch-int8",
+        "litert-torch-fp32", "litert-torch-dynamic-int8", "litert-torch-int8",
+        "onnx-keras", "onnx-keras-int8", "onnx-torch", "onnx-torch-int8",
     }
     for artifact in manifest.artifacts:
         path = export_root / artifact.path

@@ -22,7 +22,7 @@ from tests.conftest import invoke
 MODEL = "mobilenet-v2"
 TFLITE = ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
 FP32 = ("savedmodel", "tflite-fp32", "torchscript", "mar", "exported-program", "aoti",
-        "executorch-fp32")
+        "executorch-fp32", "litert-torch-fp32", "onnx-keras", "onnx-torch")
 # keras.applications.MobileNetV2(alpha=1.0, classes=1000).count_params(): 3,504,872 weights
 # plus 34,112 BatchNorm moving statistics
 KERAS_PARAMS = 3_538_984
@@ -154,6 +154,8 @@ def test_every_artifact_passes_parity(exported):
     assert [a.format for a in manifest.artifacts] == [
         "savedmodel", *TFLITE, "torchscript", "mar", "exported-program", "aoti",
         "executorch-fp32", "executorch-int8",
+        "litert-torch-fp32", "litert-torch-dynamic-int8", "litert-torch-int8",
+        "onnx-keras", "onnx-keras-int8", "onnx-torch", "onnx-torch-int8",
     ]
     assert manifest.inputs[0].name == "image" and manifest.inputs[0].shape == [None, 224, 224, 3]
     assert manifest.outputs[0].name == "logits" and manifest.outputs[0].shape == [None, 1000]
