@@ -212,10 +212,14 @@ def edge(
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per measurement.")] = 1000,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before them.")] = 50,
     baselines: Annotated[bool, typer.Option(
-        help="Also run the SavedModel in TensorFlow and the TorchScript in torch.")] = True,
+        help="Also run the in-process baselines (TensorFlow, torch, ONNX Runtime).")] = True,
+    repeats: Annotated[int, typer.Option(
+        min=1, help="Fresh processes per measurement: their spread is the run-to-run noise "
+                    "the answer lines judge differences by.")] = 3,
 ) -> None:
-    """Measure every TFLite variant under LiteRT (XNNPACK on and off) beside in-process
-    TensorFlow and torch: size, load, latency, memory, accuracy and mobile readiness."""
+    """Measure every edge artifact of either twin under its runtime (LiteRT with XNNPACK on and
+    off, ExecuTorch, ONNX Runtime) beside the in-process baselines: size, load, latency,
+    memory, accuracy and mobile readiness."""
     from deploybench.edge.bench import parse_threads
     from deploybench.jobs.stages import edge_stage
     from deploybench.jobs.writer import RunWriter
@@ -223,7 +227,8 @@ def edge(
     counts = parse_threads(threads)
     # checked before the run folder is written; a named model never exported is a failed row
     models = resolve_models(model, artifacts, checked=False)
-    edge_stage(RunWriter(out), artifacts, models, counts, runs, warmup, console, baselines)
+    edge_stage(RunWriter(out), artifacts, models, counts, runs, warmup, console, baselines,
+               repeats)
 
 
 SLO_HELP = ("SLO gates, decided on every load step with its 95% interval, e.g. "
@@ -461,6 +466,8 @@ def run(
     rate_bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
     edge_threads: Annotated[str, typer.Option(help="Edge thread counts.")] = "1,2",
     edge_runs: Annotated[int, typer.Option(min=1, help="Timed runs per edge measurement.")] = 300,
+    edge_repeats: Annotated[int, typer.Option(
+        min=1, help="Fresh processes per edge measurement (run-to-run noise).")] = 2,
     export: Annotated[bool, typer.Option(help="Export first (else reuse the export root).")
                       ] = True,
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
@@ -495,7 +502,8 @@ def run(
         specs=specs, artifacts=artifacts, run_dir=out, mode=mode, servers=chosen,
         users=levels, step_seconds=step_seconds,
         warmup_seconds=warmup_seconds, rate_search=rate_search, rate_bound_ms=rate_bound_ms,
-        edge_threads=tuple(parse_threads(edge_threads)), edge_runs=edge_runs, export=export,
+        edge_threads=tuple(parse_threads(edge_threads)), edge_runs=edge_runs,
+        edge_repeats=edge_repeats, export=export,
         endpoints=loopback_endpoints(port_offset), all_protocols=all_protocols,
         gates=gates, junit=junit,
     )

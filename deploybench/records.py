@@ -320,6 +320,9 @@ class _EdgeRow(_Record):
     non_builtin_ops: list[str] | None = None
     runs: int | None = None
     warmup: int | None = None
+    # which fresh process of `--repeats` took this row (1..N): the spread of a measurement
+    # across processes is the run-to-run noise, which one process's intervals do not show
+    repeat: int | None = None
     import_ms: Number | None = None
     import_memory_bytes: int | None = None
     init_ms: Number | None = None

@@ -269,23 +269,35 @@ def describe(row: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
-def edge_environment(root: Path, threads: list[int], runs: int, warmup: int, baselines: bool
-                ) -> dict[str, Any]:
+def edge_environment(root: Path, threads: list[int], runs: int, warmup: int, baselines: bool,
+                     repeats: int = 1) -> dict[str, Any]:
     """How the edge figures were taken, for the run's environment."""
     return {"runner": "in-process, one fresh process per measurement, one at a time",
             "artifacts": str(root), "threads": threads, "runs": runs, "warmup": warmup,
-            "batch": 1, "baselines": baselines}
+            "batch": 1, "baselines": baselines, "repeats": repeats}
+
+
+def repeated(pending: list[Pending], repeats: int) -> list[Pending]:
+    """Every measurement `repeats` times, each in a fresh process, the whole plan once per
+    round (a slow spell of the machine then hits one round of every row, not every round of
+    one row); a row that failed before running is written once."""
+    rounds = []
+    for repeat in range(1, repeats + 1):
+        rounds += [Pending({**item.row, "repeat": repeat}, item.job) for item in pending
+                   if item.job is not None or repeat == 1]
+    return rounds
 
 
 def run_edge(
     root: Path, models: list[str], threads: list[int], runs: int, warmup: int,
-    console: Console, emit: Sink, baselines: bool = True,
+    console: Console, emit: Sink, baselines: bool = True, repeats: int = 1,
 ) -> list[dict[str, Any]]:
     """Measure `models` (a model never exported is a failed row), hand every row to `emit` as
     it comes (a killed run keeps what it measured), print the tables; raise if any row is not
     ok (after every row was emitted)."""
-    pending = [p for name in models for p in plan_model(root, name, threads, runs, warmup,
-                                                        baselines)]
+    pending = repeated([p for name in models
+                        for p in plan_model(root, name, threads, runs, warmup, baselines)],
+                       repeats)
     rows: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

@@ -36,7 +36,7 @@ from tests.servers import free_offset, port_free, wait_for
 pytestmark = pytest.mark.slow
 
 MODEL = "digits-mlp"
-IN_DOCKER = ("torchserve", "kserve-tensorflow", "kserve-pytorch")
+IN_DOCKER = ("torchserve", "kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime")
 # Images no engine holds and no registry serves, whatever the machine's own engine has pulled:
 # the situation of an air-gapped engine, or of images never built.
 ABSENT = {"TFSERVING_IMAGE": "deploybench-absent/tfserving:none",

@@ -22,7 +22,7 @@ REQUIRED = (
     "first_ms", "latency_ms", "accuracy", "top1_agreement", "max_abs_diff", "edge_ready",
     "ops", "runs", "status", "error",
 )
-QUICK = ("--threads", "1", "--runs", "20", "--warmup", "2")
+QUICK = ("--threads", "1", "--runs", "20", "--warmup", "2", "--repeats", "1")
 
 
 def rows_of(run_dir: Path) -> list[dict]:
@@ -220,7 +220,8 @@ def test_executorch_runs_at_1_and_2_threads_and_a_corrupt_program_is_named(expor
     reseal(export_copy, "digits-cnn", "executorch-int8")
     run_dir = tmp_path / "run"
     result = invoke("edge", "--artifacts", str(export_copy), "--model", "digits-cnn",
-                    "--threads", "1,2", "--runs", "20", "--warmup", "2", "--no-baselines",
+                    "--threads", "1,2", "--runs", "20", "--warmup", "2", "--repeats", "1",
+                    "--no-baselines",
                     "--out", str(run_dir))
     assert result.exit_code == 4, result.output
     rows = rows_of(run_dir)
@@ -322,10 +323,25 @@ def test_missing_export_folder_is_a_usage_error(tmp_path):
 
 def test_unexported_model_is_a_failed_row_naming_the_manifest(export_root, tmp_path):
     result = invoke("edge", "--artifacts", str(export_root), "--model", "mobilenet-v2",
-                    *QUICK, "--out", str(tmp_path))
+                    *QUICK[:-2], "--repeats", "2", "--out", str(tmp_path))
     assert result.exit_code == 4
-    (row,) = rows_of(tmp_path)
+    (row,) = rows_of(tmp_path)  # a row that failed before running is written once
     assert row["status"] == "failed" and "manifest.json" in row["error"]
+    environment = json.loads((tmp_path / "results.json").read_text())["environment"]
+    assert environment["edge"]["repeats"] == 2
+
+
+def test_repeats_measure_every_row_once_per_round_in_fresh_processes():
+    from deploybench.edge.bench import Pending, repeated
+    from deploybench.edge.worker import Job
+
+    def job(variant: str) -> Job:
+        return Job("m", variant, "litert", "/x.tflite", "/g.npz", 1, True, 20, 2)
+
+    plan = [Pending({"variant": "a"}, job("a")), Pending({"variant": "b"}, job("b")),
+            Pending({"variant": "broken", "status": "failed"})]
+    rows = [(item.row["variant"], item.row["repeat"]) for item in repeated(plan, 3)]
+    assert rows == [("a", 1), ("b", 1), ("broken", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3)]
 
 
 def test_int8_line_compares_with_fp32_and_names_a_cpu_without_int8_dot_product():

@@ -92,8 +92,8 @@ def test_the_old_pair_is_split_into_the_framework_and_the_runtime_parts():
     lines = matrix_lines({"measurements": ROWS})
     (split,) = [line for line in lines if line.startswith("Framework or runtime")]
     # 0.080 / 0.040 = 2.00 = (0.0405 / 0.040 = 1.01) x (0.080 / 0.0405 = 1.98)
-    assert "is 2.00x; of that, the framework's part" in split
-    assert "is 1.01x (within noise)" in split and "ExecuTorch against LiteRT) 1.98x." in split
+    assert "takes 2.00x the time of Keras on LiteRT" in split
+    assert "is 1.01x (within noise)" in split and "ExecuTorch against LiteRT, 1.98x." in split
 
 
 def test_intervals_decide_noise_and_a_row_without_them_is_not_judged():
@@ -105,6 +105,30 @@ def test_intervals_decide_noise_and_a_row_without_them_is_not_judged():
     lines = matrix_lines({"measurements": older})
     assert all("no intervals recorded: noise not judged" in line
                for line in lines if line.startswith("Same runtime"))
+
+
+def test_repeats_give_the_median_and_the_spread_across_processes():
+    """Three fresh processes of each row: the cell's p50 is their median and its interval
+    their spread, which decides noise (the processes' own tight intervals would not)."""
+    spread = {"litert-torch-fp32": (0.0400, 0.0430), "tflite-fp32": (0.0410, 0.0440)}
+    rows = []
+    for row in ROWS:
+        if row["variant"] in spread and row.get("xnnpack"):
+            low, high = spread[row["variant"]]
+            for repeat, p50 in enumerate((low, (low + high) / 2, high), start=1):
+                rows.append({**row, "repeat": repeat, "latency_ms": {"p50": p50},
+                             "latency_ci95_ms": {"p50": [p50 * 0.999, p50 * 1.001]}})
+        else:
+            rows.append(row)
+    (matrix,) = matrices({"measurements": rows})
+    keras = matrix.cell("litert", "fp32", "tensorflow")
+    assert keras.p50 == pytest.approx(0.0425) and keras.p50_interval == (0.041, 0.044)
+    assert "p50 0.0425 ms [0.041, 0.044] over 3 processes" in keras.summary()
+    torch = matrix.cell("litert", "fp32", "pytorch")
+    assert within_noise(keras, torch) is True
+    (line,) = [line for line in matrix_lines({"measurements": rows})
+               if "LiteRT fp32" in line and line.startswith("Same runtime")]
+    assert line.endswith("the framework does not matter here.")
 
 
 def test_a_run_without_twin_and_runtime_fields_has_no_matrix():

@@ -122,6 +122,23 @@ def test_report_command_rebuilds_the_same_report(run_dir, tmp_path):
         assert (copy / name).read_text() == (run_dir / name).read_text()
 
 
+def test_the_report_draws_the_framework_runtime_matrix_from_two_processes_a_row(run_dir):
+    """The edge stage measured each row in two fresh processes (run's default); the report's
+    matrix and its answer lines read both."""
+    edge = [m for m in results_of(run_dir)["measurements"] if m["kind"] == "edge"]
+    assert {m["repeat"] for m in edge} == {1, 2}
+    assert {(m["runtime"], m["framework"]) for m in edge} == {
+        ("litert", "tensorflow"), ("litert", "pytorch"), ("executorch", "pytorch"),
+        ("onnxruntime", "tensorflow"), ("onnxruntime", "pytorch")}
+    html = (run_dir / "report.html").read_text()
+    assert "Framework or runtime: every twin on every runtime that takes it" in html
+    assert "<caption>digits-mlp, 1 thread</caption>" in html
+    assert "over 2 processes" in html
+    assert "Same runtime, two frameworks (digits-mlp, LiteRT fp32, 1 thread)" in html
+    assert "Same framework, two runtimes (digits-mlp, PyTorch twin, fp32, 1 thread)" in html
+    assert "Framework or runtime (digits-mlp, int8, 1 thread): PyTorch on ExecuTorch" in html
+
+
 def test_report_of_a_missing_run_is_a_clear_error(tmp_path):
     result = invoke("report", str(tmp_path / "nothing-here"))
     assert result.exit_code != 0

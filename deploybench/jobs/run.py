@@ -35,6 +35,7 @@ class RunOptions:
     rate_bound_ms: float = 100.0
     edge_threads: tuple[int, ...] = (1, 2)
     edge_runs: int = 300
+    edge_repeats: int = 2  # fresh processes per edge measurement: the run-to-run noise
     export: bool = True
     endpoints: Endpoints | None = None
     # False: each server's JSON and binary protocol in the sweep and its binary one in the rate
@@ -76,6 +77,7 @@ def run(options: RunOptions, console: Console) -> Path:
         "users": list(options.users), "step_seconds": options.step_seconds,
         "warmup_seconds": options.warmup_seconds, "rate_bound_ms": options.rate_bound_ms,
         "edge_threads": list(options.edge_threads), "edge_runs": options.edge_runs,
+        "edge_repeats": options.edge_repeats,
     })
     started = time.perf_counter()
     deployment = None
@@ -135,7 +137,7 @@ def run(options: RunOptions, console: Console) -> Path:
         for model in models:  # this run's models only, whatever else the export root holds
             try:
                 edge_stage(writer, artifacts, [model], list(options.edge_threads),
-                           options.edge_runs, 20, console)
+                           options.edge_runs, 20, console, repeats=options.edge_repeats)
             except DeploybenchError as error:  # failed rows are in the results already
                 writer.note(f"edge: {error}")
         finished("edge")

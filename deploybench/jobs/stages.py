@@ -62,11 +62,12 @@ def calibration_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> No
 
 
 def edge_stage(writer: RunWriter, root: Path, models: list[str], threads: list[int], runs: int,
-               warmup: int, console: Console, baselines: bool = True
+               warmup: int, console: Console, baselines: bool = True, repeats: int = 1,
                ) -> list[dict[str, Any]]:
     """Run the edge stage; the run is marked partial while it measures, so a killed one says
     so, and gets its earlier flag back once every row is in (failed rows included)."""
-    extra: dict[str, Any] = {"edge": edge_environment(root, threads, runs, warmup, baselines)}
+    extra: dict[str, Any] = {"edge": edge_environment(root, threads, runs, warmup, baselines,
+                                                      repeats)}
     if "mode" not in writer.environment:
         extra["mode"] = "in-process"
     writer.set_environment(**extra)
@@ -77,7 +78,8 @@ def edge_stage(writer: RunWriter, root: Path, models: list[str], threads: list[i
     partial = writer.partial
     writer.set_partial(True)
     try:
-        rows = run_edge(root, models, threads, runs, warmup, console, writer.add, baselines)
+        rows = run_edge(root, models, threads, runs, warmup, console, writer.add, baselines,
+                        repeats)
     except EdgeIncompleteError:  # every row is in, some failed: the stage did finish
         writer.set_partial(partial)
         console.print(f"results: {writer.path}")
