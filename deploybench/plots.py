@@ -9,7 +9,7 @@ from typing import Any
 from deploybench.verdict import latency, rows, server_label
 
 PERCENTILES = ("p50", "p90", "p99", "p99_9")
-EDGE_COLOURS = {"litert": "black", "executorch": "blue"}  # TensorFlow's path, PyTorch's
+EDGE_COLOURS = {"litert": "black", "executorch": "blue", "onnxruntime": "green"}
 
 
 def _png(figure: Any) -> bytes:
@@ -94,9 +94,11 @@ def latency_percentiles(results: dict[str, Any]) -> bytes | None:
 
 
 def edge_tradeoff(results: dict[str, Any]) -> bytes | None:
-    """Size vs latency for every TFLite variant and in-process baseline; colour = accuracy."""
+    """Size vs latency for every edge artifact and in-process baseline (the first of each
+    row's repeats); colour = accuracy."""
     points = [r for r in rows(results, "edge") + rows(results, "inprocess")
-              if r.get("status", "ok") == "ok" and latency(r, "p50") and r.get("size_bytes")]
+              if r.get("status", "ok") == "ok" and latency(r, "p50") and r.get("size_bytes")
+              and r.get("repeat", 1) in (None, 1)]
     if not points:
         return None
     threads = min(r["threads"] for r in points)
@@ -120,7 +122,7 @@ def edge_tradeoff(results: dict[str, Any]) -> bytes | None:
     ax.set_xlabel("size (KiB)")
     ax.set_ylabel(f"p50 latency at batch 1, {threads} thread(s) (ms)")
     ax.set_title("Edge: size vs latency vs accuracy\n(edge: black LiteRT, blue ExecuTorch, "
-                 "red in-process baseline)", fontsize=9)
+                 "green ONNX Runtime; red in-process baseline)", fontsize=9)
     ax.grid(alpha=0.3)
     return _png(figure)
 

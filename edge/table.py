@@ -62,10 +62,11 @@ def speed_table(model: str, rows: list[dict[str, Any]]) -> Table:
          "peak MiB"],
         left=3,
     )
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r.get("repeat") or 1):  # one round after another
         latency = r["latency_ms"] or {}
+        repeat = f" #{r['repeat']}" if (r.get("repeat") or 1) > 1 else ""  # its process
         table.add_row(
-            styled(r), "-" if r["threads"] is None else str(r["threads"]),
+            styled(r) + repeat, "-" if r["threads"] is None else str(r["threads"]),
             "-" if r["xnnpack"] is None else ("on" if r["xnnpack"] else "off"),
             ms_compact(r["init_ms"]), ms_compact(r["first_ms"]),
             us_compact(latency.get("p50")), us_compact(latency.get("p90")),
