@@ -232,7 +232,13 @@ def same_framework_lines(matrix: Matrix) -> list[str]:
                     f"{FRAMEWORK_SHORT[framework]} twin, {precision}, "
                     f"{_threads(matrix.threads)}): " + "; ".join(parts) + ": ")
             fastest = ranked[0]
-            text += "; ".join(_compare(fastest, other, "runtime") for other in ranked[1:])
+            if all(within_noise(fastest[1], other[1]) for other in ranked[1:]):
+                text += "within noise of each other: the runtime does not matter here"
+            else:
+                text += "; ".join(
+                    f"{fastest[0]} and {other[0]} within noise of each other"
+                    if within_noise(fastest[1], other[1])
+                    else _compare(fastest, other, "runtime") for other in ranked[1:])
             lines.append(text + ".")
     return lines
 

@@ -131,6 +131,24 @@ def test_repeats_give_the_median_and_the_spread_across_processes():
     assert line.endswith("the framework does not matter here.")
 
 
+def test_runtimes_all_within_noise_are_said_once_and_one_apart_is_named():
+    rows = [dict(row) for row in ROWS if row["framework"] == "pytorch"]
+    for row in rows:
+        if row["variant"] in ("litert-torch-fp32", "executorch-fp32", "onnx-torch"):
+            row["latency_ms"] = {"p50": 0.040}
+            row["latency_ci95_ms"] = {"p50": [0.039, 0.041]}
+    (line,) = [line for line in matrix_lines({"measurements": rows})
+               if line.startswith("Same framework, two runtimes (digits-cnn, PyTorch twin, fp32")]
+    assert line.endswith("accuracy 0.975: within noise of each other: the runtime does not "
+                         "matter here.")
+    rows = [{**row, "latency_ms": {"p50": 0.080}, "latency_ci95_ms": {"p50": [0.079, 0.081]}}
+            if row["variant"] == "executorch-fp32" else row for row in rows]
+    (line,) = [line for line in matrix_lines({"measurements": rows})
+               if line.startswith("Same framework, two runtimes (digits-cnn, PyTorch twin, fp32")]
+    assert "LiteRT and ONNX Runtime within noise of each other" in line
+    assert line.endswith("LiteRT runs at 2.00x ExecuTorch's speed.")
+
+
 def test_a_run_without_twin_and_runtime_fields_has_no_matrix():
     rows = [{**row, "framework": None} for row in ROWS]
     assert matrices({"measurements": rows}) == [] and matrix_lines({"measurements": rows}) == []
