@@ -279,6 +279,10 @@ def render_table(result: ModelExport) -> Table:
 def export(specs: list[ModelSpec], root: Path, console: Console, version: int = 1) -> None:
     """Export each model, print a table per model, and raise if any export is not complete."""
     check_writable(root)
+    # TensorFlow 2.21's C++ start-up lines (absl's, before its logging is set up) ignore
+    # TF_CPP_MIN_LOG_LEVEL: imported here first, they go to the log, not the terminal
+    with native_stderr_logged("TensorFlow's start-up"):
+        import tensorflow  # noqa: F401
     results: list[ModelExport] = []
     started = time.perf_counter()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())

@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from deploybench import runtimes
-from deploybench.export.context import REPRESENTATIVE_SAMPLES, ExportContext, Format
+from deploybench.export.context import (
+    REPRESENTATIVE_SAMPLES,
+    ExportContext,
+    Format,
+    native_stderr_logged,
+)
 
 
 def write_savedmodel(ctx: ExportContext) -> Path:
@@ -63,7 +68,9 @@ def _tflite(ctx: ExportContext, variant: str) -> bytes:
         # Input and output stay float32, the public signature of every artifact: the converter
         # puts a QUANTIZE after the input and a DEQUANTIZE before the output, and everything in
         # between runs in int8.
-    return converter.convert()
+    # the converter's C++ prints its quantization settings to stderr ("fully_quantize: 0, ...")
+    with native_stderr_logged(f"TFLiteConverter ({variant})"):
+        return converter.convert()
 
 
 def strip_debug_strings(model: bytes) -> bytes:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -351,3 +354,24 @@ def test_a_perturbed_torch_path_fails_its_artifact_and_keeps_the_published_one(
     assert "/nonexistent/c++" in rows["aoti"]["reason"]
     assert all(rows[f]["status"] == "ok" for f in ("savedmodel", "torchscript",
                                                    "exported-program", "executorch-int8"))
+
+
+def test_export_keeps_native_libraries_lines_off_the_terminal(tmp_path):
+    """TensorFlow's C++ start-up lines (absl's, which ignore TF_CPP_MIN_LOG_LEVEL) and the
+    TFLite converter's quantization line go to the log: a fresh process exporting the
+    SavedModel and the full-int8 variant writes nothing to stderr."""
+    code = (
+        "import sys\n"
+        "from rich.console import Console\n"
+        "from deploybench.export import exporter\n"
+        "from deploybench.zoo import get_spec\n"
+        "exporter.FORMATS = tuple(f for f in exporter.FORMATS\n"
+        "                         if f.name in ('savedmodel', 'tflite-int8'))\n"
+        f"exporter.export([get_spec('digits-mlp')], __import__('pathlib').Path({str(tmp_path)!r}),"
+        " Console(file=sys.stdout))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "published" in done.stdout
+    assert done.stderr == "", done.stderr[:2000]
