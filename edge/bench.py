@@ -99,21 +99,32 @@ def not_exported(base: dict[str, Any], artifact: Artifact) -> Pending:
     return failed(base, f"not exported: {artifact.reason}", status="not-exported")
 
 
+def locate(root: Path, manifest: Manifest, fmt: str, base: dict[str, Any]) -> Path | Pending:
+    """The artifact's path, checked against the manifest, with its path and size put in
+    `base`; or, for one never exported or changed since, its final row."""
+    artifact = manifest.artifact(fmt)
+    if artifact.status == "failed":
+        return not_exported(base, artifact)
+    try:
+        path = checked_path(root, manifest, fmt)
+    except DeploybenchError as error:
+        return failed(base, str(error))
+    base.update(path=os.path.relpath(path, root), size_bytes=size_of(path))
+    return path
+
+
 def plan_litert(
     root: Path, manifest: Manifest, variant: str, golden: Path, threads: list[int],
     runs: int, warmup: int,
 ) -> list[Pending]:
     """A .tflite (from either twin) under the LiteRT interpreter, at each thread count, with
     XNNPACK and without; its operators read before anything runs."""
-    artifact = manifest.artifact(variant)
     base = new_row(kind="edge", model=manifest.model, variant=variant, runs=runs,
-                   warmup=warmup, **matrix_place(artifact))
-    if artifact.status == "failed":
-        return [not_exported(base, artifact)]
+                   warmup=warmup, **matrix_place(manifest.artifact(variant)))
+    path = locate(root, manifest, variant, base)
+    if isinstance(path, Pending):
+        return [path]
     try:
-        path = checked_path(root, manifest, variant)
-        base["path"] = os.path.relpath(path, root)
-        base["size_bytes"] = size_of(path)
         report = read_ops(path)
     except DeploybenchError as error:
         return [failed(base, str(error))]
@@ -142,12 +153,9 @@ def plan_executorch(
     artifact = manifest.artifact(variant)
     base = new_row(kind="edge", model=manifest.model, variant=variant, runs=runs,
                    warmup=warmup, **matrix_place(artifact))
-    if artifact.status == "failed":
-        return [not_exported(base, artifact)]
-    try:
-        path = checked_path(root, manifest, variant)
-    except DeploybenchError as error:
-        return [failed(base, str(error))]
+    path = locate(root, manifest, variant, base)
+    if isinstance(path, Pending):
+        return [path]
     share, left = artifact.delegated_share, artifact.non_delegated_ops or []
     if share is None:
         verdict = "XNNPACK delegation not recorded at export"
@@ -156,8 +164,8 @@ def plan_executorch(
     else:
         verdict = (f"XNNPACK runs {share:.0%} of the operators; left to the portable kernels: "
                    f"{', '.join(left)}")
-    base.update(path=os.path.relpath(path, root), size_bytes=size_of(path), edge_ready=True,
-                verdict=verdict, delegated_share=share, non_delegated_ops=left)
+    base.update(edge_ready=True, verdict=verdict, delegated_share=share,
+                non_delegated_ops=left)
     return [
         Pending({**base, "threads": n, "xnnpack": True},
                 Job(manifest.model, variant, "executorch", str(path), str(golden), n, True,
@@ -173,17 +181,12 @@ def plan_onnxruntime(
     """An ONNX model (from either twin) under ONNX Runtime's CPU execution provider, the one
     this build of ONNX Runtime has (ONNX Runtime Mobile runs the same kernels on a phone), at
     each thread count."""
-    artifact = manifest.artifact(variant)
     base = new_row(kind="edge", model=manifest.model, variant=variant, runs=runs,
-                   warmup=warmup, **matrix_place(artifact))
-    if artifact.status == "failed":
-        return [not_exported(base, artifact)]
-    try:
-        path = checked_path(root, manifest, variant)
-    except DeploybenchError as error:
-        return [failed(base, str(error))]
-    base.update(path=os.path.relpath(path, root), size_bytes=size_of(path), edge_ready=True,
-                verdict="ONNX Runtime, CPU execution provider")
+                   warmup=warmup, **matrix_place(manifest.artifact(variant)))
+    path = locate(root, manifest, variant, base)
+    if isinstance(path, Pending):
+        return [path]
+    base.update(edge_ready=True, verdict="ONNX Runtime, CPU execution provider")
     return [
         Pending({**base, "threads": n},
                 Job(manifest.model, variant, "onnxruntime", str(path), str(golden), n, None,
@@ -200,17 +203,12 @@ def plan_baseline(
     root: Path, manifest: Manifest, fmt: str, runtime: str, golden: Path,
     threads: list[int], runs: int, warmup: int,
 ) -> list[Pending]:
-    base = new_row(kind="inprocess", model=manifest.model, variant=fmt, runtime=runtime,
-                   runs=runs, warmup=warmup)
-    try:
-        artifact = manifest.artifact(fmt)
-        base.update(matrix_place(artifact), runtime=runtime)
-        if artifact.status == "failed":
-            return [not_exported(base, artifact)]
-        path = checked_path(root, manifest, fmt)
-    except DeploybenchError as error:
-        return [failed(base, str(error))]
-    base.update(path=os.path.relpath(path, root), size_bytes=size_of(path))
+    """A format the manifest has, in process under `runtime` at each thread count."""
+    base = new_row(kind="inprocess", model=manifest.model, variant=fmt, runs=runs,
+                   warmup=warmup, **{**matrix_place(manifest.artifact(fmt)), "runtime": runtime})
+    path = locate(root, manifest, fmt, base)
+    if isinstance(path, Pending):
+        return [path]
     return [
         Pending({**base, "threads": n},
                 Job(manifest.model, fmt, runtime, str(path), str(golden), n, None, runs, warmup))
