@@ -98,7 +98,8 @@ def export(
     out: Annotated[Path, typer.Option(help="Export root folder.")] = Path("artifacts"),
     version: Annotated[int, typer.Option(min=1, help="Model version to write.")] = 1,
 ) -> None:
-    """Export models to SavedModel, TFLite variants, TorchScript and .mar, gated on parity."""
+    """Export models to every format (SavedModel, TFLite, TorchScript and .mar, torch.export,
+    AOTInductor, ExecuTorch; litert-torch and ONNX from both twins), gated on parity."""
     from deploybench.export.exporter import export as run_export
     from deploybench.zoo import get_spec
 
