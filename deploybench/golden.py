@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.errors import DeploybenchError
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
 class Golden:
     """Held-out inputs, their labels and the reference model's outputs on them."""
 
-    inputs: np.ndarray
+    inputs: Batch
     labels: np.ndarray
     outputs: np.ndarray
 
@@ -38,19 +39,24 @@ class Golden:
         return accuracy(self.outputs, self.labels)
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, inputs=self.inputs, labels=self.labels, outputs=self.outputs)
+        np.savez_compressed(path, labels=self.labels, outputs=self.outputs,
+                            **self.inputs.to_npz())
 
     @classmethod
     def load(cls, path: Path, model: str | None = None) -> Golden:
-        """Read golden.npz; inputs and outputs as float32, what every request and runtime
-        takes. A missing file is a DeploybenchError that says to export `model` again."""
+        """Read golden.npz; outputs as float32. A missing file, or one written before inputs
+        were named, is a DeploybenchError that says to export `model` again."""
         path = Path(path)
+        again = f"export {model or 'the model'} again"
         if not path.is_file():
-            raise DeploybenchError(f"{path}: golden samples missing; export "
-                                   f"{model or 'the model'} again")
+            raise DeploybenchError(f"{path}: golden samples missing; {again}")
         with np.load(path) as data:
-            return cls(data["inputs"].astype(np.float32, copy=False), data["labels"],
-                       data["outputs"].astype(np.float32, copy=False))
+            try:
+                inputs = Batch.from_npz(data)
+            except KeyError:
+                raise DeploybenchError(f"{path}: golden samples of an older layout; "
+                                       f"{again}") from None
+            return cls(inputs, data["labels"], data["outputs"].astype(np.float32, copy=False))
 
     @classmethod
     def of(cls, root: Path, manifest: Manifest) -> Golden:

@@ -62,3 +62,37 @@ def sorted_interval(ordered: list[float], quantile: float, confidence: float = C
     """[low, high] for the `quantile` (0.5 for the median) of values already sorted."""
     ranks = rank_bounds(len(ordered), quantile, confidence)
     return [None if rank is None else ordered[rank - 1] for rank in ranks]
+
+
+LENGTH_BUCKETS = 4  # equal-width length buckets over 1..the model's longest sequence
+
+
+def length_buckets(longest: int, count: int = LENGTH_BUCKETS) -> list[tuple[int, int]]:
+    """[low, high] sequence-length buckets of equal width covering 1..longest."""
+    width = max(1, math.ceil(longest / count))
+    return [(low, min(low + width - 1, longest)) for low in range(1, longest + 1, width)]
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, interpolated linearly (numpy's default method)."""
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def by_length(lengths: list[int], latencies_ms: list[float], longest: int,
+              ) -> list[dict[str, object]]:
+    """Latency against sequence length: p50 and p99 (with their 95% intervals) of the
+    samples in each length bucket that has any."""
+    rows: list[dict[str, object]] = []
+    for low, high in length_buckets(longest):
+        values = sorted(round(float(v), 5) for n, v in zip(lengths, latencies_ms, strict=True)
+                        if low <= n <= high)
+        if values:
+            rows.append({"low": low, "high": high, "samples": len(values),
+                         "p50": round(quantile(values, 0.5), 5),
+                         "p99": round(quantile(values, 0.99), 5),
+                         "p50_ci95": sorted_interval(values, 0.5),
+                         "p99_ci95": sorted_interval(values, 0.99)})
+    return rows

@@ -60,6 +60,19 @@ class Latency(_Strict):
     max: Number | None = None
 
 
+class LengthBucket(_Strict):
+    """Latency of the samples whose sequence length (a text model's tokens) lies in
+    [low, high]: latency against length, p50 and p99 with their 95% intervals."""
+
+    low: int
+    high: int
+    samples: int
+    p50: Number
+    p99: Number
+    p50_ci95: list[Number | None] | None = None
+    p99_ci95: list[Number | None] | None = None
+
+
 class Stability(_Strict):
     stable: bool
     window_rps: list[Number]
@@ -330,6 +343,8 @@ class _EdgeRow(_Record):
     latency_ms: Latency | None = None
     # p50, p90 and p99's 95% distribution-free intervals [low, high] (edge/measure.py)
     latency_ci95_ms: dict[str, list[Number | None]] | None = None
+    # a text model's latency by sequence length (None for fixed-shape inputs)
+    latency_by_length_ms: list[LengthBucket] | None = None
     peak_memory_growth_bytes: int | None = None
     retained_memory_growth_bytes: int | None = None
     memory_method: str | None = None

@@ -2,10 +2,11 @@
 way each format is loaded.
 
 Export uses these for its parity gate, the edge stage for its measurements and baselines, the
-load stage for its in-process ceiling. Every runner takes float32 inputs in the public layout
-and returns float32 logits, split so that only the inference call can be timed: `set_input`
-(not timed), `run` (timed, like TFLite's benchmark_model times only Invoke), `output` (not
-timed); `predict` (or calling the runner) does all three.
+load stage for its in-process ceiling. Every runner takes a Batch of the public inputs (float32
+pixels, or int32 token ids and mask) and returns float32 logits, split so that only the
+inference call can be timed: `set_input` (not timed), `run` (timed, like TFLite's
+benchmark_model times only Invoke), `output` (not timed); `predict` (or calling the runner) does
+all three. Inputs reach an artifact by name where it names them, else in the public order.
 
 A backend (BACKENDS, by runtime name) imports its runtime and sets its threads (not timed as
 load); its `load()` reads the artifact and makes it ready to run (timed as init).
@@ -21,15 +22,29 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.errors import DeploybenchError
+
+# what an artifact's inputs may be (the public dtypes) and its output must be
+INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.int32))
 
 
 class ArtifactError(DeploybenchError):
     """An artifact that is missing, corrupt or not what its name says."""
 
 
+def feeds(batch: Batch, names: list[str]) -> dict[str, np.ndarray]:
+    """The batch's arrays under an artifact's own input names: by name where they match, the
+    one array where the artifact takes one input, else refused."""
+    if len(names) == 1 and len(batch.arrays) == 1:
+        return {names[0]: batch.only}
+    if sorted(names) != sorted(batch.names):
+        raise ArtifactError(f"the artifact takes inputs {names}, the batch holds {batch.names}")
+    return {name: batch.arrays[name] for name in names}
+
+
 class Runner(Protocol):
-    def set_input(self, x: np.ndarray) -> None: ...
+    def set_input(self, x: Batch) -> None: ...
 
     def run(self) -> None: ...
 
@@ -48,7 +63,7 @@ class _Predicts:
     """`predict(x)` and `runner(x)`: set the input, run, read the output, in one call (the
     export's parity gate needs no split)."""
 
-    def set_input(self, x: np.ndarray) -> None:
+    def set_input(self, x: Batch) -> None:
         raise NotImplementedError
 
     def run(self) -> None:
@@ -57,7 +72,7 @@ class _Predicts:
     def output(self) -> np.ndarray:
         raise NotImplementedError
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: Batch) -> np.ndarray:
         self.set_input(x)
         self.run()
         return self.output()
@@ -69,23 +84,24 @@ class _Predicts:
 
 
 class TensorFlowRunner(_Predicts):
-    """The SavedModel's serving_default signature (one input, one output)."""
+    """The SavedModel's serving_default signature (named inputs, one output)."""
 
     def __init__(self, signature: Any) -> None:
         import tensorflow as tf
 
         self._tf = tf
         self.signature = signature
-        (self.input_name,) = signature.structured_input_signature[1].keys()
+        self.input_names = list(signature.structured_input_signature[1].keys())
         (self.output_name,) = signature.structured_outputs.keys()
-        self._x: Any = None
+        self._x: dict[str, Any] = {}
         self._y: Any = None
 
-    def set_input(self, x: np.ndarray) -> None:
-        self._x = self._tf.constant(x)
+    def set_input(self, x: Batch) -> None:
+        self._x = {name: self._tf.constant(array)
+                   for name, array in feeds(x, self.input_names).items()}
 
     def run(self) -> None:
-        self._y = self.signature(**{self.input_name: self._x})
+        self._y = self.signature(**self._x)
 
     def output(self) -> np.ndarray:
         return self._y[self.output_name].numpy()
@@ -131,15 +147,15 @@ class TorchRunner(_Predicts):
 
         self._torch = torch
         self.module = module
-        self._x: Any = None
+        self._x: list[Any] = []
         self._y: Any = None
 
-    def set_input(self, x: np.ndarray) -> None:
-        self._x = self._torch.from_numpy(np.ascontiguousarray(x))
+    def set_input(self, x: Batch) -> None:  # positional, in the public order
+        self._x = [self._torch.from_numpy(np.ascontiguousarray(a)) for a in x.arrays.values()]
 
     def run(self) -> None:
         with self._torch.inference_mode():
-            self._y = self.module(self._x)
+            self._y = self.module(*self._x)
 
     def output(self) -> np.ndarray:
         return self._y.numpy()
@@ -193,26 +209,26 @@ class AOTIPackage:
             _, low, high = name.split("_")
             self.pieces.append((int(low), int(high), load_package(str(path), name)))
 
-    def __call__(self, x: Any) -> Any:
-        rows = x.shape[0]
+    def __call__(self, *inputs: Any) -> Any:
+        rows = inputs[0].shape[0]
         for low, high, model in self.pieces:
             if low <= rows <= high:
-                return model(x)
-        return self.model(x)
+                return model(*inputs)
+        return self.model(*inputs)
 
 
 def aoti_model_name(low: int, high: int) -> str:
     return f"rows_{low}_{high}"
 
 
-def aoti_lowest_batch(path: Path, one_row: Any, high: int) -> int:
+def aoti_lowest_batch(path: Path, one_row: tuple[Any, ...], high: int) -> int:
     """The fewest rows the package's `model` takes (its input check says), searched between 1
     and `high`, which it takes; every rows count from there to `high` is taken."""
     model = AOTIPackage(path).model
 
     def takes(rows: int) -> bool:
         try:
-            model(one_row.repeat(rows, *([1] * (one_row.dim() - 1))))
+            model(*[x.repeat(rows, *([1] * (x.dim() - 1))) for x in one_row])
         except RuntimeError:
             return False
         return True
@@ -263,14 +279,14 @@ class ExecuTorchRunner(_Predicts):
             first_line = (str(error).strip().splitlines() or [""])[0]
             raise ArtifactError(
                 f"{self.path}: not a loadable ExecuTorch program ({first_line})") from error
-        self._x: Any = None
+        self._x: list[Any] = []
         self._y: Any = None
 
-    def set_input(self, x: np.ndarray) -> None:
-        self._x = self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    def set_input(self, x: Batch) -> None:  # positional, in the public order
+        self._x = [self._torch.from_numpy(np.ascontiguousarray(a)) for a in x.arrays.values()]
 
     def run(self) -> None:
-        self._y = self.method.execute([self._x])
+        self._y = self.method.execute(self._x)
 
     def output(self) -> np.ndarray:
         return self._y[0].numpy().copy()
@@ -335,9 +351,10 @@ class ExecuTorchBackend:
 
 
 class TFLiteModel(_Predicts):
-    """A .tflite file under the LiteRT interpreter. Every exported variant takes and returns
-    float32 (the full-int8 one quantizes and dequantizes inside, as part of the model), so
-    inputs and outputs pass as they are; a file with other input or output types is refused."""
+    """A .tflite file under the LiteRT interpreter. Every exported variant takes the public
+    inputs (float32, or int32 ids) and returns float32 (the full-int8 one quantizes and
+    dequantizes inside, as part of the model), so inputs and outputs pass as they are; a file
+    with other input or output types is refused. Inputs are matched by their signature names."""
 
     def __init__(self, path: Path, threads: int | None = None, xnnpack: bool = True) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -361,27 +378,39 @@ class TFLiteModel(_Predicts):
             raise ArtifactError(
                 f"{self.path}: not a loadable TFLite model ({first_line})"
             ) from error
-        self._input = self.interpreter.get_input_details()[0]
+        self._inputs = self._input_indices()
         self._output = self.interpreter.get_output_details()[0]
-        self._shape: tuple[int, ...] | None = tuple(self._input["shape"])
-        for role, detail in (("input", self._input), ("output", self._output)):
-            if np.dtype(detail["dtype"]) != np.float32:
-                raise ArtifactError(
-                    f"{self.path}: {role} is {np.dtype(detail['dtype'])}, not float32 "
-                    "(every artifact takes and returns float32)"
-                )
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        details = {d["index"]: d for d in self.interpreter.get_input_details()}
+        for name, index in self._inputs.items():
+            if np.dtype(details[index]["dtype"]) not in INPUT_DTYPES:
+                raise ArtifactError(f"{self.path}: input {name!r} is "
+                                    f"{np.dtype(details[index]['dtype'])}, not float32 or int32")
+            self._shapes[name] = tuple(details[index]["shape"])
+        if np.dtype(self._output["dtype"]) != np.float32:
+            raise ArtifactError(f"{self.path}: output is {np.dtype(self._output['dtype'])}, "
+                                "not float32 (every artifact returns float32)")
 
-    def _resize(self, shape: tuple[int, ...]) -> None:
-        if shape != self._shape:
-            self.interpreter.resize_tensor_input(self._input["index"], list(shape))
+    def _input_indices(self) -> dict[str, int]:
+        """Input tensor indices by the signature's names (the tensors' own names are the
+        converter's); a file without a signature by its tensors' names."""
+        signatures = self.interpreter.get_signature_list()
+        if len(signatures) == 1:
+            runner = self.interpreter.get_signature_runner(next(iter(signatures)))
+            return {name: d["index"] for name, d in runner.get_input_details().items()}
+        return {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
+
+    def set_input(self, x: Batch) -> None:
+        arrays = feeds(x, list(self._inputs))
+        changed = {name: a.shape for name, a in arrays.items() if a.shape != self._shapes[name]}
+        for name, shape in changed.items():
+            self.interpreter.resize_tensor_input(self._inputs[name], list(shape))
+            self._shapes[name] = shape
+        if changed:
             self.interpreter.allocate_tensors()
-            self._input = self.interpreter.get_input_details()[0]
             self._output = self.interpreter.get_output_details()[0]
-            self._shape = shape
-
-    def set_input(self, x: np.ndarray) -> None:
-        self._resize(tuple(x.shape))
-        self.interpreter.set_tensor(self._input["index"], x.astype(np.float32, copy=False))
+        for name, array in arrays.items():
+            self.interpreter.set_tensor(self._inputs[name], np.ascontiguousarray(array))
 
     def run(self) -> None:
         self.interpreter.invoke()
@@ -456,8 +485,8 @@ class ONNXRuntimeRunner(_Predicts):
     """An ONNX model under ONNX Runtime, on its CPU execution provider only, with ORT's default
     graph optimizations (all). `threads` means what it means for the other runtimes: that many
     threads inside an op, ops one at a time; None leaves ORT's own choice (one thread per
-    physical core). One float32 input and one float32 output, as every artifact has; another
-    model is refused."""
+    physical core). The public inputs (float32 or int32) and one float32 output, as every
+    artifact has; another model is refused."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -479,22 +508,26 @@ class ONNXRuntimeRunner(_Predicts):
             raise ArtifactError(
                 f"{self.path}: not a loadable ONNX model ({first_line})") from error
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ArtifactError(f"{self.path}: {len(inputs)} inputs and {len(outputs)} outputs "
-                                "(every artifact has one of each)")
-        for role, arg in (("input", inputs[0]), ("output", outputs[0])):
-            if arg.type != "tensor(float)":
-                raise ArtifactError(f"{self.path}: {role} is {arg.type}, not float32 "
-                                    "(every artifact takes and returns float32)")
-        self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        self._x: np.ndarray | None = None
+        if len(outputs) != 1:
+            raise ArtifactError(f"{self.path}: {len(outputs)} outputs (every artifact has one)")
+        for arg in inputs:
+            if arg.type not in ("tensor(float)", "tensor(int32)"):
+                raise ArtifactError(f"{self.path}: input {arg.name!r} is {arg.type}, not "
+                                    "float32 or int32")
+        if outputs[0].type != "tensor(float)":
+            raise ArtifactError(f"{self.path}: output is {outputs[0].type}, not float32 "
+                                "(every artifact returns float32)")
+        self.input_names = [arg.name for arg in inputs]
+        self.output_name = outputs[0].name
+        self._x: dict[str, np.ndarray] = {}
         self._y: np.ndarray | None = None
 
-    def set_input(self, x: np.ndarray) -> None:
-        self._x = np.ascontiguousarray(x, dtype=np.float32)
+    def set_input(self, x: Batch) -> None:
+        self._x = {name: np.ascontiguousarray(array)
+                   for name, array in feeds(x, self.input_names).items()}
 
     def run(self) -> None:
-        self._y = self.session.run([self.output_name], {self.input_name: self._x})[0]
+        self._y = self.session.run([self.output_name], self._x)[0]
 
     def output(self) -> np.ndarray:
         return self._y  # a new array each run

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 
 from deploybench.golden import Golden, accuracy
-from deploybench.order_statistics import sorted_interval
+from deploybench.order_statistics import by_length, sorted_interval
 from deploybench.runtimes import Runner
 
 _STATUS = Path("/proc/self/status")
@@ -105,7 +105,7 @@ def measure(
     the output is read after it stops, so only the inference call is timed. The garbage
     collector is off while timing. Accuracy is then taken on every golden sample.
     """
-    batches = [np.ascontiguousarray(golden.inputs[i : i + 1]) for i in range(len(golden.inputs))]
+    batches = [golden.inputs[i : i + 1].contiguous() for i in range(len(golden.inputs))]
     samples = np.empty(runs, dtype=np.float64)
     with PeakMemory() as memory:
         start = time.perf_counter_ns()
@@ -137,12 +137,22 @@ def measure(
         "first_ms": round(first_ms, 4),
         "latency_ms": percentiles(samples / 1e6),
         "latency_ci95_ms": percentile_intervals(samples / 1e6),
+        "latency_by_length_ms": _by_length(golden, samples / 1e6),
         "peak_memory_growth_bytes": memory.peak_growth,
         "retained_memory_growth_bytes": memory.retained_growth,
         "memory_method": memory.method,
         **agreement(np.concatenate(outputs), golden),
         **runner.info(),
     }
+
+
+def _by_length(golden: Golden, samples_ms: np.ndarray) -> list[dict[str, Any]] | None:
+    """A text model's latency by sequence length: timed run i ran golden sample i mod n."""
+    inputs = golden.inputs
+    if not inputs.variable:
+        return None
+    lengths = [int(inputs.lengths[i % len(inputs)]) for i in range(len(samples_ms))]
+    return by_length(lengths, samples_ms.tolist(), int(inputs.arrays[inputs.names[0]].shape[1]))
 
 
 def agreement(outputs: np.ndarray, golden: Golden) -> dict[str, Any]:

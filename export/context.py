@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.zoo.spec import ModelSpec
 
 TORCHSCRIPT_FILE = "model.torchscript.pt"
@@ -35,7 +36,7 @@ class ExportContext:
     spec: ModelSpec
     torch_model: Any
     keras_model: Any
-    x_train: np.ndarray
+    x_train: Batch
     build_dir: Path  # the model's staging folder
     version: int = 1
     # per format, what its writer learnt of how the target runs it (ExecuTorch's delegation)
@@ -54,6 +55,20 @@ class ExportContext:
     def exported_program_path(self) -> Path:
         return self.build_dir / EXPORTED_PROGRAM_FILE
 
+    def calibration_rows(self) -> Iterator[Batch]:
+        """The representative samples every int8 variant is calibrated on, one row at a time
+        (a text row as long as its own tokens)."""
+        for row in range(min(REPRESENTATIVE_SAMPLES, len(self.x_train))):
+            yield self.x_train.rows(slice(row, row + 1))
+
+    def full_batch(self, rows: int) -> Batch:
+        """`rows` training rows (repeated as needed), variable-length inputs at their largest
+        size: an example at the top of every dynamic range."""
+        picked = self.x_train.rows(np.resize(np.arange(len(self.x_train)), rows))
+        if not picked.variable:
+            return picked
+        return picked.padded(max(i.shape[0] for i in self.spec.public_inputs() if i.dynamic))
+
 
 @dataclass(frozen=True)
 class Format:
@@ -68,7 +83,7 @@ class Format:
 
     name: str
     write: Callable[[ExportContext], Path]
-    runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
+    runner: Callable[[Path], Callable[[Batch], np.ndarray]]
     framework: str  # tensorflow | pytorch
     runtime: str
     precision: str = "fp32"  # fp32 | fp16 | dynamic-int8 | int8

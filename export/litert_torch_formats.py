@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.export.context import (
-    REPRESENTATIVE_SAMPLES,
     ExportContext,
     Format,
     native_stderr_logged,
@@ -104,8 +104,10 @@ def _convert(ctx: ExportContext, variant: str) -> bytes:
 
     litert_torch = _import_litert_torch()
     spec = ctx.spec
-    named = _named(ctx.torch_model.eval(), spec.input_name, spec.output_name)
-    example = {spec.input_name: _rows(ctx.x_train[:EXPORT_BATCH])}
+    named = _named(ctx.torch_model.eval(), [i.name for i in spec.public_inputs()],
+                   spec.output_name)
+    full = ctx.full_batch(EXPORT_BATCH)
+    example = _tensors(full)
     if variant == "fp32":
         return litert_torch.convert(named, sample_kwargs=example).model_content()
 
@@ -123,10 +125,11 @@ def _convert(ctx: ExportContext, variant: str) -> bytes:
     prepared = prepare_pt2e(captured, quantizer)
     # static: the activations' ranges, from the same samples, one at a time, as tflite-int8;
     # dynamic: one pass, so the per-channel weight observers have seen the weights
-    samples = ctx.x_train[:REPRESENTATIVE_SAMPLES] if variant == "int8" else ctx.x_train[:1]
+    # (a text row padded to the length the model is converted at: its mask keeps it the same)
+    rows = list(ctx.calibration_rows()) if variant == "int8" else [ctx.x_train.rows(slice(1))]
     with torch.no_grad():
-        for sample in samples:
-            prepared(**{spec.input_name: _rows(sample[None])})
+        for row in rows:
+            prepared(**_tensors(row.padded(full.width) if row.variable else row))
     # fold_quantize=False: the converter reads the weights' quantize/dequantize pairs itself
     quantized = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
     quantized.training = False  # what litert-torch checks (it warns on a training module)
@@ -135,15 +138,16 @@ def _convert(ctx: ExportContext, variant: str) -> bytes:
                                 ).model_content()
 
 
-def _rows(x: np.ndarray) -> Any:
+def _tensors(batch: Batch) -> dict[str, Any]:
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return {name: torch.from_numpy(np.ascontiguousarray(array))
+            for name, array in batch.arrays.items()}
 
 
-def _named(module: Any, input_name: str, output_name: str) -> Any:
-    """`module` taking `<input_name>=` and returning {`<output_name>`: ...}: litert-torch names
-    the signature's input after the keyword and its output after the key."""
+def _named(module: Any, input_names: list[str], output_name: str) -> Any:
+    """`module` taking its inputs by keyword and returning {`<output_name>`: ...}:
+    litert-torch names the signature's inputs after the keywords and its output after the key."""
     import torch
 
     class Named(torch.nn.Module):
@@ -152,7 +156,7 @@ def _named(module: Any, input_name: str, output_name: str) -> Any:
             self.module = module
 
         def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {output_name: self.module(inputs[input_name])}
+            return {output_name: self.module(*[inputs[name] for name in input_names])}
 
     return Named().eval()
 

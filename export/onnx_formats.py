@@ -3,10 +3,11 @@ exporter (torch.export underneath), the Keras twin through tf2onnx, and each fp3
 statically quantized to int8 by ONNX Runtime's own quantizer.
 
 Every file has the public signature of every artifact, whatever its converter names things:
-input `spec.input_name` and output `spec.output_name`, float32, the batch dimension dynamic and
-named `batch`. Each is one self-contained file (no external data), moved into place only once
-finished. The converters are separate tools the kit's own paths do not need: the formats are
-optional (a converter that is missing or fails is a failed row)."""
+the model's inputs by name and dtype and output `spec.output_name` (float32), the batch
+dimension dynamic and named `batch` (a dynamic length `axis1`). Each is one self-contained
+file (no external data), moved into place only once finished. The converters are separate
+tools the kit's own paths do not need: the formats are optional (a converter that is
+missing or fails is a failed row)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from typing import Any
 
 from deploybench import runtimes
 from deploybench.export.context import (
-    REPRESENTATIVE_SAMPLES,
     ExportContext,
     Format,
     native_stderr_logged,
 )
+from deploybench.export.tf_formats import keras_endpoint
 from deploybench.export.torch_formats import batch_example, quiet_torch
 
 ONNX_DIR = "onnx"
@@ -43,28 +44,33 @@ def _write(ctx: ExportContext, path: Path, convert: Callable[[Path], None]) -> P
     with tempfile.TemporaryDirectory(dir=ctx.build_dir) as work:
         staged = Path(work) / path.name
         convert(staged)
-        public_signature(staged, ctx.spec.input_name, ctx.spec.output_name)
+        public_signature(staged, [i.name for i in ctx.spec.public_inputs()],
+                         ctx.spec.output_name)
         os.replace(staged, path)
     return path
 
 
-def public_signature(path: Path, input_name: str, output_name: str) -> None:
-    """Name the model's one input and one output as the model's signature does, and their
-    symbolic batch dimension `batch` (tf2onnx names it `unk__<n>`, another n on each end);
-    drop the opset imports no node uses (ONNX Runtime's optimizer, run before quantizing,
-    declares every domain it knows)."""
+def public_signature(path: Path, input_names: list[str], output_name: str) -> None:
+    """Name the model's inputs (in order) and its one output as the model's signature does,
+    and their symbolic dimensions `batch` and `axis<n>` (tf2onnx names them `unk__<n>`,
+    another n on each end); drop the opset imports no node uses (ONNX Runtime's optimizer, run
+    before quantizing, declares every domain it knows)."""
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedOpsetsPass
 
     model = ir.load(path)
     graph = model.graph
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+    if len(graph.inputs) != len(input_names) or len(graph.outputs) != 1:
         raise ValueError(f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs, "
-                         "where the model has one of each")
-    for value, name in ((graph.inputs[0], input_name), (graph.outputs[0], output_name)):
+                         f"where the model has {len(input_names)} and one")
+    values = [*zip(graph.inputs, input_names, strict=True), (graph.outputs[0], output_name)]
+    for value, name in values:
         value.name = name  # the IR links values, not names: every use follows
-        if value.shape is not None and isinstance(value.shape[0], ir.SymbolicDim):
-            value.shape = ir.Shape(["batch", *value.shape[1:]])
+        if value.shape is not None:
+            value.shape = ir.Shape([
+                ("batch" if axis == 0 else f"axis{axis}")
+                if isinstance(size, ir.SymbolicDim) else size
+                for axis, size in enumerate(value.shape)])
     RemoveUnusedOpsetsPass()(model)
     ir.save(model, path)
 
@@ -81,10 +87,10 @@ def write_onnx_torch(ctx: ExportContext) -> Path:
         # verbose=False: no progress lines on stdout; torch's own warnings (torchvision's ops
         # not registered, deprecated pytree classes) go to the log
         with quiet_torch(), native_stderr_logged("torch.onnx's exporter"):
-            torch.onnx.export(ctx.torch_model.eval(), (example,), str(staged), dynamo=True,
+            torch.onnx.export(ctx.torch_model.eval(), example, str(staged), dynamo=True,
                               external_data=False, verbose=False,
-                              input_names=[spec.input_name], output_names=[spec.output_name],
-                              dynamic_shapes=dynamic)
+                              input_names=[i.name for i in spec.public_inputs()],
+                              output_names=[spec.output_name], dynamic_shapes=dynamic)
 
     return _write(ctx, onnx_path(ctx, "torch", "fp32"), convert)
 
@@ -95,12 +101,8 @@ def write_onnx_keras(ctx: ExportContext) -> Path:
     import tensorflow as tf
     from tf2onnx import convert as tf2onnx_convert
 
-    spec, model = ctx.spec, ctx.keras_model
-    signature = [tf.TensorSpec((None, *spec.input_shape), tf.float32, name=spec.input_name)]
-
-    @tf.function(input_signature=signature)
-    def serve(x: Any) -> dict[str, Any]:
-        return {spec.output_name: model(x, training=False)}
+    endpoint, signature = keras_endpoint(ctx)
+    serve = tf.function(endpoint, input_signature=signature)
 
     def convert(staged: Path) -> None:
         # tf2onnx logs through Python's logging (the log file); TensorFlow's C++ to fd 2
@@ -142,8 +144,7 @@ def int8_writer(twin: str) -> Callable[[ExportContext], Path]:
         class Calibration(CalibrationDataReader):
             def __init__(self) -> None:
                 self.samples: Iterator[Any] = (
-                    {ctx.spec.input_name: sample[None]}
-                    for sample in ctx.x_train[:REPRESENTATIVE_SAMPLES])
+                    dict(row.arrays) for row in ctx.calibration_rows())
 
             def get_next(self) -> dict[str, Any] | None:
                 return next(self.samples, None)

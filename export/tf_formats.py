@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from deploybench import runtimes
+from deploybench.batch import Batch
 from deploybench.export.context import (
-    REPRESENTATIVE_SAMPLES,
     ExportContext,
     Format,
     native_stderr_logged,
@@ -18,22 +19,39 @@ from deploybench.export.context import (
 
 
 def write_savedmodel(ctx: ExportContext) -> Path:
-    """A SavedModel whose serving_default takes `<input_name>` and returns `<output_name>`."""
+    """A SavedModel whose serving_default takes the public inputs by name (dynamic batch, and
+    dynamic length where an input has one) and returns `<output_name>`."""
     import keras
+
+    serve, signature = keras_endpoint(ctx)
+    archive = keras.export.ExportArchive()
+    archive.track(ctx.keras_model)
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=signature)
+    archive.write_out(str(ctx.savedmodel_dir), verbose=False)
+    return ctx.savedmodel_dir
+
+
+def keras_endpoint(ctx: ExportContext) -> tuple[Callable[..., Any], list[Any]]:
+    """The Keras twin as one function of the public inputs (positional, in order) returning
+    {output name: logits}, and its input signature: dynamic batch, and dynamic length where an
+    input has one. The SavedModel's serving_default and tf2onnx's input are both this."""
     import tensorflow as tf
 
     spec, model = ctx.spec, ctx.keras_model
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serving_default",
-        fn=lambda x: {spec.output_name: model(x, training=False)},
-        input_signature=[
-            tf.TensorSpec((None, *spec.input_shape), tf.float32, name=spec.input_name)
-        ],
-    )
-    archive.write_out(str(ctx.savedmodel_dir), verbose=False)
-    return ctx.savedmodel_dir
+    inputs = spec.public_inputs()
+    names = [i.name for i in inputs]
+
+    def serve(*tensors: Any) -> dict[str, Any]:
+        x = tensors[0] if len(tensors) == 1 else dict(zip(names, tensors, strict=True))
+        return {spec.output_name: model(x, training=False)}
+
+    signature = [
+        tf.TensorSpec((None, *[None if axis in i.dynamic else size
+                               for axis, size in enumerate(i.shape)]),
+                      tf.dtypes.as_dtype(i.dtype), name=i.name)
+        for i in inputs
+    ]
+    return serve, signature
 
 
 def _tflite(ctx: ExportContext, variant: str) -> bytes:
@@ -50,11 +68,9 @@ def _tflite(ctx: ExportContext, variant: str) -> bytes:
     elif variant == "dynamic-int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif variant == "int8":
-        samples = ctx.x_train[:REPRESENTATIVE_SAMPLES]
-
-        def representative_data():  # noqa: ANN202
-            for sample in samples:
-                yield [sample[None, ...]]
+        def representative_data():  # noqa: ANN202 - inputs by their signature names
+            for row in ctx.calibration_rows():
+                yield dict(row.arrays)
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_data
@@ -107,7 +123,7 @@ def tflite_writer(variant: str) -> Callable[[ExportContext], Path]:
     return write
 
 
-def run_tflite(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def run_tflite(path: Path) -> Callable[[Batch], np.ndarray]:
     return runtimes.TFLiteModel(path).predict
 
 

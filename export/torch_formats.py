@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from deploybench import runtimes
+from deploybench.batch import Batch
 from deploybench.export.context import (
-    REPRESENTATIVE_SAMPLES,
     ExportContext,
     Format,
     native_stderr_logged,
 )
+from deploybench.zoo.train import torch_inputs
 
 HANDLER = Path(__file__).resolve().parent.parent / "serving" / "handler.py"
 INPUT_VALIDATION = HANDLER.with_name("input_validation.py")  # the handler imports it
@@ -37,7 +38,8 @@ def write_torchscript(ctx: ExportContext) -> Path:
 
     import torch
 
-    example = torch.from_numpy(ctx.x_train[:2])
+    example = tuple(torch.from_numpy(np.ascontiguousarray(a))
+                    for a in ctx.full_batch(2).arrays.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
@@ -54,13 +56,7 @@ def write_mar(ctx: ExportContext) -> Path:
 
     spec = ctx.spec
     signature = ctx.build_dir / SIGNATURE_FILE
-    signature.write_text(json.dumps({
-        "model": spec.name,
-        "input_name": spec.input_name,
-        "input_shape": list(spec.input_shape),
-        "output_name": spec.output_name,
-        "max_rows": spec.max_rows,
-    }, indent=2))
+    signature.write_text(json.dumps({"model": spec.name, **spec.signature()}, indent=2))
     generate_model_archive(ModelArchiverConfig(
         model_name=spec.name,
         handler=str(HANDLER),
@@ -74,7 +70,7 @@ def write_mar(ctx: ExportContext) -> Path:
     return ctx.build_dir / f"{spec.name}.mar"
 
 
-def run_mar(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def run_mar(path: Path) -> Callable[[Batch], np.ndarray]:
     """Run the serialized model packed inside the .mar, as TorchServe will load it."""
     with zipfile.ZipFile(path) as archive:
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
@@ -89,8 +85,7 @@ def write_exported_program(ctx: ExportContext) -> Path:
 
     example, dynamic = batch_example(ctx)
     with quiet_torch():
-        program = torch.export.export(ctx.torch_model.eval(), (example,),
-                                      dynamic_shapes=dynamic)
+        program = torch.export.export(ctx.torch_model.eval(), example, dynamic_shapes=dynamic)
         torch.export.save(program, str(ctx.exported_program_path))
     return ctx.exported_program_path
 
@@ -118,29 +113,29 @@ def write_aoti(ctx: ExportContext) -> Path:
     with quiet_torch(), tempfile.TemporaryDirectory(dir=ctx.build_dir) as cache, \
             temporary_cache_dir(cache), torch.backends.nnpack.flags(enabled=False):
         program = torch.export.load(str(ctx.exported_program_path))
-        rows = program.example_inputs[0][0]
+        example = program.example_inputs[0]
         models: dict[str, Any] = {}
         high = top
         while high >= 1:
-            piece = program if high == top else _export_rows(program.module(), rows, high)
+            piece = program if high == top else _export_rows(ctx, program.module(), example,
+                                                             high)
             files = _aoti_compile(piece)
             package_aoti(str(path), {"model": files})  # alone first: which rows does it take?
             with native_stderr_logged("AOTInductor's input check"):
-                low = runtimes.aoti_lowest_batch(path, rows[:1], high)
+                low = runtimes.aoti_lowest_batch(path, tuple(x[:1] for x in example), high)
             models["model" if high == top else runtimes.aoti_model_name(low, high)] = files
             high = low - 1
         package_aoti(str(path), models)
     return path
 
 
-def _export_rows(module: Any, rows: Any, high: int) -> Any:
+def _export_rows(ctx: ExportContext, module: Any, example: tuple[Any, ...], high: int) -> Any:
     """The program again, for batches of 1 to `high` rows (a fixed batch of one when high is
     1), with its example batch at the top of that range."""
     import torch
 
-    example = rows[:1].repeat(high, *([1] * (rows.dim() - 1)))
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=high)},) if high > 1 else None
-    return torch.export.export(module, (example,), dynamic_shapes=dynamic)
+    rows = tuple(x[:1].repeat(high, *([1] * (x.dim() - 1))) for x in example)
+    return torch.export.export(module, rows, dynamic_shapes=dynamic_shapes(ctx.spec, high))
 
 
 def _aoti_compile(program: Any) -> list[Any]:
@@ -177,17 +172,35 @@ def quiet_torch() -> Iterator[None]:
         yield
 
 
-def batch_example(ctx: ExportContext) -> tuple[Any, Any]:
-    """An example batch at the top of the model's range (max_rows), and the dynamic batch
-    dimension (1..max_rows) for torch.export; a smaller example narrows the range the export
-    keeps when a permute stands in front of a convolution (DESIGN.md)."""
+def batch_example(ctx: ExportContext) -> tuple[tuple[Any, ...], Any]:
+    """Example inputs at the top of the model's range (max_rows rows, every dynamic axis at its
+    largest size), and their dynamic dimensions for torch.export; a smaller example narrows the
+    range the export keeps when a permute stands in front of a convolution (DESIGN.md)."""
     import torch
 
     rows = max(ctx.spec.max_rows, 1)
-    example = torch.from_numpy(
-        np.resize(ctx.x_train, (rows, *ctx.spec.input_shape)).astype(np.float32))
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=rows)},) if rows > 1 else None
-    return example, dynamic
+    example = tuple(torch.from_numpy(np.ascontiguousarray(a))
+                    for a in ctx.full_batch(rows).arrays.values())
+    return example, dynamic_shapes(ctx.spec, rows)
+
+
+def dynamic_shapes(spec: Any, rows: int) -> tuple[dict[int, Any], ...] | None:
+    """torch.export's dynamic dimensions of the public inputs: the batch (1..rows; fixed when
+    rows is 1) and each dynamic axis, one Dim per axis position shared by every input that has
+    it (token ids and their mask are as long as each other)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=rows) if rows > 1 else None
+    axes: dict[int, Any] = {}
+    shapes = []
+    for spec_input in spec.public_inputs():
+        dims = {0: batch} if batch is not None else {}
+        for axis in spec_input.dynamic:
+            size = spec_input.shape[axis]
+            dims[axis + 1] = axes.setdefault(axis, torch.export.Dim(f"axis{axis + 1}", min=1,
+                                                                     max=size))
+        shapes.append(dims or None)
+    return None if all(d is None for d in shapes) else tuple(shapes)
 
 
 def executorch_writer(variant: str) -> Callable[[ExportContext], Path]:
@@ -220,15 +233,15 @@ def _write_executorch(ctx: ExportContext, variant: str) -> Path:
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        captured = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
+        captured = torch.export.export(model, example, dynamic_shapes=dynamic).module()
         quantizer = XNNPACKQuantizer().set_global(
             get_symmetric_quantization_config(is_per_channel=True))
         prepared = prepare_pt2e(captured, quantizer)
         with torch.no_grad():
-            for sample in ctx.x_train[:REPRESENTATIVE_SAMPLES]:
-                prepared(torch.from_numpy(np.ascontiguousarray(sample[None])))
+            for row in ctx.calibration_rows():
+                prepared(*torch_inputs(row))
         model = convert_pt2e(prepared)
-    program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    program = torch.export.export(model, example, dynamic_shapes=dynamic)
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     ctx.readiness[f"executorch-{variant}"] = delegation(edge)
     path = ctx.build_dir / "executorch" / f"{variant}.pte"

@@ -22,7 +22,7 @@ def measure_ceiling(runtime: str, path: Path, golden: Path, batch: int, threads:
     from deploybench.runtimes import BACKENDS
 
     inputs = Golden.load(golden).inputs
-    rows = np.resize(inputs, (batch, *inputs.shape[1:]))
+    rows = inputs.rows(np.resize(np.arange(len(inputs)), batch))
     runner = BACKENDS[runtime](path, threads, None).load()
     runner.set_input(rows)
     deadline = time.perf_counter() + warmup_seconds

@@ -101,7 +101,7 @@ def test_every_tflite_variant_takes_and_returns_float32_under_its_signature(expo
         runner = interpreter.get_signature_runner("serving_default")
         assert runner.get_input_details()["pixels"]["dtype"] == np.float32, fmt
         assert runner.get_output_details()["logits"]["dtype"] == np.float32, fmt
-        logits = runner(pixels=golden.inputs[:3])["logits"]
+        logits = runner(pixels=golden.inputs[:3].only)["logits"]
         np.testing.assert_array_equal(logits, runtimes.TFLiteModel(path).predict(golden.inputs[:3]))
         parsed = flatbuffer_utils.read_model(str(path))
         assert not any(t.name for t in parsed.subgraphs[0].tensors), fmt

@@ -10,13 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from deploybench.batch import Batch
 from deploybench.errors import DeploybenchError
 from deploybench.golden import GOLDEN_FILE, Golden
 
 
 def sample(tmp_path: Path) -> Path:
     outputs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])  # float64 on purpose
-    golden = Golden(np.arange(6, dtype=np.float64).reshape(3, 2), np.array([1, 0, 0]), outputs)
+    inputs = Batch.single("x", np.arange(6, dtype=np.float32).reshape(3, 2))
+    golden = Golden(inputs, np.array([1, 0, 0]), outputs)
     (tmp_path / "m").mkdir()
     golden.save(tmp_path / "m" / GOLDEN_FILE)
     return tmp_path / "m" / GOLDEN_FILE
@@ -24,7 +26,8 @@ def sample(tmp_path: Path) -> Path:
 
 def test_round_trip_gives_float32_inputs_and_outputs(tmp_path: Path) -> None:
     golden = Golden.load(sample(tmp_path))
-    assert golden.inputs.dtype == golden.outputs.dtype == np.float32
+    assert golden.inputs.only.dtype == golden.outputs.dtype == np.float32
+    assert golden.inputs.names == ["x"]
     np.testing.assert_array_equal(golden.labels, [1, 0, 0])
     assert golden.accuracy == pytest.approx(2 / 3)
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from deploybench.batch import Batch
 from deploybench.export import litert_torch_formats
 from deploybench.export.exporter import in_batches
 from deploybench.export.formats import FORMATS
@@ -129,10 +130,10 @@ def test_litert_torch_files_match_the_exported_program_on_unseen_inputs(export_r
     tolerance of torch.export's program, the quantized variants mostly the same top-1."""
     manifest = load_manifest(export_root, model)
     golden = Golden.load(export_root / manifest.golden["path"])
-    low, high = float(golden.inputs.min()), float(golden.inputs.max())
+    low, high = float(golden.inputs.only.min()), float(golden.inputs.only.max())
     shape = manifest.inputs[0].shape[1:]
     unseen = np.random.default_rng(11).uniform(low, high, (manifest.max_rows, *shape))
-    unseen = unseen.astype(np.float32)
+    unseen = Batch.single(manifest.inputs[0].name, unseen.astype(np.float32))
     reference = load_exported_program(
         export_root / manifest.artifact("exported-program").path).predict(unseen)
     for fmt in LITERT_TORCH:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from deploybench import runtimes
+from deploybench.batch import Batch
 from deploybench.export.exporter import in_batches
 from deploybench.export.formats import FORMATS
 from deploybench.export.onnx_formats import TF2ONNX_OPSET
@@ -129,7 +130,7 @@ def test_onnx_artifacts_reproduce_the_reference(export_root, model):
         else:
             assert diff <= FP32_TOLERANCE, fmt
         for rows in (1, manifest.max_rows):  # the dynamic batch dimension, both ends
-            got = runner(unseen[:rows])
+            got = runner(Batch.single(manifest.inputs[0].name, unseen[:rows]))
             assert got.shape == (rows, 10) and got.dtype == np.float32, (fmt, rows)
             if artifact.quantized:
                 agreement = np.mean(got.argmax(1) == reference[:rows].argmax(1))
@@ -175,7 +176,7 @@ def test_onnxruntime_backend_honours_threads(tmp_path, threads):
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert runner.session.get_providers() == ["CPUExecutionProvider"]
-    x = np.array([[-1, 0, 2, -3]], dtype=np.float32)
+    x = Batch.single("x", np.array([[-1, 0, 2, -3]], dtype=np.float32))
     np.testing.assert_array_equal(runner.predict(x), [[0, 0, 2, 0]])
     # unset, ORT picks: reported as unknown, not as ORT's placeholder 0
     assert load_onnx(path).info()["runtime_threads"]["intra_op"] is None

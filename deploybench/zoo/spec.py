@@ -10,11 +10,14 @@ Conventions every twin shares, so weights copy across without surprises:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from deploybench.batch import Batch
+from deploybench.manifest import TensorSpec, signature_of
 
 if TYPE_CHECKING:
     import keras
@@ -58,12 +61,26 @@ Layer = Dense | Conv2D | MaxPool2D | Flatten | Dropout | BatchNorm
 
 
 @dataclass(frozen=True)
-class Split:
-    """A data set split into training and held-out parts (inputs already public-shaped)."""
+class Input:
+    """One public input of a model. `shape` is without the batch axis and gives each axis'
+    largest size; the axes in `dynamic` take any size from 1 to that (a text model's sequence).
+    Integer inputs take values in [0, high) (a vocabulary's size, 2 for a mask)."""
 
-    x_train: np.ndarray
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"  # float32 | int32
+    dynamic: tuple[int, ...] = ()  # axes of `shape` (0 = the first after the batch)
+    high: int | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """A data set split into training and held-out parts (inputs already public-shaped: an
+    array for a one-input model, a Batch for one with several inputs)."""
+
+    x_train: np.ndarray | Batch
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | Batch
     y_test: np.ndarray
 
 
@@ -90,6 +107,30 @@ class ModelSpec:
     output_name: str = "logits"
     min_accuracy: float | None = 0.95  # None where accuracy has no meaning (seeded weights)
     max_rows: int = 64  # largest batch one request may carry
+    # why an artifact fails the parity gate, where the cause is known (a runtime's bug): added
+    # to the refused artifact's reason in the manifest, the gate itself unchanged
+    known_causes: Mapping[str, str] = field(default_factory=dict)
+
+    def data_provenance(self) -> dict[str, Any] | None:
+        """Where a data set built at export time came from (None: it ships in a package)."""
+        return None
+
+    def public_inputs(self) -> tuple[Input, ...]:
+        """The model's inputs, in the order its artifacts take them."""
+        return (Input(self.input_name, tuple(self.input_shape)),)
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        """The public inputs as the manifest records them."""
+        return [TensorSpec(i.name, [None, *i.shape], i.dtype, list(i.dynamic), i.high)
+                for i in self.public_inputs()]
+
+    def signature(self) -> dict[str, Any]:
+        """What a server checks a request against (deploybench.manifest.signature_of)."""
+        return signature_of(self.tensor_specs(), self.output_name, self.max_rows)
+
+    def batch(self, x: np.ndarray | Batch) -> Batch:
+        """Inputs as a Batch (a one-input model's data sets are plain arrays)."""
+        return x if isinstance(x, Batch) else Batch.single(self.input_name, x)
 
     def build_torch(self) -> torch.nn.Module:
         return _build_torch(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.golden import Golden
 from deploybench.zoo.spec import ModelSpec
 
@@ -21,7 +22,7 @@ def train_reference(spec: ModelSpec, progress: callable | None = None):  # noqa:
     if spec.training is not None:
         cfg = spec.training
         generator = torch.Generator().manual_seed(cfg.seed)
-        x = torch.from_numpy(split.x_train)
+        x = spec.batch(split.x_train)
         y = torch.from_numpy(split.y_train)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
         loss_fn = torch.nn.CrossEntropyLoss()
@@ -29,13 +30,25 @@ def train_reference(spec: ModelSpec, progress: callable | None = None):  # noqa:
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), cfg.batch_size):
-                batch = order[start : start + cfg.batch_size]
+                batch = order[start : start + cfg.batch_size].numpy()
                 optimizer.zero_grad()
-                loss_fn(model(x[batch]), y[batch]).backward()
+                loss_fn(model(*torch_inputs(x.rows(batch))), y[batch]).backward()
                 optimizer.step()
             if progress:
                 progress(epoch + 1, cfg.epochs)
     model.eval()
+    golden_inputs = spec.batch(split.x_test)
     with torch.no_grad():
-        outputs = model(torch.from_numpy(split.x_test)).numpy()
-    return model, split, Golden(split.x_test, split.y_test, outputs)
+        # row by row where rows differ in length, as requests carry them
+        outputs = np.concatenate([
+            model(*torch_inputs(golden_inputs.rows(slice(i, i + 1)))).numpy()
+            for i in range(len(golden_inputs))
+        ]) if golden_inputs.variable else model(*torch_inputs(golden_inputs)).numpy()
+    return model, split, Golden(golden_inputs, split.y_test, outputs)
+
+
+def torch_inputs(batch: Batch) -> list:
+    """A batch's arrays as torch tensors, in the model's input order."""
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(a)) for a in batch.arrays.values()]
