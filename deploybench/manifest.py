@@ -34,16 +34,36 @@ def format_label(fmt: str) -> str:
 
 @dataclass
 class TensorSpec:
+    """A public input or output: `shape` with the batch axis first (None); the axes listed in
+    `dynamic` (counted after the batch axis, as the zoo's Input does) take any size from 1 to
+    the one given; integer inputs take values in [0, high)."""
+
     name: str
     shape: list[int | None]
     dtype: str
+    dynamic: list[int] = field(default_factory=list)
+    high: int | None = None
+
+
+def signature_of(inputs: list[TensorSpec], output_name: str, max_rows: int) -> dict[str, Any]:
+    """What a server checks a request against (serving/input_validation.py): every input's
+    name, shape without the batch axis, dtype, dynamic axes and value range, and the most rows
+    a request may carry. `input_name` and `input_shape` are the first input's."""
+    return {
+        "input_name": inputs[0].name,
+        "input_shape": list(inputs[0].shape[1:]),
+        "inputs": [{"name": t.name, "shape": list(t.shape[1:]), "dtype": t.dtype,
+                    "dynamic": list(t.dynamic), "high": t.high} for t in inputs],
+        "output_name": output_name,
+        "max_rows": max_rows,
+    }
 
 
 @dataclass
 class Artifact:
     format: str
     path: str  # relative to the export root
-    status: str = "ok"  # ok | failed (export error) | parity-failed
+    status: str = "ok"  # ok | failed (export error) | parity-failed (refused, not published)
     quantized: bool = False
     # the matrix the report draws: the twin it was converted from, the runtime that runs it
     # (deploybench.runtimes.BACKENDS) and its precision; None in manifests written before
@@ -77,6 +97,9 @@ class Manifest:
     created: str
     max_rows: int
     artifacts: list[Artifact] = field(default_factory=list)
+    # where the data came from, for a data set built here (a corpus' sha256, its sources'
+    # versions); None for data sets that ship in a package
+    data: dict[str, Any] | None = None
     schema: str = SCHEMA
 
     def artifact(self, fmt: str) -> Artifact:
@@ -86,11 +109,8 @@ class Manifest:
         raise DeploybenchError(f"{self.model}: the manifest has no {fmt} artifact")
 
     def signature(self) -> dict[str, Any]:
-        """What a server checks a request against (serving/input_validation.py): the input's
-        name, its shape without the batch dimension, and the most rows a request may carry."""
-        spec = self.inputs[0]
-        return {"input_name": spec.name, "input_shape": list(spec.shape[1:]),
-                "max_rows": self.max_rows}
+        """What a server checks a request against (signature_of)."""
+        return signature_of(self.inputs, self.outputs[0].name, self.max_rows)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,10 +149,16 @@ def exported_models(root: Path) -> list[str]:
 
 
 def verify_artifacts(root: Path, manifest: Manifest, formats: list[str] | None = None) -> None:
-    """Refuse an artifact that is missing, truncated or tampered with."""
+    """Refuse an artifact that is missing, truncated or tampered with, or that export did not
+    publish (failed, or refused by the parity gate)."""
     for artifact in manifest.artifacts:
         if formats is not None and artifact.format not in formats:
             continue
+        if artifact.status != "ok":
+            if formats is None:
+                continue
+            raise DeploybenchError(f"{manifest.model}: {artifact.format} was not published "
+                                   f"({artifact.status}: {artifact.reason})")
         path = root / artifact.path
         if not path.exists():
             raise DeploybenchError(f"{path}: artifact missing ({artifact.format})")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.errors import DeploybenchError
 from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest
@@ -99,8 +100,8 @@ def load_samples(root: Path, model: str, batch_size: int = 1,
         tolerance=float(manifest.tolerance.get("fp32_max_abs_diff", FP32_TOLERANCE)),
         input_name=input_name,
         output_name=output_name,
-        bodies={name: [payload.BODIES[name].encode(inputs[rows], model, input_name)
-                       for rows in batches] for name in encodings},
+        bodies={name: [payload.BODIES[name].encode(inputs[rows], model) for rows in batches]
+                for name in encodings},
         references=[outputs[rows] for rows in batches],
     )
 
@@ -135,11 +136,12 @@ def synthetic_samples(signature: Signature, model: str, batch_size: int = 1,
     the kit did not export: answers are not checked against anything, only counted."""
     rows = np.random.default_rng(0).random(
         (UNCHECKED_REQUESTS * batch_size, *signature.input_shape), dtype=np.float32)
-    batches = [rows[i * batch_size:(i + 1) * batch_size] for i in range(UNCHECKED_REQUESTS)]
+    batches = [Batch.single(signature.input_name, rows[i * batch_size:(i + 1) * batch_size])
+               for i in range(UNCHECKED_REQUESTS)]
     return Samples(
         model=model, batch_size=batch_size, tolerance=0.0,
         input_name=signature.input_name, output_name=signature.output_name,
-        bodies={name: [payload.BODIES[name].encode(batch, model, signature.input_name)
-                       for batch in batches] for name in encodings},
+        bodies={name: [payload.BODIES[name].encode(batch, model) for batch in batches]
+                for name in encodings},
         references=None, count=UNCHECKED_REQUESTS,
     )

@@ -15,8 +15,10 @@ A protocol added later gets the matrix by declaring its body: an encoder here pe
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,10 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.serving import payload
+from deploybench.serving.input_validation import DATATYPES, inputs_of
 from deploybench.serving.payload import PredictionError
 
-GOOD_VALUE = 0.5
+GOOD_VALUE = 0.5  # a good float32 value
+GOOD_ID = 1  # a good integer value: a token id in every vocabulary, an attention mask's 1
+GOOD_LENGTH = 8  # a good row's length along a dynamic axis (a text row's tokens)
 HUGE = 2**40  # a size no request can have: rows, or bytes
 
 
@@ -62,6 +68,8 @@ class Case:
     name: str
     words: tuple[str, ...]  # any of them in the error message names the problem
     draft: Callable[[dict[str, Any]], Draft]
+    # which models' signatures the defect exists for (float values, token ids, ...)
+    applies: Callable[[dict[str, Any]], bool] = lambda signature: True
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,88 @@ class Encoded:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def rows(signature: dict[str, Any], count: int, dtype: Any = np.float32) -> np.ndarray:
-    return np.full((count, *signature["input_shape"]), GOOD_VALUE, dtype=dtype)
+def first(signature: dict[str, Any]) -> dict[str, Any]:
+    """The model's first input (the one every case is about)."""
+    return inputs_of(signature)[0]
+
+
+def row_shape(spec: dict[str, Any], length: int | None = None) -> tuple[int, ...]:
+    """A good row's shape: each dynamic axis GOOD_LENGTH long (at most its size), or
+    `length`."""
+    if length is None:
+        length = min([GOOD_LENGTH, *(spec["shape"][axis] for axis in spec["dynamic"])])
+    return tuple(length if axis in spec["dynamic"] else size
+                 for axis, size in enumerate(spec["shape"]))
+
+
+def good_values(spec: dict[str, Any], count: int, dtype: Any = None,
+                length: int | None = None) -> np.ndarray:
+    good = GOOD_VALUE if spec["dtype"] == "float32" else GOOD_ID
+    return np.full((count, *row_shape(spec, length)), good, dtype=dtype or spec["dtype"])
+
+
+def rows(signature: dict[str, Any], count: int, dtype: Any = None) -> np.ndarray:
+    """`count` good rows of the first input (as `dtype`, default the input's own)."""
+    return good_values(first(signature), count, dtype)
+
+
+def datatype(spec: dict[str, Any]) -> str:
+    return DATATYPES[spec["dtype"]]
 
 
 def _one(signature: dict[str, Any], values: Any, **declared: Any) -> Draft:
-    return Draft((Tensor(signature["input_name"], values, **declared),))
+    declared.setdefault("datatype", datatype(first(signature)))
+    return Draft((Tensor(first(signature)["name"], values, **declared),))
+
+
+def complete(draft: Draft, signature: dict[str, Any]) -> Draft:
+    """A case's draft (about the first input) with a good tensor for each other input of a
+    model that takes several, as many rows and as long as the first: the defect stays the
+    only one. A draft with no tensors (the missing-input case) stays empty."""
+    names = {t.name for t in draft.tensors}
+    others = [spec for spec in inputs_of(signature)[1:] if spec["name"] not in names]
+    if not draft.tensors or not others:
+        return draft
+    values = draft.tensors[0].values
+    count, length = 1, None
+    if isinstance(values, np.ndarray) and values.ndim == len(first(signature)["shape"]) + 1:
+        count = values.shape[0]
+        length = values.shape[1] if first(signature)["dynamic"] else None
+    return replace(draft, tensors=(*draft.tensors, *(
+        Tensor(spec["name"], good_values(spec, count, length=length), datatype=datatype(spec))
+        for spec in others)))
+
+
+def _floats(signature: dict[str, Any]) -> bool:
+    return first(signature)["dtype"] == "float32"
+
+
+def _ids(signature: dict[str, Any]) -> bool:
+    return first(signature)["dtype"] == "int32" and first(signature).get("high") is not None
+
+
+def _dynamic(signature: dict[str, Any]) -> bool:
+    return bool(first(signature)["dynamic"])
+
+
+def _shares_length(signature: dict[str, Any]) -> bool:
+    """Whether a second input is as long as the first (token ids and their mask)."""
+    specs = inputs_of(signature)
+    return len(specs) > 1 and bool(set(specs[0]["dynamic"]) & set(specs[1]["dynamic"]))
+
+
+def _mask_shorter(signature: dict[str, Any]) -> Draft:
+    ids, mask = inputs_of(signature)[:2]
+    return Draft((Tensor(ids["name"], good_values(ids, 1), datatype=datatype(ids)),
+                  Tensor(mask["name"], good_values(mask, 1, length=GOOD_LENGTH - 1),
+                         datatype=datatype(mask))))
+
+
+def _too_long(signature: dict[str, Any]) -> Draft:
+    longest = max(first(signature)["shape"][axis] for axis in first(signature)["dynamic"])
+    return Draft(tuple(Tensor(spec["name"], good_values(spec, 1, length=longest + 1),
+                              datatype=datatype(spec))
+                       for spec in inputs_of(signature) if spec["dynamic"]))
 
 
 def _with(values: np.ndarray, value: float) -> np.ndarray:
@@ -104,14 +188,14 @@ def _body_defect(defect: str) -> Callable[[dict[str, Any]], Draft]:
 # Serving's own (json_tensor.cc, predict_util.cc; the test double speaks them).
 CASES: tuple[Case, ...] = (
     Case("non-finite value", ("non-finite", "nan"),
-         lambda s: _one(s, _with(rows(s, 1), np.nan))),
+         lambda s: _one(s, _with(rows(s, 1), np.nan)), _floats),
     Case("value beyond float32", ("float32 range", "without loss of precision"),
-         lambda s: _one(s, _with(rows(s, 1, np.float64), 1e39))),
+         lambda s: _one(s, _with(rows(s, 1, np.float64), 1e39)), _floats),
     Case("wrong rank", ("wrong shape", "expects [", "incorrect level", "unexpected level"),
          lambda s: _one(s, rows(s, 1).ravel())),
     Case("wrong size for the declared shape",
          ("wrong size", "declares", "reshape", "tensor size", "parsing error"),
-         lambda s: _one(s, rows(s, 1), shape=(2, *s["input_shape"]))),
+         lambda s: _one(s, rows(s, 1), shape=(2, *row_shape(first(s))))),
     Case("wrong dtype", ("wrong dtype", "not of expected type", "expects arg"),
          lambda s: _one(s, rows(s, 1, np.bool_), datatype="BOOL")),
     Case("ragged rows", ("ragged", "tensor size", "unexpected size"),
@@ -124,10 +208,12 @@ CASES: tuple[Case, ...] = (
          lambda s: Draft(())),
     Case("unknown input name", ("unknown input name", "not found in signature",
                                 "does not have named input", "keys must be equal"),
-         lambda s: Draft((Tensor(s["input_name"] + "_unknown", rows(s, 1)),))),
+         lambda s: Draft((Tensor(first(s)["name"] + "_unknown", rows(s, 1),
+                                 datatype=datatype(first(s))),))),
     Case("extra input", ("extra input", "does not match signature", "does not have named input"),
-         lambda s: Draft((Tensor(s["input_name"], rows(s, 1)),
-                          Tensor(s["input_name"] + "_extra", rows(s, 1))))),
+         lambda s: Draft((Tensor(first(s)["name"], rows(s, 1), datatype=datatype(first(s))),
+                          Tensor(first(s)["name"] + "_extra", rows(s, 1),
+                                 datatype=datatype(first(s)))))),
     Case("strings where numbers go", ("wrong dtype", "not of expected type", "expects arg"),
          lambda s: _one(s, rows(s, 1).astype(str), datatype="BYTES")),
     Case("not the protocol's format", ("malformed", "json", "parse", "not a", "unrecognized"),
@@ -143,10 +229,22 @@ CASES: tuple[Case, ...] = (
     Case("huge size in a header", ("too many rows", "declares", "reshape", "malformed",
                                    "not a size", "parsing error"),
          _body_defect("huge-size")),
+    # token ids and their mask (a text model)
+    Case("id beyond the vocabulary", ("out of range", "indices"),
+         lambda s: _one(s, _with(rows(s, 1), first(s)["high"])), _ids),
+    Case("negative id", ("out of range", "negative"),
+         lambda s: _one(s, _with(rows(s, 1), -1)), _ids),
+    Case("float ids", ("wrong dtype", "not of expected type", "expects arg"),
+         lambda s: _one(s, rows(s, 1, np.float32) + np.float32(0.5), datatype="FP32"), _ids),
+    Case("longer than the model's maximum", ("too long", "wrong shape", "expects ["),
+         _too_long, _dynamic),
+    Case("mask shorter than the ids", ("shape mismatch", "as long as", "incompatible"),
+         _mask_shorter, _shares_length),
 )
 CASE_NAMES = tuple(case.name for case in CASES)
 
-_DATATYPE_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("?")}
+_DATATYPE_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("?"),
+                    "INT32": np.dtype("<i4")}
 
 
 def _consistent(tensor: Tensor) -> bool:
@@ -198,7 +296,7 @@ def encode_rest_json(draft: Draft, signature: dict[str, Any], model: str) -> Enc
         return Encoded(body[: len(body) // 2])
     if draft.defect:
         return Skip(f"JSON rows: {NO_SIZES}")
-    name = signature["input_name"]
+    name = first(signature)["name"]
     if len(draft.tensors) == 1 and draft.tensors[0].name == name:
         (tensor,) = draft.tensors
         if tensor.shape is not None:
@@ -223,24 +321,41 @@ def npy_file(array: np.ndarray, shape: tuple[int, ...] | None = None,
 
 
 def encode_npy(draft: Draft, signature: dict[str, Any], model: str) -> Encoded | Skip:
+    """TorchServe's binary body: an .npy of the one input, an .npz of a model's several."""
+    several = len(inputs_of(signature)) > 1
     tensors = draft.tensors
-    if len(tensors) != 1 or tensors[0].name != signature["input_name"]:
+    if not several and (len(tensors) != 1 or tensors[0].name != first(signature)["name"]):
         return Skip(".npy is one unnamed array: it names no input")
-    (tensor,) = tensors
-    if not isinstance(tensor.values, np.ndarray):
+    if any(not isinstance(t.values, np.ndarray) for t in tensors):
         return Skip(".npy holds one rectangular array: its rows cannot be ragged")
-    if tensor.datatype == "FP32" and tensor.values.dtype != np.float32:
-        return Skip("a float32 .npy array cannot hold a value beyond float32")
-    values = tensor.values
-    defects = {
-        "not-format": lambda: b"\x00" * 128,
-        "truncated": lambda: npy_file(values)[:-10],
-        "length-beyond": lambda: npy_file(values, header_length=65_000),
-        "negative-size": lambda: npy_file(values, shape=(-1, *signature["input_shape"])),
-        "huge-size": lambda: npy_file(values, shape=(HUGE, *signature["input_shape"])),
-        "": lambda: npy_file(values, shape=tensor.shape),
-    }
-    return Encoded(defects[draft.defect](), {"Content-Type": payload.NPY_CONTENT_TYPE})
+    if any(not _consistent(t) for t in tensors):
+        return Skip(f"an .npy array of {datatype(first(signature))} cannot hold a value of "
+                    "another type")
+
+    def member(tensor: Tensor, defect: str) -> bytes:
+        values, shape = tensor.values, row_shape(first(signature))
+        return {
+            "length-beyond": lambda: npy_file(values, header_length=65_000),
+            "negative-size": lambda: npy_file(values, shape=(-1, *shape)),
+            "huge-size": lambda: npy_file(values, shape=(HUGE, *shape)),
+        }.get(defect, lambda: npy_file(values, shape=tensor.shape))()
+
+    if not several:
+        (tensor,) = tensors
+        defects = {"not-format": lambda: b"\x00" * 128,
+                   "truncated": lambda: npy_file(tensor.values)[:-10]}
+        body = defects.get(draft.defect, lambda: member(tensor, draft.defect))()
+        return Encoded(body, {"Content-Type": payload.NPY_CONTENT_TYPE})
+    headers = {"Content-Type": payload.NPZ_CONTENT_TYPE}
+    if draft.defect == "not-format":
+        return Encoded(b"\x00" * 128, headers)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as npz:
+        for index, tensor in enumerate(tensors):  # a header defect in the first member
+            npz.writestr(f"{tensor.name}.npy",
+                         member(tensor, draft.defect if index == 0 else ""))
+    body = archive.getvalue()
+    return Encoded(body[:-10] if draft.defect == "truncated" else body, headers)
 
 
 # --- TF Serving's gRPC PredictRequest ---------------------------------------------------------
@@ -267,6 +382,7 @@ def encode_tfserving_grpc(draft: Draft, signature: dict[str, Any], model: str) -
             proto.string_val.extend(item.encode() for item in tensor.values.ravel().tolist())
         else:
             proto.dtype = {"FP32": protos.types_pb2.DT_FLOAT,
+                           "INT32": protos.types_pb2.DT_INT32,
                            "BOOL": protos.types_pb2.DT_BOOL}[tensor.datatype]
             proto.tensor_content = _raw(tensor)
     body = request.SerializeToString()
@@ -305,7 +421,7 @@ def encode_oip_json(draft: Draft, signature: dict[str, Any], model: str) -> Enco
         values = tensor.values
         data = (values.ravel().tolist() if isinstance(values, np.ndarray) else values)
         if tensor.shape is None and not isinstance(values, np.ndarray):
-            shape = [len(values), *signature["input_shape"]]  # ragged: the shape of good rows
+            shape = [len(values), *row_shape(first(signature))]  # ragged: good rows' shape
         else:
             shape = _header_shape(tensor, draft.defect)
         inputs.append({"name": tensor.name, "shape": shape, "datatype": tensor.datatype,
@@ -372,7 +488,12 @@ def encode(case: Case, body: str, signature: dict[str, Any], model: str) -> Enco
     """`case` in the bytes of request body `body`, or why that body cannot carry it."""
     if body not in ENCODERS:
         return Skip(f"no bad-input encoder for request body {body!r}")
-    return ENCODERS[body](case.draft(signature), signature, model)
+    return ENCODERS[body](complete(case.draft(signature), signature), signature, model)
+
+
+def cases_for(signature: dict[str, Any], cases: tuple[Case, ...] = CASES) -> tuple[Case, ...]:
+    """The cases that are defects for this model's inputs (no NaN in token ids)."""
+    return tuple(case for case in cases if case.applies(signature))
 
 
 # --- sending the matrix -----------------------------------------------------------------------
@@ -546,7 +667,7 @@ def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Bo
 
 
 def probe(target: str, protocol: str, address: str, model: str, signature: dict[str, Any],
-          good_rows: np.ndarray, reference: np.ndarray, tolerance: float,
+          good_rows: Batch, reference: np.ndarray, tolerance: float,
           output_name: str = "logits", timeout: float = 30.0,
           cases: tuple[Case, ...] = CASES) -> Probe:
     """Every case of the matrix to `target` speaking `protocol` at `address`, on one
@@ -560,14 +681,14 @@ def probe(target: str, protocol: str, address: str, model: str, signature: dict[
     sender = sender_for(target, protocol, address, model, timeout)
     outcomes = []
     try:
-        for case in cases:
+        for case in cases_for(signature, cases):
             encoded = encode(case, declared.body, signature, model)
             if isinstance(encoded, Skip):
                 outcomes.append(Outcome(case.name, "skipped", "skipped", encoded.reason))
                 continue
             outcomes.append(_judge(case, sender, encoded, body, output_name,
                                    by_design.get(case.name), bool(server.closes_after_error)))
-        good = body.encode(good_rows, model, signature["input_name"])
+        good = body.encode(good_rows, model)
         headers = body.request_headers(good) if not body.grpc_method else {}
         good_answer = _good_answer(sender, Encoded(good, headers), body, output_name,
                                    reference, tolerance)

@@ -1,6 +1,6 @@
-"""One client interface for every server and protocol: predict(batch) -> logits, plus
-readiness and metadata. Load tests, the serve command and the tests all go through it
-(serving/targets.py's make_client picks the class a target declares).
+"""One client interface for every server and protocol: predict(batch) -> logits (a Batch in,
+float32 logits out), plus readiness and metadata. Load tests, the serve command and the tests
+all go through it (serving/targets.py's make_client picks the class a target declares).
 
 Each class builds itself from its target's addresses with `connect(addresses, model, ...)`,
 `addresses` being the target's endpoints by key (serving/targets.py declares them)."""
@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import requests
 
+from deploybench.batch import Batch
 from deploybench.serving import payload
 from deploybench.serving.payload import PredictionError
 
@@ -26,7 +27,7 @@ class PredictClient(Protocol):
     def connect(cls, addresses: Mapping[str, str], model: str, *, input_name: str,
                 output_name: str, timeout: float) -> PredictClient: ...
 
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+    def predict(self, batch: Batch) -> np.ndarray: ...
     def ready(self) -> bool: ...
     def metadata(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -46,9 +47,10 @@ class _HTTPClient:
             raise PredictionError(f"{self.target} at {url} did not answer in "
                                   f"{self.timeout:g} s") from None
 
-    def _post_predict(self, url: str, batch: np.ndarray, binary: bool = False) -> np.ndarray:
+    def _post_predict(self, url: str, batch: Batch, binary: bool = False) -> np.ndarray:
         if binary:
-            body, content_type = payload.encode_npy(batch), payload.NPY_CONTENT_TYPE
+            body = payload.encode_npy(batch)
+            content_type = payload.binary_content_type(body)
         else:
             body, content_type = payload.encode(batch), payload.JSON_CONTENT_TYPE
         response = self._request("POST", url, data=body, headers={"Content-Type": content_type})
@@ -88,7 +90,7 @@ class TFServingREST(_HTTPClient):
                 output_name: str = "logits", timeout: float = 30.0) -> TFServingREST:
         return cls(addresses["rest"], model, timeout=timeout)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: Batch) -> np.ndarray:
         return self._post_predict(self.predict_url, batch)
 
     def ready(self) -> bool:
@@ -116,7 +118,7 @@ class TorchServeREST(_HTTPClient):
                 output_name: str = "logits", timeout: float = 30.0) -> TorchServeREST:
         return cls(addresses["inference"], addresses["management"], model, timeout)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: Batch) -> np.ndarray:
         return self._post_predict(self.predict_url, batch, binary=self.protocol == "npy")
 
     def ready(self) -> bool:
@@ -183,11 +185,12 @@ class TFServingGRPC(_GRPCClient):
         self.predict_stub = protos.prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_stub = protos.model_service_pb2_grpc.ModelServiceStub(self.channel)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: Batch) -> np.ndarray:
         request = self.protos.predict_pb2.PredictRequest()
         request.model_spec.name = self.model
         request.model_spec.signature_name = "serving_default"
-        request.inputs[self.input_name].CopyFrom(self.protos.tensor_proto(batch))
+        for name, array in batch.arrays.items():
+            request.inputs[name].CopyFrom(self.protos.tensor_proto(array))
         response = self._call(self.predict_stub.Predict, request)
         if self.output_name not in response.outputs:
             raise PredictionError(f"answer has no output {self.output_name!r}")
@@ -229,7 +232,7 @@ class KServeV1(_HTTPClient):
                 output_name: str = "logits", timeout: float = 30.0) -> KServeV1:
         return cls(addresses["rest"], model, timeout)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: Batch) -> np.ndarray:
         return self._post_predict(self.predict_url, batch)
 
     def ready(self) -> bool:
@@ -259,8 +262,8 @@ class OIPRest(_HTTPClient):
                 output_name: str = "logits", timeout: float = 30.0) -> OIPRest:
         return cls(addresses["rest"], model, input_name, output_name, timeout)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        body = self.encoding.encode(batch, self.model, self.input_name)
+    def predict(self, batch: Batch) -> np.ndarray:
+        body = self.encoding.encode(batch, self.model)
         response = self._request("POST", self.model_url + "/infer", data=body,
                                  headers=self.encoding.request_headers(body))
         if response.status_code != 200:
@@ -305,8 +308,8 @@ class OIPGRPC(_GRPCClient):
                                               request_serializer=None,
                                               response_deserializer=None)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        body = self.encoding.encode(batch, self.model, self.input_name)
+    def predict(self, batch: Batch) -> np.ndarray:
+        body = self.encoding.encode(batch, self.model)
         return self.encoding.answer(self._call(self.infer, body), self.output_name)
 
     def ready(self) -> bool:

@@ -6,13 +6,16 @@ works against both servers:
   row form      {"instances": [row, ...]}  ->  {"predictions": [[logit, ...], ...]}
   columnar form {"inputs": [row, ...]}     ->  {"outputs": [[logit, ...], ...]}
 A row may also be {"<input name>": row}, and "inputs" may be {"<input name>": [row, ...]}.
-The binary form: Content-Type application/x-npy, the body one .npy file holding a float32 array
-of shape (N, *input shape) -> {"predictions": ...}; no JSON to decode (3 MB for one 224x224x3
-image), no pickles (allow_pickle=False).
+A model with several inputs (token ids and a mask) takes each row as {"<name>": value, ...},
+or "inputs" as {"<name>": [row, ...], ...}.
+The binary form: Content-Type application/x-npy, the body one .npy file holding an array of
+shape (N, *input shape) -> {"predictions": ...}; no JSON to decode (3 MB for one 224x224x3
+image), no pickles (allow_pickle=False). Several inputs: application/x-npz, an uncompressed
+.npz of one .npy per input, named by it.
 
 Every request of a batch is validated alone (input_validation.py): a bad one gets its own HTTP
 400 with a JSON error naming the problem (TF Serving's {"error": "..."} shape), its neighbours
-are answered.
+are answered. Requests of different lengths in one batch are padded to the longest (mask 0).
 TorchServe loads the only class defined here as the handler, so errors are plain ValueErrors.
 """
 
@@ -21,15 +24,17 @@ import logging
 import os
 import time
 
-import numpy as np
 import torch
 
 # packed beside this file in the .mar (TorchServe puts the model folder on sys.path); the
 # KServe server imports the same file as deploybench.serving.input_validation
 from input_validation import (
     NPY_TYPE,
+    NPZ_TYPE,
     check_outputs,
+    concatenate,
     decode_npy_body,
+    decode_npz_body,
     decode_predict_body,
     error_text,
 )
@@ -76,14 +81,16 @@ class DeploybenchHandler:
             log.info("batch of %d requests, %d rejected", len(data), len(data) - len(rows))
         if rows:
             started = time.perf_counter()
+            batch = concatenate(rows, self.signature)
             with torch.inference_mode():
-                logits = self.model(torch.from_numpy(np.concatenate(rows))).numpy()
+                logits = self.model(*[torch.from_numpy(a) for a in batch.values()]).numpy()
             _count_batch(context, (time.perf_counter() - started) * 1000.0, len(rows))
             start = 0
             # no zip(strict=...): the official TorchServe image runs the handler on Python 3.9
-            for index, batch, form in zip(owners, rows, forms):  # noqa: B905
-                part = logits[start : start + len(batch)]
-                start += len(batch)
+            for index, request, form in zip(owners, rows, forms):  # noqa: B905
+                count = len(next(iter(request.values())))
+                part = logits[start : start + count]
+                start += count
                 try:
                     check_outputs(part)
                 except ValueError as error:
@@ -111,9 +118,11 @@ class DeploybenchHandler:
         media_type = content_type.split(";")[0].strip().lower()
         if media_type == NPY_TYPE:
             return decode_npy_body(body, self.signature), "instances"
+        if media_type == NPZ_TYPE:
+            return decode_npz_body(body, self.signature), "instances"
         if media_type not in JSON_TYPES:
             raise ValueError(f"unsupported Content-Type {content_type!r}: send "
-                             f"application/json or {NPY_TYPE}")
+                             f"application/json, {NPY_TYPE} or {NPZ_TYPE}")
         return decode_predict_body(body, self.signature)
 
 

@@ -81,23 +81,25 @@ def make_model(root: Path, name: str, runtime: str, threads: int) -> Any:
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     from deploybench import runtimes
+    from deploybench.batch import Batch
     from deploybench.manifest import load_manifest, verify_artifacts
     from deploybench.serving import input_validation
 
     manifest = load_manifest(root, name)
     fmt = served_format(manifest, runtime)
     verify_artifacts(root, manifest, [fmt])
-    spec = manifest.inputs[0]
     signature = manifest.signature()
     output_name = manifest.outputs[0].name
     backend = runtimes.BACKENDS[RUNTIMES[fmt]](root / manifest.artifact(fmt).path, threads)
 
-    def v2_batch(request: InferRequest) -> np.ndarray:
+    def v2_batch(request: InferRequest) -> dict[str, np.ndarray]:
         input_validation.check_input_names([t.name for t in request.inputs], signature)
-        (tensor,) = request.inputs
         # KServe keeps binary and gRPC raw contents in _raw_data, JSON numbers in data
-        return input_validation.decode_tensor(tensor.name, tensor.shape, tensor.datatype,
-                                              tensor.data, tensor._raw_data, signature)
+        return input_validation.check_inputs({
+            tensor.name: input_validation.decode_tensor(
+                tensor.name, tensor.shape, tensor.datatype, tensor.data, tensor._raw_data,
+                signature)
+            for tensor in request.inputs}, signature)
 
     class KitModel(kserve.Model):
         def __init__(self) -> None:
@@ -113,7 +115,11 @@ def make_model(root: Path, name: str, runtime: str, threads: int) -> Any:
             return True
 
         def get_input_types(self) -> list[dict[str, Any]]:
-            return [{"name": spec.name, "datatype": "FP32", "shape": [-1, *spec.shape[1:]]}]
+            return [{"name": spec["name"],
+                     "datatype": input_validation.DATATYPES[spec["dtype"]],
+                     "shape": [-1, *[-1 if axis in spec["dynamic"] else size
+                                     for axis, size in enumerate(spec["shape"])]]}
+                    for spec in input_validation.inputs_of(signature)]
 
         def get_output_types(self) -> list[dict[str, Any]]:
             return [{"name": output_name, "datatype": "FP32",
@@ -124,14 +130,18 @@ def make_model(root: Path, name: str, runtime: str, threads: int) -> Any:
             try:
                 if isinstance(payload, InferRequest):
                     batch, form = v2_batch(payload), None
-                elif is_npy(headers):  # TorchServe's binary body, accepted on V1 alike
+                elif media_type(headers) == input_validation.NPY_TYPE:
+                    # TorchServe's binary bodies, accepted on V1 alike
                     batch, form = input_validation.decode_npy_body(payload, signature), "instances"
+                elif media_type(headers) == input_validation.NPZ_TYPE:
+                    batch, form = input_validation.decode_npz_body(payload, signature), "instances"
                 else:
                     batch, form = input_validation.decode_predict_body(payload, signature)
             except ValueError as error:
                 raise InvalidInput(input_validation.error_text(error)) from None
             loop = asyncio.get_running_loop()
-            logits = await loop.run_in_executor(self.executor, self.runner.predict, batch)
+            logits = await loop.run_in_executor(self.executor, self.runner.predict,
+                                                Batch(batch))
             try:
                 input_validation.check_outputs(logits)
             except ValueError as error:
@@ -150,11 +160,9 @@ def make_model(root: Path, name: str, runtime: str, threads: int) -> Any:
     return model
 
 
-def is_npy(headers: dict[str, str] | None) -> bool:
-    from deploybench.serving.input_validation import NPY_TYPE
-
-    content_type = (headers or {}).get("content-type", "")
-    return content_type.split(";")[0].strip().lower() == NPY_TYPE
+def media_type(headers: dict[str, str] | None) -> str:
+    """A request's Content-Type without its parameters, lower case."""
+    return (headers or {}).get("content-type", "").split(";")[0].strip().lower()
 
 
 def binary_request(body: bytes, header_length: int, model_name: str) -> Any:
@@ -311,8 +319,9 @@ def serve(models: list[Any], host: str, http_port: int, grpc_port: int) -> None:
                    model_name: str | None = None) -> Any:
             # a V1 JSON body is parsed by the kit's own parser: KServe's (orjson) calls NaN
             # "Unrecognized request format", the kit's names it as the non-finite value it is
+            binary = (input_validation.NPY_TYPE, input_validation.NPZ_TYPE)
             if (isinstance(body, bytes) and protocol_version.lower() == "v1"
-                    and not is_npy(headers)):
+                    and media_type(headers) not in binary):
                 try:
                     body = input_validation.parse_json(body)
                 except ValueError as error:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.serving.package_stubs import empty_packages
 from deploybench.serving.payload import PredictionError
 
@@ -31,29 +32,40 @@ INFER_PATH = "/v2/models/{model}/infer"
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
-DATATYPE = "FP32"
+DATATYPE = "FP32"  # the answer's (logits)
+# numpy dtype -> the protocol's datatype name, for the dtypes a public input may have
+DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}
 
 
-def _rows(rows: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(rows, dtype="<f4")
+def _tensors(rows: Batch) -> list[tuple[str, np.ndarray, str]]:
+    """(name, little-endian contiguous array, datatype) of each input of the batch."""
+    tensors = []
+    for name, array in rows.arrays.items():
+        if array.dtype not in DATATYPES:
+            array = array.astype(np.float32)
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        tensors.append((name, array, DATATYPES[array.dtype.newbyteorder("=")]))
+    return tensors
 
 
-def json_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
-    """A V2 REST JSON request: the tensor as a flat list of numbers."""
-    array = _rows(rows)
-    return json.dumps({"inputs": [{"name": input_name, "shape": list(array.shape),
-                                   "datatype": DATATYPE,
-                                   "data": array.ravel().tolist()}]}).encode()
+def json_request(rows: Batch, model: str) -> bytes:
+    """A V2 REST JSON request: each input a tensor, its data a flat list of numbers."""
+    return json.dumps({"inputs": [
+        {"name": name, "shape": list(array.shape), "datatype": datatype,
+         "data": array.ravel().tolist()}
+        for name, array, datatype in _tensors(rows)]}).encode()
 
 
-def binary_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
-    """A V2 REST request with the binary tensor extension: JSON header, then raw bytes. The
-    header's length goes in Inference-Header-Content-Length (binary_header_length)."""
-    array = _rows(rows)
-    header = json.dumps({"inputs": [{"name": input_name, "shape": list(array.shape),
-                                     "datatype": DATATYPE,
-                                     "parameters": {"binary_data_size": array.nbytes}}]})
-    return header.encode() + array.tobytes()
+def binary_request(rows: Batch, model: str) -> bytes:
+    """A V2 REST request with the binary tensor extension: JSON header, then each input's raw
+    bytes in order. The header's length goes in Inference-Header-Content-Length
+    (binary_header_length)."""
+    tensors = _tensors(rows)
+    header = json.dumps({"inputs": [
+        {"name": name, "shape": list(array.shape), "datatype": datatype,
+         "parameters": {"binary_data_size": array.nbytes}}
+        for name, array, datatype in tensors]})
+    return header.encode() + b"".join(array.tobytes() for _, array, _ in tensors)
 
 
 def binary_header_length(body: bytes) -> int:
@@ -64,13 +76,13 @@ def binary_header_length(body: bytes) -> int:
         raise PredictionError(f"not a binary V2 request: {error}") from None
 
 
-def grpc_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
-    """A serialized ModelInferRequest with the tensor in raw_input_contents."""
-    array = _rows(rows)
+def grpc_request(rows: Batch, model: str) -> bytes:
+    """A serialized ModelInferRequest, each input's bytes in raw_input_contents."""
     request = grpc_predict_v2_pb2.ModelInferRequest(model_name=model)
-    tensor = request.inputs.add(name=input_name, datatype=DATATYPE)
-    tensor.shape.extend(array.shape)
-    request.raw_input_contents.append(array.tobytes())
+    for name, array, datatype in _tensors(rows):
+        tensor = request.inputs.add(name=name, datatype=datatype)
+        tensor.shape.extend(array.shape)
+        request.raw_input_contents.append(array.tobytes())
     return request.SerializeToString()
 
 

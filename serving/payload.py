@@ -2,12 +2,17 @@
 
 - JSON, TF Serving's REST predict body: the one format every REST server of the kit answers.
 - .npy, numpy's self-describing binary array file (dtype, shape, then raw little-endian
-  float32): TorchServe's binary request body (Content-Type NPY_CONTENT_TYPE). A 224x224x3 image
+  float32): TorchServe's binary request body (Content-Type NPY_CONTENT_TYPE). A model with
+  several inputs (token ids and a mask) gets an .npz instead: one .npy per input, named by it,
+  in an uncompressed zip (numpy's own container; Content-Type NPZ_CONTENT_TYPE). A 224x224x3 image
   is 0.6 MB as .npy and 3 MB as JSON, whose decoding in TorchServe's Python worker costs about
   4x the model itself; the binary body is to TorchServe what gRPC's tensor_content is to TF
   Serving. Answers are JSON either way (1000 logits are small).
 - TF Serving's gRPC PredictRequest, and the Open Inference Protocol's REST JSON, REST binary
   and gRPC requests (serving/oip.py).
+
+Every encoder takes a Batch: its inputs by name, each with its own dtype (float32, or int32
+token ids), as long as its longest row (a client pads a text batch, with its mask).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.errors import DeploybenchError
 
 ROW_FORM = "instances"  # {"instances": [row, ...]} -> {"predictions": [...]}
@@ -28,6 +34,7 @@ COLUMNAR_FORM = "inputs"  # {"inputs": [row, ...]} -> {"outputs": [...]}
 ANSWER_KEYS = {ROW_FORM: "predictions", COLUMNAR_FORM: "outputs"}
 JSON_CONTENT_TYPE = "application/json"
 NPY_CONTENT_TYPE = "application/x-npy"  # the handler (serving/handler.py) says it once more
+NPZ_CONTENT_TYPE = "application/x-npz"  # likewise
 
 
 class PredictionError(DeploybenchError):
@@ -38,18 +45,37 @@ class PredictionError(DeploybenchError):
         self.status = status
 
 
-def encode(batch: np.ndarray, form: str = ROW_FORM) -> bytes:
-    """A float32 batch as a JSON predict body (values as float32 prints exactly round-trip)."""
+def encode(batch: Batch, form: str = ROW_FORM) -> bytes:
+    """A batch as a JSON predict body (float32 values print exactly and round-trip). One input:
+    its rows as they are; several: TF Serving's named forms, each row an object of its inputs
+    (`instances`), or one list per input (`inputs`)."""
     if form not in ANSWER_KEYS:
         raise ValueError(f"unknown request form {form!r}")
-    return json.dumps({form: np.asarray(batch, dtype=np.float32).tolist()}).encode()
+    if len(batch.arrays) == 1:
+        return json.dumps({form: batch.only.tolist()}).encode()
+    if form == COLUMNAR_FORM:
+        return json.dumps({form: {n: a.tolist() for n, a in batch.arrays.items()}}).encode()
+    columns = {name: array.tolist() for name, array in batch.arrays.items()}
+    return json.dumps({form: [{name: column[row] for name, column in columns.items()}
+                              for row in range(len(batch))]}).encode()
 
 
-def encode_npy(batch: np.ndarray) -> bytes:
-    """A float32 batch as an .npy file (little-endian, C order): TorchServe's binary body."""
+def encode_npy(batch: Batch) -> bytes:
+    """A batch as TorchServe's binary body: an .npy file of the one input (little-endian, C
+    order), or an uncompressed .npz of every input, each under its name."""
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(batch, dtype="<f4"), allow_pickle=False)
+    if len(batch.arrays) == 1:
+        array = batch.only
+        np.save(buffer, np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")),
+                allow_pickle=False)
+    else:
+        np.savez(buffer, **{name: np.ascontiguousarray(a) for name, a in batch.arrays.items()})
     return buffer.getvalue()
+
+
+def binary_content_type(body: bytes) -> str:
+    """The Content-Type of an encode_npy body: .npz files are zip archives."""
+    return NPZ_CONTENT_TYPE if body[:2] == b"PK" else NPY_CONTENT_TYPE
 
 
 @dataclass(frozen=True)
@@ -57,7 +83,7 @@ class Body:
     """One request encoding: how rows become a request, how the answer gives logits back, and
     what carries it (a REST content type, or a gRPC method)."""
 
-    encode: Callable[[np.ndarray, str, str], bytes]  # (rows, model, input name) -> bytes
+    encode: Callable[[Batch, str], bytes]  # (rows, model) -> bytes
     answer: Callable[[bytes, str], np.ndarray]  # (answer bytes, output name) -> logits
     content_type: str = ""  # REST bodies
     grpc_method: str = ""  # gRPC bodies: the method's path
@@ -68,10 +94,10 @@ class Body:
         return {"Content-Type": self.content_type, **(self.headers(body) if self.headers else {})}
 
 
-def _tfserving_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
+def _tfserving_request(rows: Batch, model: str) -> bytes:
     from deploybench.serving import protos  # TF Serving's protos, loaded only when needed
 
-    return protos.predict_request(rows, model, input_name)
+    return protos.predict_request(rows, model)
 
 
 def _tfserving_answer(answer: bytes, output_name: str) -> np.ndarray:
@@ -101,10 +127,11 @@ def _oip_binary_headers(body: bytes) -> dict[str, str]:
 # Request bodies by name (a target's protocol declares which it sends): the same rows each way.
 BODIES: dict[str, Body] = {
     # TF Serving's REST predict body, answered by every server speaking TF Serving's REST API
-    "json": Body(lambda rows, model, input_name: encode(rows),
+    "json": Body(lambda rows, model: encode(rows),
                  lambda answer, output_name: decode(answer), JSON_CONTENT_TYPE),
-    "npy": Body(lambda rows, model, input_name: encode_npy(rows),
-                lambda answer, output_name: decode(answer), NPY_CONTENT_TYPE),
+    "npy": Body(lambda rows, model: encode_npy(rows),
+                lambda answer, output_name: decode(answer), NPY_CONTENT_TYPE,
+                headers=lambda body: {"Content-Type": binary_content_type(body)}),
     "tfserving-grpc": Body(_tfserving_request, _tfserving_answer,  # a PredictRequest
                            grpc_method="/tensorflow.serving.PredictionService/Predict"),
     # the Open Inference Protocol (serving/oip.py): REST JSON, REST binary, gRPC

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploybench.batch import Batch
 from deploybench.serving.package_stubs import empty_packages
 
 with empty_packages("tensorflow", "tensorflow.core", "tensorflow.core.framework",
@@ -31,13 +32,19 @@ __all__ = [
 SIGNATURE = "serving_default"
 
 
+# numpy dtype -> TF Serving's, for the dtypes a public input or output may have
+DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int32): types_pb2.DT_INT32}
+
+
 def tensor_proto(batch: np.ndarray) -> tensor_pb2.TensorProto:
-    """A float32 batch as a TensorProto, built without TensorFlow."""
-    array = np.ascontiguousarray(batch, dtype=np.float32)
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    """A float32 or int32 batch as a TensorProto, built without TensorFlow."""
+    array = np.ascontiguousarray(batch)
+    if array.dtype not in DTYPES:
+        array = array.astype(np.float32)
+    proto = tensor_pb2.TensorProto(dtype=DTYPES[array.dtype])
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
-    proto.tensor_content = array.astype("<f4").tobytes()
+    proto.tensor_content = array.astype(array.dtype.newbyteorder("<")).tobytes()
     return proto
 
 
@@ -48,12 +55,14 @@ def tensor_to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
     return np.asarray(proto.float_val, dtype=np.float32).reshape(shape)
 
 
-def predict_request(rows: np.ndarray, model: str, input_name: str) -> bytes:
-    """A serialized PredictRequest for `rows`: the gRPC body of the load generator."""
+def predict_request(rows: Batch, model: str) -> bytes:
+    """A serialized PredictRequest for `rows`, every input under its name: the gRPC body of
+    the load generator."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = SIGNATURE
-    request.inputs[input_name].CopyFrom(tensor_proto(rows))
+    for name, array in rows.arrays.items():
+        request.inputs[name].CopyFrom(tensor_proto(array))
     return request.SerializeToString()
 
 

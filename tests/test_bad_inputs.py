@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploybench.batch import Batch
 from deploybench.loadtest.samples import NonFiniteAnswer, Samples, WrongAnswer
 from deploybench.serving import bad_inputs, oip, payload, targets
 from deploybench.serving import input_validation as validation
@@ -120,8 +121,9 @@ def test_tf_serving_json_rows_are_checked_as_float32(rows, words) -> None:
 
 def test_a_valid_request_decodes_to_the_same_float32_batch_in_every_form() -> None:
     rows = np.random.default_rng(0).random((3, 64), dtype=np.float32)
-    by_json, _ = validation.decode_predict_body(json.loads(payload.encode(rows)), MLP)
-    by_npy = validation.decode_npy_body(payload.encode_npy(rows), MLP)
+    batch = Batch.single("pixels", rows)
+    (by_json,) = validation.decode_predict_body(json.loads(payload.encode(batch)), MLP)[0].values()
+    (by_npy,) = validation.decode_npy_body(payload.encode_npy(batch), MLP).values()
     by_data = validation.decode_tensor("pixels", [3, 64], "FP32", rows.ravel().tolist(), None,
                                        MLP)
     by_raw = validation.decode_tensor("pixels", [3, 64], "FP32", None, rows.tobytes(), MLP)

@@ -73,7 +73,7 @@ def test_rest_every_golden_sample_and_explicit_version(
     fake: FakeTFServing, export_root: Path
 ) -> None:
     data, tolerance = golden(export_root, "digits-mlp")
-    reply = predict(fake, "digits-mlp", {"instances": data.inputs.tolist()}, "/versions/1")
+    reply = predict(fake, "digits-mlp", {"instances": data.inputs.only.tolist()}, "/versions/1")
     assert reply.status_code == 200, reply.text
     assert max_diff(reply.json()["predictions"], data.outputs) <= tolerance
 
@@ -82,7 +82,7 @@ def test_rest_concurrent_requests_are_all_correct(fake: FakeTFServing, export_ro
     data, tolerance = golden(export_root, "digits-cnn")
 
     def one(i: int) -> float:
-        reply = predict(fake, "digits-cnn", {"instances": data.inputs[i : i + 1].tolist()})
+        reply = predict(fake, "digits-cnn", {"instances": data.inputs[i : i + 1].only.tolist()})
         assert reply.status_code == 200, reply.text
         return max_diff(reply.json()["predictions"], data.outputs[i : i + 1])
 
@@ -185,7 +185,7 @@ def test_rest_still_correct_after_errors(fake: FakeTFServing, export_root: Path)
     data, tolerance = golden(export_root, "digits-mlp")
     for _, body, _ in BAD_BODIES:
         predict(fake, "digits-mlp", body)
-    reply = predict(fake, "digits-mlp", {"instances": data.inputs[:4].tolist()})
+    reply = predict(fake, "digits-mlp", {"instances": data.inputs[:4].only.tolist()})
     assert reply.status_code == 200
     assert max_diff(reply.json()["predictions"], data.outputs[:4]) <= tolerance
 
@@ -224,7 +224,7 @@ def test_grpc_predict_matches_golden(
 
     data, tolerance = golden(export_root, model)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    reply = stub.Predict(predict_request(model, {"pixels": data.inputs[:32]}), timeout=30)
+    reply = stub.Predict(predict_request(model, {"pixels": data.inputs[:32].only}), timeout=30)
     assert reply.model_spec.name == model
     assert reply.model_spec.version.value == 1
     assert reply.model_spec.signature_name == "serving_default"
@@ -342,12 +342,12 @@ def test_perturb_makes_answers_wrong_detectably(export_root: Path) -> None:
 
     data, tolerance = golden(export_root, "digits-mlp")
     with FakeTFServing(export_root, models=["digits-mlp"], perturb=0.5) as noisy:
-        reply = predict(noisy, "digits-mlp", {"instances": data.inputs[:8].tolist()})
+        reply = predict(noisy, "digits-mlp", {"instances": data.inputs[:8].only.tolist()})
         assert reply.status_code == 200
         assert max_diff(reply.json()["predictions"], data.outputs[:8]) > 100 * tolerance
         with grpc.insecure_channel(noisy.grpc_target) as open_channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(open_channel)
-            answer = stub.Predict(predict_request("digits-mlp", {"pixels": data.inputs[:8]}),
+            answer = stub.Predict(predict_request("digits-mlp", {"pixels": data.inputs[:8].only}),
                                   timeout=30)
         assert max_diff(tf.make_ndarray(answer.outputs["logits"]), data.outputs[:8]) > tolerance
         # only the models asked for are served

@@ -27,6 +27,7 @@ import pytest
 import requests
 from rich.console import Console
 
+from deploybench.batch import Batch
 from deploybench.export.formats import FORMATS
 from deploybench.files import tree_sha256
 from deploybench.golden import Golden
@@ -174,7 +175,7 @@ def test_worker_killed_mid_step_is_counted_and_recovers(torchserve: Deployment,
         assert "Worker died" in reason or "Connection" in reason, reason
     # afterwards: correct answers from the new worker
     answer = requests.post(f"{endpoints.torchserve_inference}/predictions/{MODEL}",
-                           json={"instances": samples.inputs[:16].tolist()}, timeout=30)
+                           json={"instances": samples.inputs[:16].only.tolist()}, timeout=30)
     ok, why = matches_reference(np.asarray(answer.json()["predictions"], np.float32),
                                 samples.outputs[:16], FP32_TOLERANCE)
     assert ok, why
@@ -551,7 +552,7 @@ def test_tfserving_clients_name_unknown_models_versions_and_bad_shapes(double: A
     ]
     for client, batch, message in cases:
         with pytest.raises(PredictionError, match=message) as info:
-            client.predict(batch)
+            client.predict(Batch.single("pixels", batch))
         assert "\n" not in str(info.value)
         if client.protocol == "rest":
             assert info.value.status in (400, 404)

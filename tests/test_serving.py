@@ -12,6 +12,7 @@ import psutil
 import pytest
 import requests
 
+from deploybench.batch import Batch
 from deploybench.errors import DeploybenchError
 from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest
@@ -131,7 +132,7 @@ def test_npy_body_gets_the_same_answer_as_json(export_root, torchserve_url, mode
 
 def test_named_input_forms_are_accepted(export_root, torchserve_url):
     samples = golden(export_root, "digits-mlp")
-    rows = samples.inputs[:3].tolist()
+    rows = samples.inputs[:3].only.tolist()
     for body in ({"instances": [{"pixels": row} for row in rows]},
                  {"inputs": {"pixels": rows}}):
         response = post(torchserve_url, "digits-mlp", body)
@@ -150,7 +151,7 @@ def test_client_api_predicts_and_reports_readiness(export_root, served):
     np.testing.assert_allclose(client.predict(samples.inputs[:5]), samples.outputs[:5],
                                atol=FP32_TOLERANCE)
     with pytest.raises(payload.PredictionError, match="400.*wrong shape"):
-        client.predict(np.zeros((1, 7), np.float32))
+        client.predict(Batch.single("pixels", np.zeros((1, 7), np.float32)))
     client.close()
     binary = make_client("torchserve", "npy", "digits-cnn", Endpoints(
         torchserve_inference=endpoints.torchserve_inference,
@@ -159,7 +160,7 @@ def test_client_api_predicts_and_reports_readiness(export_root, served):
     np.testing.assert_allclose(binary.predict(samples.inputs[:5]), samples.outputs[:5],
                                atol=FP32_TOLERANCE)
     with pytest.raises(payload.PredictionError, match="400.*wrong shape"):
-        binary.predict(np.zeros((2, 8, 8, 2), np.float32))
+        binary.predict(Batch.single("pixels", np.zeros((2, 8, 8, 2), np.float32)))
     binary.close()
 
 
@@ -271,13 +272,14 @@ def test_client_names_an_oversized_body_and_an_unknown_model(served):
     client = TorchServeREST(endpoints.torchserve_inference, endpoints.torchserve_management,
                             "digits-mlp")
     with pytest.raises(payload.PredictionError, match="413: .*Too Large") as info:
-        client.predict(np.full((62_500, 64), 0.5, np.float32))  # ~20 MB of JSON
+        # ~20 MB of JSON
+        client.predict(Batch.single("pixels", np.full((62_500, 64), 0.5, np.float32)))
     assert info.value.status == 413 and "max_request_size" in str(info.value)
     client.close()
     unknown = TorchServeREST(endpoints.torchserve_inference, endpoints.torchserve_management,
                              "no-such-model")
     with pytest.raises(payload.PredictionError, match="404: .*Model not found: no-such-model"):
-        unknown.predict(np.zeros((1, 64), np.float32))
+        unknown.predict(Batch.single("pixels", np.zeros((1, 64), np.float32)))
     assert not unknown.ready()
     unknown.close()
 
@@ -397,7 +399,7 @@ def test_handler_parses_json_alike_with_and_without_orjson(monkeypatch):
     def outcome(body):
         try:
             batch, form = handler.decode_predict_body(bytearray(body), signature)
-            return batch.tolist(), form
+            return batch["pixels"].tolist(), form
         except ValueError as error:
             return str(error)
 
