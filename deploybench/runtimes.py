@@ -114,6 +114,33 @@ class TensorFlowRunner(_Predicts):
         }}
 
 
+class KerasRunner(_Predicts):
+    """A Keras model in process (a hub preset read back), called on the public inputs by name;
+    its one output (a {name: logits} dict or a tensor) as float32."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.input_names = [t.name.split(":")[0] for t in model.inputs]
+        self._x: Any = None
+        self._y: Any = None
+
+    def set_input(self, x: Batch) -> None:
+        arrays = feeds(x, self.input_names)
+        self._x = arrays if len(arrays) > 1 else next(iter(arrays.values()))
+
+    def run(self) -> None:
+        self._y = self.model(self._x, training=False)
+
+    def output(self) -> np.ndarray:
+        y = self._y
+        if isinstance(y, dict):
+            (y,) = y.values()
+        return np.asarray(y, dtype=np.float32)
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+
 def load_savedmodel(path: Path) -> TensorFlowRunner:
     """A SavedModel, ready to run its serving_default signature."""
     import tensorflow as tf
@@ -382,6 +409,12 @@ class TFLiteModel(_Predicts):
         self._output = self.interpreter.get_output_details()[0]
         self._shapes: dict[str, tuple[int, ...]] = {}
         details = {d["index"]: d for d in self.interpreter.get_input_details()}
+        # a sequence length the file fixes (litert-torch converts at one length): shorter
+        # rows are padded to it, their mask hiding the padding, as a phone app pads its input
+        self._fixed_length = {name: int(details[index]["shape_signature"][1])
+                              for name, index in self._inputs.items()
+                              if len(details[index]["shape_signature"]) > 1
+                              and details[index]["shape_signature"][1] > 0}
         for name, index in self._inputs.items():
             if np.dtype(details[index]["dtype"]) not in INPUT_DTYPES:
                 raise ArtifactError(f"{self.path}: input {name!r} is "
@@ -401,6 +434,9 @@ class TFLiteModel(_Predicts):
         return {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
 
     def set_input(self, x: Batch) -> None:
+        lengths = {self._fixed_length[name] for name in x.variable if name in self._fixed_length}
+        if len(lengths) == 1:
+            x = x.padded(lengths.pop())
         arrays = feeds(x, list(self._inputs))
         changed = {name: a.shape for name, a in arrays.items() if a.shape != self._shapes[name]}
         for name, shape in changed.items():

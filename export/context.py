@@ -83,15 +83,25 @@ class Format:
 
     name: str
     write: Callable[[ExportContext], Path]
-    runner: Callable[[Path], Callable[[Batch], np.ndarray]]
+    runner: Callable[[Path], Callable[[Batch], np.ndarray]] | None
     framework: str  # tensorflow | pytorch
     runtime: str
     precision: str = "fp32"  # fp32 | fp16 | dynamic-int8 | int8
     optional: bool = False
+    # a format only the model's own code reads back (a hub folder): its runner takes the spec
+    load: Callable[[ModelSpec, Path], Callable[[Batch], np.ndarray]] | None = None
+    # the models the format exists for (a hub folder: models a hub library builds)
+    applies: Callable[[ModelSpec], bool] = lambda spec: True
 
     @property
     def quantized(self) -> bool:
         return self.precision != "fp32"
+
+    def run(self, spec: ModelSpec, path: Path) -> Callable[[Batch], np.ndarray]:
+        """What runs the written artifact, for the parity gate."""
+        if self.load is not None:
+            return self.load(spec, path)
+        return self.runner(path)
 
 
 @contextlib.contextmanager

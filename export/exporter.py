@@ -161,7 +161,8 @@ def export_model(
     seeded = spec.min_accuracy is None  # accuracy means nothing: gate on top-1 agreement
     min_top1_agreement = MIN_TOP1_AGREEMENT if seeded else None
     artifacts: list[Artifact] = []
-    for fmt in FORMATS:
+    formats = [fmt for fmt in FORMATS if fmt.applies(spec)]
+    for fmt in formats:
         step(f"exporting {fmt.name}")
         artifact = Artifact(format=fmt.name, path="", quantized=fmt.quantized,
                             framework=fmt.framework, runtime=fmt.runtime,
@@ -188,7 +189,7 @@ def export_model(
         step(f"parity of {fmt.name}")
         try:
             with native_stderr_logged(f"{fmt.name}'s runtime"):  # C++ start-up lines
-                outputs = in_batches(fmt.runner(path), golden.inputs, spec.max_rows)
+                outputs = in_batches(fmt.run(spec, path), golden.inputs, spec.max_rows)
             judge(fmt, outputs, golden, artifact, min_top1_agreement)
         except Exception as error:
             log.exception("%s: %s could not be run for parity", spec.name, fmt.name)
@@ -225,7 +226,7 @@ def export_model(
         artifacts=artifacts,
     )
     manifest.save(build_dir / MANIFEST_FILE)
-    optional = {fmt.name for fmt in FORMATS if fmt.optional}
+    optional = {fmt.name for fmt in formats if fmt.optional}
     problems, skipped, refused = [], [], []
     for a in artifacts:
         if a.status != "ok":

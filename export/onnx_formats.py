@@ -154,7 +154,11 @@ def int8_writer(twin: str) -> Callable[[ExportContext], Path]:
             with native_stderr_logged(f"ONNX Runtime's int8 quantization of onnx-{twin}"):
                 # shape inference and ORT's basic graph optimizations (MatMul + Add -> Gemm,
                 # so a bias is quantized to int32 with its layer, not as an activation)
-                quant_pre_process(fp32, prepared)
+                # ORT's symbolic shape inference cannot follow a dynamic sequence length
+                # through attention ("Incomplete symbolic shape inference"): ONNX's own shape
+                # inference then, which is what the quantizer needs
+                dynamic = any(i.dynamic for i in ctx.spec.public_inputs())
+                quant_pre_process(fp32, prepared, skip_symbolic_shape=dynamic)
                 quantize_static(prepared, staged, Calibration(), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8)

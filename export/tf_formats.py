@@ -43,7 +43,10 @@ def keras_endpoint(ctx: ExportContext) -> tuple[Callable[..., Any], list[Any]]:
 
     def serve(*tensors: Any) -> dict[str, Any]:
         x = tensors[0] if len(tensors) == 1 else dict(zip(names, tensors, strict=True))
-        return {spec.output_name: model(x, training=False)}
+        y = model(x, training=False)
+        if isinstance(y, dict):  # a model with a named output ({"logits": ...}): that one
+            (y,) = y.values()
+        return {spec.output_name: y}
 
     signature = [
         tf.TensorSpec((None, *[None if axis in i.dynamic else size

@@ -43,6 +43,9 @@ def write_torchscript(ctx: ExportContext) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
+        # transformers' SDPA code turns a tensor into a Python boolean (whether to attend
+        # causally): always false with a mask given, so nothing the trace bakes in matters
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(ctx.torch_model.eval(), example)
         torch.jit.save(traced, str(ctx.torchscript_path))
     return ctx.torchscript_path

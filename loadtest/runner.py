@@ -36,6 +36,7 @@ from deploybench.manifest import load_manifest
 from deploybench.records import Sink, to_record
 from deploybench.results import RESULTS_FILE
 from deploybench.serving import oip, targets
+from deploybench.serving.input_validation import DATATYPES
 from deploybench.serving.payload import PredictionError
 from deploybench.serving.targets import Endpoints, host_port, make_client
 from deploybench.serving.usage import Observer
@@ -175,24 +176,31 @@ def check_signatures(plan: LoadPlan, check: bool) -> None:
                                        f"{error}") from None
             finally:
                 client.close()
-            name, shape, datatype = oip.metadata_signature(metadata)
             outputs = metadata.get("outputs") or [{}]
-            declared = f"{name} {[int(d) for d in shape]} {datatype}"
             if check:
-                spec = load_manifest(plan.root, model).inputs[0]
-                expected = f"{spec.name} {[-1, *spec.shape[1:]]} FP32"
-                if (name, [int(d) for d in shape[1:]], datatype) != (
-                        spec.name, list(spec.shape[1:]), "FP32"):
+                declared = [(name, shape[1:], datatype)
+                            for name, shape, datatype in oip.metadata_inputs(metadata)]
+                expected = [(t.name, [-1 if axis in t.dynamic else size
+                                      for axis, size in enumerate(t.shape[1:])],
+                             DATATYPES[t.dtype])
+                            for t in load_manifest(plan.root, model).inputs]
+                if declared != expected:
                     raise DeploybenchError(
-                        f"{target}/{protocol}: {model} there takes {declared}, the exported "
-                        f"{model} takes {expected}: not the same model (--no-check measures "
-                        "a model the kit did not export)")
+                        f"{target}/{protocol}: {model} there takes {_inputs_text(declared)}, "
+                        f"the exported {model} takes {_inputs_text(expected)}: not the same "
+                        "model (--no-check measures a model the kit did not export)")
                 continue
+            name, shape, datatype = oip.metadata_signature(metadata)
+            declared = f"{name} {[int(d) for d in shape]} {datatype}"
             if datatype != "FP32" or any(int(d) < 1 for d in shape[1:]):
                 raise DeploybenchError(f"{target}/{protocol}: {model} takes {declared}; the "
                                        "kit sends FP32 tensors of a fixed shape past the batch")
             plan.unchecked[model] = Signature(name, tuple(int(d) for d in shape[1:]),
                                               outputs[0].get("name", "output-0"))
+
+
+def _inputs_text(inputs: list[tuple[str, list[int], str]]) -> str:
+    return ", ".join(f"{name} {[-1, *shape]} {datatype}" for name, shape, datatype in inputs)
 
 
 def _prefix(plan: LoadPlan, target: str, protocol: str, model: str, level: float,

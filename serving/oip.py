@@ -130,6 +130,13 @@ def _tensor(data: Any, shape: Any, datatype: Any) -> np.ndarray:
         raise PredictionError(f"output is not a {shape} tensor: {error}") from None
 
 
+def metadata_inputs(metadata: dict[str, Any]) -> list[tuple[str, list[int], str]]:
+    """(name, shape, datatype) of every input a V2 model metadata answer declares."""
+    return [(declared.get("name"), [int(d) for d in declared.get("shape") or []],
+             declared.get("datatype"))
+            for declared in metadata.get("inputs") or [] if isinstance(declared, dict)]
+
+
 def metadata_signature(metadata: dict[str, Any]) -> tuple[str, list[int], str]:
     """(name, shape, datatype) of the one input a V2 model metadata answer declares."""
     inputs = metadata.get("inputs") or []

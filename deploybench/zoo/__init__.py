@@ -7,7 +7,7 @@ import pkgutil
 
 from deploybench.zoo.spec import ModelSpec
 
-_NOT_MODELS = {"spec", "data", "train"}
+_NOT_MODELS = {"spec", "data", "train", "docstrings"}
 
 
 def all_specs() -> dict[str, ModelSpec]:
