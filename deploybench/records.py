@@ -248,6 +248,8 @@ class _Step(_ServerRow):
     # each percentile's 95% distribution-free interval [low, high], a bound None where the
     # step has too few requests for it (loadtest/intervals.py)
     latency_ci95_ms: dict[str, list[Number | None]] | None = None
+    # a text model's latency by sequence length (requests replaying the golden lengths)
+    latency_by_length_ms: list[LengthBucket] | None = None
     errors: dict[str, int] | None = None
     loadgen_saturated: bool | None = None
     loadgen_cpu_percent: Number | None = None

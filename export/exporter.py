@@ -196,13 +196,15 @@ def export_model(
             artifact.status = "failed"
             artifact.reason = f"cannot run for parity: {error}".splitlines()[0]
 
+    by_name = {fmt.name: fmt for fmt in formats}
     for artifact in artifacts:  # refused: a finding, kept as a row; its files are not published
         if artifact.status == "parity-failed":
             cause = spec.known_causes.get(artifact.format)
             if cause:
                 artifact.reason = f"{artifact.reason} ({cause})"
-            remove_tree(build_dir / Path(artifact.path).relative_to(spec.name))
-            artifact.sha256 = None
+            if refusable(by_name[artifact.format], spec):
+                remove_tree(build_dir / Path(artifact.path).relative_to(spec.name))
+                artifact.sha256 = None
     manifest = Manifest(
         model=spec.name,
         version=version,
@@ -231,12 +233,14 @@ def export_model(
     for a in artifacts:
         if a.status != "ok":
             line = f"{spec.name} {a.format}: {a.status}: {a.reason}"
-            # an optional converter that is missing or fails leaves a row; an artifact that
-            # fails the parity gate is refused (a row with its figure and reason) and the
-            # model publishes with those that passed; a core format that cannot be written
-            # keeps the model from publishing
-            if a.status == "parity-failed":
+            # an optional converter that is missing or fails leaves a row; an artifact the
+            # parity gate refuses is a finding (a row with its figure and reason, the model
+            # publishes with those that passed) unless it says the twin itself is wrong
+            # (refusable); a core format that cannot be written keeps the model unpublished
+            if a.status == "parity-failed" and refusable(by_name[a.format], spec):
                 refused.append(line)
+            elif a.status == "parity-failed":
+                problems.append(line)
             else:
                 (skipped if a.format in optional else problems).append(line)
     published = not problems
@@ -247,6 +251,15 @@ def export_model(
         progress.update(task, description=f"{spec.name}: {'done' if published else 'FAILED'}")
     return ModelExport(manifest, published, build_dir, time.perf_counter() - started, problems,
                        skipped, refused)
+
+
+def refusable(fmt: Format, spec: ModelSpec) -> bool:
+    """Whether an artifact failing the parity gate is refused alone, the model publishing
+    with the others: a quantized variant (what quantization costs is a finding), an optional
+    converter's file, or a format whose cause the spec names (a runtime's known bug). An fp32
+    artifact of the kit's own paths failing without a known cause says the twins differ (a
+    porting mistake): then nothing publishes."""
+    return fmt.quantized or fmt.optional or fmt.name in spec.known_causes
 
 
 def remove_new_files(build_dir: Path, before: set[Path]) -> None:
@@ -319,5 +332,7 @@ def export(specs: list[ModelSpec], root: Path, console: Console, version: int = 
                           f"{result.build_dir}, earlier artifacts are untouched")
     console.print(f"export finished in {time.perf_counter() - started:.1f} s")
     problems = [p for r in results for p in r.problems]
+    if any("parity-failed" in p for p in problems):
+        raise ParityError("parity gate failed: " + "; ".join(problems))
     if problems:
         raise IncompleteExportError("export incomplete: " + "; ".join(problems))

@@ -198,11 +198,12 @@ class _PredictUser(User):
     def send(self, index: int, due: float | None) -> None:
         raise NotImplementedError
 
-    def report(self, response_time: float, exception: BaseException | None,
+    def report(self, index: int, response_time: float, exception: BaseException | None,
                service_ms: float | None) -> None:
         RECORDER.completed(self.request_name, response_time, exception, service_ms,
                            wrong=isinstance(exception, WrongAnswer),
-                           nonfinite=isinstance(exception, NonFiniteAnswer))
+                           nonfinite=isinstance(exception, NonFiniteAnswer),
+                           length_bucket=self.samples.length_bucket(index))
 
 
 class _RESTUser(_PredictUser):
@@ -239,7 +240,8 @@ class _RESTUser(_PredictUser):
         service_ms = answer.seconds * 1000.0
         exception = self.check(answer, index)
         _fire(self, "POST", self.url, lag_ms + service_ms, len(answer.body), exception)
-        self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
+        self.report(index, lag_ms + service_ms, exception,
+                    service_ms if due is not None else None)
 
     def check(self, answer: wire.Answer, index: int) -> Exception | None:
         if answer.status == 0:
@@ -305,7 +307,8 @@ class _GRPCUser(_PredictUser):
                 exception = error
         _fire(self, "gRPC", f"grpc://{self.address}{self.method}", lag_ms + service_ms,
               len(answer), exception)
-        self.report(lag_ms + service_ms, exception, service_ms if due is not None else None)
+        self.report(index, lag_ms + service_ms, exception,
+                    service_ms if due is not None else None)
 
 
 # The user base class of each request body (payload.BODIES): REST or gRPC.

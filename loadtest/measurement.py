@@ -71,6 +71,23 @@ def locust_figures(stats_json: Path) -> dict[str, Any] | None:
             "p99_9_ms": percentile(0.999)}
 
 
+def by_length(tally: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """A text model's latency by sequence-length bucket: p50 and p99 of the correct answers
+    with their 95% intervals, buckets in length order; None where requests have no length."""
+    if not tally or not tally.get("by_length"):
+        return None
+    rows = []
+    for key, text in tally["by_length"].items():
+        low, high = (int(n) for n in key.split("-"))
+        latencies = histogram.decode(text)
+        figures = histogram.latency_ms(latencies)
+        rows.append({"low": low, "high": high, "samples": latencies.get_total_count(),
+                     "p50": figures["p50"], "p99": figures["p99"],
+                     "p50_ci95": intervals.percentile_interval(latencies, 50.0),
+                     "p99_ci95": intervals.percentile_interval(latencies, 99.0)})
+    return sorted(rows, key=lambda row: row["low"])
+
+
 def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, level_unit: str,
           run_dir: Path, endpoint: str) -> dict[str, Any]:
     """The measurement of one step; `status` is "failed" (with a reason) when locust gave no
@@ -113,6 +130,7 @@ def build(run: LocustRun, output: LocustOutput, scenario: str, level: float, lev
         "throughput_rps": round((requests - failures) / duration, 2) if duration else 0.0,
         "latency_ms": histogram.latency_ms(latencies),
         "latency_ci95_ms": intervals.percentile_intervals(latencies),
+        "latency_by_length_ms": by_length(tally),
         "errors": tally["errors"] if tally else {},
         "loadgen_saturated": saturated,
         "loadgen_cpu_percent": cpu,

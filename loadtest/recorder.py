@@ -47,6 +47,8 @@ class Tally:
     scheduled: int = 0  # open loop: arrivals whose scheduled time fell in the window
     errors: dict[str, int] = field(default_factory=dict)
     timeline: list[list[float]] = field(default_factory=list)  # per second: [done, failed, ms]
+    # a text model's correct answers by sequence-length bucket ("low-high")
+    by_length: dict[str, HdrHistogram] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class Tally:
             "wrong_answers": self.wrong_answers, "nonfinite_answers": self.nonfinite_answers,
             "scheduled": self.scheduled,
             "errors": dict(self.errors), "timeline": [list(t) for t in self.timeline],
+            "by_length": {key: histogram.encode(h) for key, h in self.by_length.items()},
         }
 
     def add(self, data: dict[str, Any]) -> None:
@@ -69,6 +72,8 @@ class Tally:
             setattr(self, key, getattr(self, key) + int(data.get(key, 0)))
         for reason, count in data.get("errors", {}).items():
             self.errors[reason] = self.errors.get(reason, 0) + count
+        for key, text in data.get("by_length", {}).items():
+            self.by_length.setdefault(key, histogram.new()).decode_and_add(text.encode("ascii"))
         # per-worker timelines have their own clocks: only a single process keeps one
 
 
@@ -141,7 +146,7 @@ class Recorder:
 
     def completed(self, name: str, response_time_ms: float, exception: BaseException | None,
                   service_ms: float | None = None, wrong: bool = False,
-                  nonfinite: bool = False) -> None:
+                  nonfinite: bool = False, length_bucket: str | None = None) -> None:
         if name in self.in_flight:
             self.in_flight[name] = max(self.in_flight[name] - 1, 0)
         if not self.recording:
@@ -162,6 +167,9 @@ class Recorder:
             tally.errors[reason] = tally.errors.get(reason, 0) + 1
             return
         histogram.record_ms(tally.latency, response_time_ms)
+        if length_bucket is not None:
+            histogram.record_ms(tally.by_length.setdefault(length_bucket, histogram.new()),
+                                response_time_ms)
         if service_ms is not None:
             histogram.record_ms(tally.service, service_ms)
         slot[2] += response_time_ms

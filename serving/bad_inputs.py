@@ -296,11 +296,11 @@ def encode_rest_json(draft: Draft, signature: dict[str, Any], model: str) -> Enc
         return Encoded(body[: len(body) // 2])
     if draft.defect:
         return Skip(f"JSON rows: {NO_SIZES}")
+    if any(tensor.shape is not None for tensor in draft.tensors):
+        return Skip("JSON rows carry their own shape: nothing is declared to differ from")
     name = first(signature)["name"]
     if len(draft.tensors) == 1 and draft.tensors[0].name == name:
         (tensor,) = draft.tensors
-        if tensor.shape is not None:
-            return Skip("JSON rows carry their own shape: nothing is declared to differ from")
         return Encoded(_json({"instances": _json_ready(tensor.values)}))
     # named inputs: the columnar form ({"inputs": {name: rows}}) names each one
     return Encoded(_json({"inputs": {t.name: _json_ready(t.values) for t in draft.tensors}}))
@@ -763,10 +763,11 @@ def table(probes: list[Probe]) -> tuple[list[str], list[list[str]]]:
     status (or "skipped"), marked where it failed."""
     columns = [f"{p.target} {p.protocol}" for p in probes]
     body_rows = []
-    for index, name in enumerate(CASE_NAMES):
+    seen = {o.case for p in probes for o in p.outcomes}  # the cases the model has
+    for name in (n for n in CASE_NAMES if n in seen):
         cells = []
         for result in probes:
-            outcome = result.outcomes[index] if index < len(result.outcomes) else None
+            outcome = next((o for o in result.outcomes if o.case == name), None)
             if outcome is None:
                 cells.append("")
             elif outcome.verdict == "by design":

@@ -43,6 +43,23 @@ def export_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def bert_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """text-bert exported for real, once per session (shared by parallel workers like
+    export_root): the transformer twin, its corpus trained on here."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "bert-export", shared / "bert-export.done"
+    with FileLock(str(shared / "bert-export.lock")):
+        if not done.exists():
+            result = invoke("export", "--model", "text-bert", "--out", str(root))
+            assert result.exit_code == 0, result.output
+            done.touch()
+    return root
+
+
 @pytest.fixture
 def export_copy(export_root: Path, tmp_path: Path) -> Path:
     """A private copy of the session's export, to break or export into on purpose."""
@@ -61,7 +78,8 @@ def test_artifacts() -> Path:
 # The longest modules first, so that parallel workers (`-n`) start with them and end together;
 # mobilenet-v2's needs no digits export, so one worker exports that while another exports these;
 # the Docker tests build their images first (test_docker.py), which needs no export either.
-LONGEST_FIRST = ("test_docker.py", "test_mobilenet.py", "test_bench.py", "test_pipeline.py",
+LONGEST_FIRST = ("test_docker.py", "test_mobilenet.py", "test_text_bert.py",
+                 "test_text_bert_serving.py", "test_bench.py", "test_pipeline.py",
                  "test_edge.py", "test_export.py", "test_reliability.py", "test_kserve.py")
 
 
