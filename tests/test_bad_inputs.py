@@ -38,24 +38,79 @@ def test_every_request_body_has_an_encoder_and_a_fuzz_strategy() -> None:
                 assert case in bad_inputs.CASE_NAMES, (target.name, case)
 
 
+# a text model's: token ids and their mask, int32, up to 64 long
+TEXT = {"inputs": [{"name": "input_ids", "shape": [64], "dtype": "int32", "dynamic": [0],
+                    "high": 2000},
+                   {"name": "attention_mask", "shape": [64], "dtype": "int32", "dynamic": [0],
+                    "high": 2}],
+        "max_rows": 32}
+TEXT_CASES = {"id beyond the vocabulary", "negative id", "float ids",
+              "longer than the model's maximum", "mask shorter than the ids"}
+
+
+@pytest.mark.parametrize("signature", [SIGNATURE, TEXT], ids=["pixels", "text"])
 @pytest.mark.parametrize("body", sorted(payload.BODIES))
-def test_each_case_is_encoded_or_skipped_by_name(body: str) -> None:
-    for case in CASES:
-        encoded = bad_inputs.encode(case, body, SIGNATURE, "digits-cnn")
+def test_each_case_is_encoded_or_skipped_by_name(body: str, signature) -> None:
+    for case in bad_inputs.cases_for(signature):
+        encoded = bad_inputs.encode(case, body, signature, "m")
         if isinstance(encoded, Skip):
             assert len(encoded.reason) > 20, (body, case.name)
         else:
             assert isinstance(encoded, Encoded) and encoded.body, (body, case.name)
 
 
-def test_every_case_is_expressed_by_some_protocol_and_no_protocol_skips_most() -> None:
-    for case in CASES:
-        assert any(isinstance(bad_inputs.encode(case, body, MLP, "m"), Encoded)
+@pytest.mark.parametrize("signature", [MLP, TEXT], ids=["pixels", "text"])
+def test_every_case_is_expressed_by_some_protocol_and_no_protocol_skips_most(signature) -> None:
+    cases = bad_inputs.cases_for(signature)
+    for case in cases:
+        assert any(isinstance(bad_inputs.encode(case, body, signature, "m"), Encoded)
                    for body in payload.BODIES), case.name
     for body in payload.BODIES:
-        skipped = [c.name for c in CASES
-                   if isinstance(bad_inputs.encode(c, body, MLP, "m"), Skip)]
+        skipped = [c.name for c in cases
+                   if isinstance(bad_inputs.encode(c, body, signature, "m"), Skip)]
         assert len(skipped) <= 6, (body, skipped)
+
+
+def test_the_cases_are_the_model_s_own() -> None:
+    """No NaN in token ids, no vocabulary for pixels: each model gets the defects its inputs
+    can have, every other case alike."""
+    pixels = {c.name for c in bad_inputs.cases_for(MLP)}
+    text = {c.name for c in bad_inputs.cases_for(TEXT)}
+    assert not pixels & TEXT_CASES and TEXT_CASES <= text
+    assert {"non-finite value", "value beyond float32"} <= pixels - text
+    assert pixels - {"non-finite value", "value beyond float32"} <= text
+
+
+def test_a_text_case_completes_the_request_with_a_good_mask() -> None:
+    """The case is about the ids; the mask beside them is good and as long, so the defect
+    is the only one."""
+    (case,) = [c for c in CASES if c.name == "id beyond the vocabulary"]
+    encoded = bad_inputs.encode(case, "json", TEXT, "m")
+    body = json.loads(encoded.body)["inputs"]
+    assert body["input_ids"] == [[2000] + [1] * 7] and body["attention_mask"] == [[1] * 8]
+    with pytest.raises(ValueError, match="out of range.*2000.*0..1999"):
+        validation.decode_predict_body(json.loads(encoded.body), TEXT)
+
+
+def test_valid_text_requests_decode_alike_in_every_form() -> None:
+    ids = np.array([[2, 57, 3, 0], [2, 9, 11, 3]], dtype=np.int32)
+    mask = (ids > 0).astype(np.int32)
+    mask[1] = 1
+    batch = Batch({"input_ids": ids, "attention_mask": mask})
+    by_rows, _ = validation.decode_predict_body(json.loads(payload.encode(batch)), TEXT)
+    by_columns, _ = validation.decode_predict_body(
+        json.loads(payload.encode(batch, payload.COLUMNAR_FORM)), TEXT)
+    by_npz = validation.decode_npz_body(payload.encode_npy(batch), TEXT)
+    for decoded in (by_rows, by_columns, by_npz):
+        assert list(decoded) == ["input_ids", "attention_mask"]
+        assert decoded["input_ids"].dtype == np.int32
+        assert np.array_equal(decoded["input_ids"], ids)
+        assert np.array_equal(decoded["attention_mask"], mask)
+    assert payload.binary_content_type(payload.encode_npy(batch)) == payload.NPZ_CONTENT_TYPE
+    merged = validation.concatenate([by_rows, {"input_ids": ids[:1, :2],
+                                               "attention_mask": mask[:1, :2]}], TEXT)
+    assert merged["input_ids"].shape == (3, 4)
+    assert merged["attention_mask"][2].tolist() == [1, 1, 0, 0]  # padded, masked out
 
 
 def test_the_json_bodies_carry_a_value_beyond_float32_as_a_number() -> None:
