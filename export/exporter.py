@@ -203,7 +203,11 @@ def export_model(
             if cause:
                 artifact.reason = f"{artifact.reason} ({cause})"
             if refusable(by_name[artifact.format], spec):
-                remove_tree(build_dir / Path(artifact.path).relative_to(spec.name))
+                written = build_dir / Path(artifact.path).relative_to(spec.name)
+                if written.is_dir() and not written.is_symlink():
+                    remove_tree(written)
+                else:
+                    written.unlink(missing_ok=True)
                 artifact.sha256 = None
     manifest = Manifest(
         model=spec.name,

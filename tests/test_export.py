@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -234,6 +235,47 @@ def test_parity_failure_exits_non_zero_and_keeps_earlier_artifacts(export_copy, 
     assert after.created == before.created
     for artifact in after.artifacts:
         assert tree_sha256(root / artifact.path) == artifact.sha256
+
+
+def test_a_quantized_artifact_failing_the_gate_is_refused_and_the_rest_publishes(
+        export_copy, monkeypatch):
+    """What quantization costs is a finding: the full-int8 variant judged against a gate no
+    quantized file can pass is refused (its row, figure and reason kept, its file not
+    published), and the model publishes with the artifacts that passed, exit 0."""
+    from deploybench.export import exporter
+
+    names = ("savedmodel", "tflite-fp32", "tflite-int8")
+    monkeypatch.setattr(exporter, "FORMATS", tuple(f for f in FORMATS if f.name in names))
+    monkeypatch.setattr(exporter, "MAX_ACCURACY_DROP", -1.0)  # every quantized file fails
+    root = export_copy
+    before = (root / "digits-mlp").resolve()
+    result = invoke("export", "--model", "digits-mlp", "--out", str(root))
+    assert result.exit_code == 0, result.output
+    assert "refused" in result.output and "tflite-int8" in result.output
+    assert (root / "digits-mlp").resolve() != before  # published
+    manifest = load_manifest(root, "digits-mlp")
+    int8 = manifest.artifact("tflite-int8")
+    assert int8.status == "parity-failed" and "accuracy drop" in int8.reason
+    assert int8.sha256 is None and not (root / int8.path).exists()
+    for fmt in ("savedmodel", "tflite-fp32"):
+        artifact = manifest.artifact(fmt)
+        assert artifact.status == "ok"
+        assert tree_sha256(root / artifact.path) == artifact.sha256
+
+
+def test_only_findings_are_refused_a_porting_mistake_stops_the_export():
+    from deploybench.export.exporter import refusable
+    from deploybench.zoo import get_spec
+
+    by_name = {f.name: f for f in FORMATS}
+    digits, bert = get_spec("digits-mlp"), get_spec("text-bert")
+    assert refusable(by_name["tflite-int8"], digits)  # quantized
+    assert refusable(by_name["onnx-torch"], digits)  # an optional converter's file
+    assert not refusable(by_name["savedmodel"], digits)  # fp32, the kit's own path
+    assert not refusable(by_name["executorch-fp32"], digits)
+    # a cause the spec names makes a core fp32 failure a recorded finding
+    named = dataclasses.replace(bert, known_causes={"executorch-fp32": "a bug"})
+    assert refusable(by_name["executorch-fp32"], named)
 
 
 # --- PyTorch's current path: torch.export, ExecuTorch ----------------------------------------
