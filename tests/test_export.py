@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from deploybench import runtimes
+from deploybench.batch import Batch
 from deploybench.export.exporter import in_batches
 from deploybench.export.formats import FORMATS
 from deploybench.files import tree_sha256
@@ -310,7 +311,7 @@ def test_torch_export_artifacts_match_the_reference_on_unseen_inputs(export_root
     for fmt in TORCH_EXPORT_FORMATS:
         predict = runner_for(fmt, export_root / manifest.artifact(fmt).path)
         for rows in (1, manifest.max_rows):  # the dynamic batch dimension, both ends
-            outputs = predict(unseen[:rows])
+            outputs = predict(Batch.single(manifest.inputs[0].name, unseen[:rows]))
             assert outputs.shape == (rows, 10), (fmt, rows)
             if manifest.artifact(fmt).quantized:
                 agreement = np.mean(outputs.argmax(1) == reference[:rows].argmax(1))

@@ -53,7 +53,7 @@ def test_rest_row_and_columnar_forms_match_golden(
     fake: FakeTFServing, export_root: Path, model: str
 ) -> None:
     data, tolerance = golden(export_root, model)
-    rows, expected = data.inputs[:16], data.outputs[:16]
+    rows, expected = data.inputs[:16].only, data.outputs[:16]
     forms = [
         ({"instances": rows.tolist()}, "predictions"),
         ({"instances": [{"pixels": row} for row in rows.tolist()]}, "predictions"),

@@ -133,7 +133,7 @@ def test_request_bodies_carry_the_same_rows(export_root: Path) -> None:
     inputs = Golden.of(export_root, load_manifest(export_root, "digits-cnn")).inputs
     assert len(samples.bodies["json"]) == len(samples.bodies["npy"]) == len(inputs) // 3
     for index in (0, len(samples) - 1):
-        rows = inputs[index * 3 : (index + 1) * 3]
+        rows = inputs[index * 3 : (index + 1) * 3].only
         from_json = np.asarray(json.loads(samples.bodies["json"][index])["instances"], np.float32)
         from_npy = np.load(io.BytesIO(samples.bodies["npy"][index]), allow_pickle=False)
         assert from_npy.dtype == np.float32

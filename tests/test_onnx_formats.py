@@ -160,8 +160,12 @@ def test_a_missing_or_non_float32_model_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="absent.onnx: no such ONNX model"):
         load_onnx(tmp_path / "absent.onnx")
     ints = tiny_model(tmp_path / "ints.onnx", TensorProto.INT32)
-    with pytest.raises(ArtifactError, match=r"ints.onnx: input is tensor\(int32\), not float32"):
+    # int32 inputs are public inputs (token ids); an int32 output is no artifact's
+    with pytest.raises(ArtifactError, match=r"ints.onnx: output is tensor\(int32\), not float32"):
         load_onnx(ints)
+    doubles = tiny_model(tmp_path / "doubles.onnx", TensorProto.DOUBLE)
+    with pytest.raises(ArtifactError, match=r"input 'x' is tensor\(double\), not float32 or int32"):
+        load_onnx(doubles)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -230,7 +230,7 @@ def test_edge_runs_every_edge_artifact_on_real_lengths_and_reports_latency_by_le
     the gate said, and gives p50/p99 per length bucket; the report shows them."""
     run = tmp_path / "edge"
     result = invoke("edge", "--artifacts", str(bert_root), "--model", MODEL, "--threads", "1",
-                    "--runs", "200", "--warmup", "10", "--repeats", "1", "--no-baselines",
+                    "--runs", "100", "--warmup", "5", "--repeats", "1", "--no-baselines",
                     "--out", str(run))
     assert result.exit_code == 0, result.output
     rows = [m for m in json.loads((run / "results.json").read_text())["measurements"]
@@ -244,7 +244,7 @@ def test_edge_runs_every_edge_artifact_on_real_lengths_and_reports_latency_by_le
             assert row["variant"] not in published, row
             continue
         buckets = row["latency_by_length_ms"]
-        assert buckets and sum(b["samples"] for b in buckets) == 200, row["variant"]
+        assert buckets and sum(b["samples"] for b in buckets) == 100, row["variant"]
         assert all(1 <= b["low"] <= b["high"] <= 64 for b in buckets)
         assert all(b["p50"] <= b["p99"] for b in buckets)
     report = invoke("report", str(run))
