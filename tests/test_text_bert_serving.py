@@ -127,7 +127,7 @@ def test_a_locust_step_replays_real_lengths_with_no_wrong_answer(deployment, ber
     run_dir = tmp_path / "load"
     result = invoke("load", "--no-calibrate", "--target", ",".join(SERVERS),
                     "--artifacts", str(bert_root), "--model", MODEL, "--users", "2",
-                    "--step-seconds", "2", "--warmup-seconds", "0.5",
+                    "--step-seconds", "1.5", "--warmup-seconds", "0.5",
                     "--port-offset", str(offset), "--out", str(run_dir))
     assert result.exit_code == 0, result.output
     steps = [m for m in json.loads((run_dir / "results.json").read_text())["measurements"]
