@@ -10,7 +10,6 @@ Light on purpose: numpy only (the locust process imports it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,9 +43,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.arrays)
 
     @property
     def names(self) -> list[str]:
@@ -93,16 +89,6 @@ class Batch:
     def contiguous(self) -> Batch:
         return Batch({n: np.ascontiguousarray(a) for n, a in self.arrays.items()},
                      self.lengths, self.variable)
-
-    def concat(self, other: Batch) -> Batch:
-        """This batch's rows followed by `other`'s, padded to the longer of the two."""
-        width = max(self.width or 0, other.width or 0)
-        first, second = (self.padded(width), other.padded(width)) if self.variable else (
-            self, other)
-        lengths = (None if self.lengths is None
-                   else np.concatenate([self.lengths, other.lengths]))
-        return Batch({n: np.concatenate([first.arrays[n], second.arrays[n]]) for n in self},
-                     lengths, self.variable)
 
     # golden.npz keeps each input under "input:<name>"
     def to_npz(self) -> dict[str, np.ndarray]:

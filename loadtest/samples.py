@@ -20,7 +20,7 @@ import numpy as np
 from deploybench.batch import Batch
 from deploybench.errors import DeploybenchError
 from deploybench.golden import Golden
-from deploybench.manifest import FP32_TOLERANCE, load_manifest
+from deploybench.manifest import FP32_TOLERANCE, Manifest, load_manifest
 from deploybench.order_statistics import length_buckets
 from deploybench.serving import payload
 
@@ -48,23 +48,15 @@ class Samples:
     # (a model the kit did not export), only that each has a row per input row
     references: list[np.ndarray] | None
     count: int = 0
-    # a text model's: each request's sequence length (its longest row), and the model's
-    # longest, so that latency can be told apart by length; None for fixed-shape inputs
-    lengths: list[int] | None = None
-    longest: int | None = None
+    # a text model's: the sequence-length bucket ("low-high") of each request's longest row,
+    # so that latency can be told apart by length; None for fixed-shape inputs
+    length_buckets: list[str] | None = None
 
     def __len__(self) -> int:
         return self.count or len(self.references or [])
 
     def length_bucket(self, index: int) -> str | None:
-        """The sequence-length bucket ("low-high") request `index` falls in, if any."""
-        if self.lengths is None or self.longest is None:
-            return None
-        length = self.lengths[index]
-        for low, high in length_buckets(self.longest):
-            if low <= length <= high:
-                return f"{low}-{high}"
-        return None
+        return None if self.length_buckets is None else self.length_buckets[index]
 
     def check(self, index: int, outputs: np.ndarray) -> None:
         """Raise WrongAnswer unless `outputs` match the golden output of request `index`
@@ -118,9 +110,16 @@ def load_samples(root: Path, model: str, batch_size: int = 1,
         bodies={name: [payload.BODIES[name].encode(inputs[rows], model) for rows in batches]
                 for name in encodings},
         references=[outputs[rows] for rows in batches],
-        lengths=[inputs[rows].width for rows in batches] if inputs.variable else None,
-        longest=max((i.shape[1] for i in manifest.inputs if i.dynamic), default=None),
+        length_buckets=_length_buckets(inputs, batches, manifest) if inputs.variable else None,
     )
+
+
+def _length_buckets(inputs: Batch, batches: list[slice], manifest: Manifest) -> list[str]:
+    """Each request's length bucket, decided once here rather than per answer in locust."""
+    longest = max(i.shape[1] for i in manifest.inputs if i.dynamic)
+    buckets = length_buckets(longest)
+    return [next(f"{low}-{high}" for low, high in buckets if low <= inputs[rows].width <= high)
+            for rows in batches]
 
 
 @dataclass(frozen=True)
