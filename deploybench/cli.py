@@ -99,7 +99,9 @@ def export(
     version: Annotated[int, typer.Option(min=1, help="Model version to write.")] = 1,
 ) -> None:
     """Export models to every format (SavedModel, TFLite, TorchScript and .mar, torch.export,
-    AOTInductor, ExecuTorch; litert-torch and ONNX from both twins), gated on parity."""
+    AOTInductor, ExecuTorch; litert-torch and ONNX from both twins; the transformers and
+    keras-hub folders of a hub-built model), gated on parity: a quantized or optional artifact
+    that fails the gate is refused as a row, the model publishing with the rest."""
     from deploybench.export.exporter import export as run_export
     from deploybench.zoo import get_spec
 
