@@ -83,3 +83,5 @@ clean:
 # one): 1,000 generated bodies per server and protocol, a table and fuzz-results.json.
 fuzz: setup
 	$(BIN)/python -m tests.fuzz_decoders --examples 1000 --out fuzz-results.json
+	$(BIN)/python -m tests.fuzz_decoders --model text-bert --examples 1000 \
+		--out fuzz-results-text-bert.json

@@ -310,6 +310,9 @@ def _fill(value: Any, level: int, shape: list[int], dtype: str, out: list[float]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise invalid(f"JSON Value: {_json_debug(value)} Type: {_json_type(value)} "
                           f"is not of expected type: {dtype}")
+        if dtype == "int32" and not _json_int32(value):  # rapidjson's IsInt
+            raise invalid(f"JSON Value: {_json_debug(value)} Type: {_json_type(value)} "
+                          f"is not of expected type: {dtype}")
         if dtype == "float" and not _lossless_float(value):
             raise invalid(f"Cannot convert JSON value: {_json_debug(value)} to float without "
                           "loss of precision.")
@@ -322,6 +325,11 @@ def _fill(value: Any, level: int, shape: list[int], dtype: str, out: list[float]
                       f"expected size: {shape[level]}")
     for item in value:
         _fill(item, level + 1, shape, dtype, out)
+
+
+def _json_int32(value: int | float) -> bool:
+    """rapidjson's IsInt: an integer written without a fraction or exponent, within int32."""
+    return isinstance(value, int) and -(2**31) <= value < 2**31
 
 
 def _lossless_float(value: float) -> bool:

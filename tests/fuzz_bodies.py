@@ -1,20 +1,26 @@
 """Hypothesis strategies for malformed and boundary request bodies, one per request body of
-payload.BODIES (the bad-input matrix's encoders name the same bodies): random JSON shapes, a
-valid binary header with random bytes after it, random protobuf fields. Used by the fuzz tests
+payload.BODIES (the bad-input matrix's encoders name the same bodies), drawn from the model's
+signature (every input's name, shape, dtype, dynamic axes and id range): random JSON shapes,
+columns under right and wrong names, .npy headers and .npz archives, a valid binary header with
+random bytes after it, random protobuf fields. Used by the fuzz tests
 (a bounded number of examples per protocol, in `make test`) and by the longer run
 (tests/fuzz_decoders.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
+import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 
-from deploybench.serving import payload
+from deploybench.serving import bad_inputs, payload
 from deploybench.serving.bad_inputs import Encoded, npy_file
+from deploybench.serving.input_validation import inputs_of
 
 SIZES = st.one_of(st.integers(-3, 70), st.sampled_from([2**31, 2**40, 2**63 - 1]))
 NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
@@ -33,34 +39,61 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
 
+def _specs(signature: dict[str, Any]) -> list[dict[str, Any]]:
+    return inputs_of(signature)
+
+
+def _names(signature: dict[str, Any]) -> st.SearchStrategy[str]:
+    """An input's name, or a name the model does not have."""
+    return st.sampled_from([*(spec["name"] for spec in _specs(signature)), "x", ""])
+
+
+def _numbers(spec: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Any number, and for token ids also ids at and around the ends of the vocabulary."""
+    if spec.get("high") is None:
+        return NUMBERS
+    return st.one_of(NUMBERS, st.integers(-3, spec["high"] + 3),
+                     st.sampled_from([0, spec["high"] - 1, spec["high"]]))
+
+
 @st.composite
-def _rows(draw: st.DrawFn, signature: dict[str, Any]) -> Any:
-    """Rows near the model's shape: the right shape or one size off, any numbers in them."""
-    shape = [draw(st.integers(0, signature["max_rows"] + 2)), *signature["input_shape"]]
+def _rows(draw: st.DrawFn, signature: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """Rows near an input's shape: any length on a dynamic axis up to two past its size, the
+    right shape or one size off, any numbers (or ids) in them."""
+    shape = [draw(st.integers(0, signature["max_rows"] + 2)), *spec["shape"]]
+    for axis in spec["dynamic"]:
+        shape[axis + 1] = draw(st.integers(0, spec["shape"][axis] + 2))
     if draw(st.booleans()):
         axis = draw(st.integers(0, len(shape) - 1))
         shape[axis] = max(0, shape[axis] + draw(st.sampled_from([-1, 1])))
     size = int(np.prod(shape))
-    values = draw(st.lists(NUMBERS, min_size=min(size, 8), max_size=min(size, 8)))
+    values = draw(st.lists(_numbers(spec), min_size=min(size, 8), max_size=min(size, 8)))
     flat = (values * (size // max(len(values), 1) + 1))[:size] if values else [0.5] * size
     array = np.array(flat, dtype=object).reshape(shape) if size else np.zeros(shape)
     return array.tolist()
 
 
 def _near_rows(signature: dict[str, Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(_rows(signature), JSON_VALUES)
+    """Rows for any one of the model's inputs, or any JSON value."""
+    return st.one_of(*(_rows(signature, spec) for spec in _specs(signature)), JSON_VALUES)
+
+
+def _named_rows(signature: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """Columns by name: often every input (each near its own shape), sometimes one missing,
+    one unknown, or any rows under any name."""
+    every = st.fixed_dictionaries({spec["name"]: st.one_of(_rows(signature, spec), JSON_VALUES)
+                                   for spec in _specs(signature)})
+    extra = st.dictionaries(_names(signature), _near_rows(signature), max_size=3)
+    return st.one_of(every, extra, st.tuples(every, extra).map(lambda pair: pair[0] | pair[1]))
 
 
 def rest_json(signature: dict[str, Any], model: str) -> st.SearchStrategy[Encoded]:
-    name = signature["input_name"]
     rows = _near_rows(signature)
     documents = st.one_of(
         st.fixed_dictionaries({"instances": rows}),
         st.fixed_dictionaries({"inputs": rows}),
-        st.fixed_dictionaries({"inputs": st.dictionaries(st.sampled_from([name, "x", ""]), rows,
-                                                         max_size=2)}),
-        st.fixed_dictionaries({"instances": st.lists(st.dictionaries(
-            st.sampled_from([name, "x"]), rows, max_size=2), max_size=3)}),
+        st.fixed_dictionaries({"inputs": _named_rows(signature)}),
+        st.fixed_dictionaries({"instances": st.lists(_named_rows(signature), max_size=3)}),
         st.fixed_dictionaries({"signature_name": JSON_VALUES, "instances": rows}),
         JSON_VALUES,
     )
@@ -71,31 +104,64 @@ def rest_json(signature: dict[str, Any], model: str) -> st.SearchStrategy[Encode
 @st.composite
 def _npy(draw: st.DrawFn, signature: dict[str, Any]) -> bytes:
     shape = tuple(draw(st.lists(SIZES, max_size=4)))
-    descr = draw(st.sampled_from(["<f4", ">f4", "<f8", "<f2", "|b1", "<i4", "<U3", "|O", "V8",
-                                  "<c8", "nonsense"]))
+    descr = draw(st.sampled_from(["<f4", ">f4", "<f8", "<f2", "|b1", "<i4", "<i8", "<U3", "|O",
+                                  "V8", "<c8", "nonsense"]))
     fortran = draw(st.one_of(st.booleans(), st.none()))
     header = draw(st.one_of(
         st.just(repr({"descr": descr, "fortran_order": fortran, "shape": shape})),
         st.text(max_size=80)))
     text = header + " " * ((-(len(header) + 11)) % 64) + "\n"
     length = draw(st.one_of(st.just(len(text.encode())), st.integers(0, 70_000)))
-    data = draw(st.one_of(st.binary(max_size=600), st.just(np.full(
-        (1, *signature["input_shape"]), np.nan, np.float32).tobytes())))
+    spec = draw(st.sampled_from(_specs(signature)))
+    data = draw(st.one_of(st.binary(max_size=600), st.just(bad_inputs.good_values(
+        spec, 1).tobytes())))
     version = draw(st.sampled_from([b"\x01\x00", b"\x02\x00", b"\x03\x00", b"\x09\x09"]))
     size = struct.pack("<H", min(length, 65535)) if version == b"\x01\x00" else struct.pack(
         "<I", length)
     return b"\x93NUMPY" + version + size + text.encode("utf-8") + data
 
 
+@st.composite
+def _valid_npy(draw: st.DrawFn, spec: dict[str, Any]) -> bytes:
+    """A well-formed .npy of one row of an input, any values of its dtype (NaN for floats)."""
+    shape = bad_inputs.row_shape(spec)
+    count = int(np.prod(shape))
+    if spec["dtype"] == "float32":
+        values = st.floats(width=32, allow_nan=True, allow_infinity=True)
+    else:
+        values = st.integers(-(2**31), 2**31 - 1)
+    drawn = draw(st.lists(values, min_size=count, max_size=count))
+    return npy_file(np.array(drawn, dtype=spec["dtype"]).reshape(1, *shape))
+
+
+@st.composite
+def _npz(draw: st.DrawFn, signature: dict[str, Any]) -> bytes:
+    """An .npz (a zip of .npy members) with members under any names, well-formed or not, and
+    sometimes cut short."""
+    members = draw(st.lists(st.tuples(
+        _names(signature),
+        st.one_of(*(_valid_npy(spec) for spec in _specs(signature)), _npy(signature),
+                  st.binary(max_size=100))), max_size=4))
+    archive = io.BytesIO()
+    # two members of one name are a case worth sending; zipfile warns when it writes them
+    with warnings.catch_warnings(), zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as npz:
+        warnings.simplefilter("ignore", UserWarning)
+        for name, member in members:
+            npz.writestr(f"{name}.npy" if draw(st.booleans()) or not name else name, member)
+    body = archive.getvalue()
+    cut = draw(st.one_of(st.none(), st.integers(0, max(len(body) - 1, 0))))
+    return body if cut is None else body[:cut]
+
+
 def npy(signature: dict[str, Any], model: str) -> st.SearchStrategy[Encoded]:
+    """TorchServe's binary body: an .npy for a model of one input, an .npz for several."""
+    if len(_specs(signature)) > 1:
+        headers = {"Content-Type": payload.NPZ_CONTENT_TYPE}
+        return st.one_of(_npz(signature), st.binary(max_size=300)).map(
+            lambda body: Encoded(body, headers))
     headers = {"Content-Type": payload.NPY_CONTENT_TYPE}
-    valid = st.builds(lambda values: npy_file(np.array(values, dtype=np.float32).reshape(
-        1, *signature["input_shape"])), st.lists(
-            st.floats(width=32, allow_nan=True, allow_infinity=True),
-            min_size=int(np.prod(signature["input_shape"])),
-            max_size=int(np.prod(signature["input_shape"]))))
-    return st.one_of(_npy(signature), valid, st.binary(max_size=300)).map(
-        lambda body: Encoded(body, headers))
+    return st.one_of(_npy(signature), _valid_npy(_specs(signature)[0]),
+                     st.binary(max_size=300)).map(lambda body: Encoded(body, headers))
 
 
 @st.composite
@@ -105,10 +171,13 @@ def _tensor_proto(draw: st.DrawFn, signature: dict[str, Any]) -> Any:
     proto = protos.tensor_pb2.TensorProto(dtype=draw(st.integers(0, 30)))
     for size in draw(st.lists(SIZES, max_size=4)):
         proto.tensor_shape.dim.add(size=size)
-    if draw(st.booleans()):
+    contents = draw(st.sampled_from(["bytes", "float", "int"]))
+    if contents == "bytes":
         proto.tensor_content = draw(st.binary(max_size=600))
-    else:
+    elif contents == "float":
         proto.float_val.extend(draw(st.lists(st.floats(width=32), max_size=70)))
+    else:
+        proto.int_val.extend(draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=70)))
     return proto
 
 
@@ -119,8 +188,7 @@ def _predict_request(draw: st.DrawFn, signature: dict[str, Any], model: str) -> 
     request = protos.predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = draw(st.sampled_from(["serving_default", "", "x"]))
-    for name in draw(st.lists(st.sampled_from([signature["input_name"], "x"]), max_size=2,
-                              unique=True)):
+    for name in draw(st.lists(_names(signature), max_size=3, unique=True)):
         request.inputs[name].CopyFrom(draw(_tensor_proto(signature)))
     return request.SerializeToString()
 
@@ -131,7 +199,7 @@ def tfserving_grpc(signature: dict[str, Any], model: str) -> st.SearchStrategy[E
 
 def _v2_input(signature: dict[str, Any], binary: bool) -> st.SearchStrategy[dict[str, Any]]:
     fields: dict[str, Any] = {
-        "name": st.sampled_from([signature["input_name"], "x", ""]),
+        "name": _names(signature),
         "shape": st.one_of(st.lists(SIZES, max_size=4), JSON_VALUES),
         "datatype": st.one_of(DATATYPES, JSON_VALUES),
     }
@@ -143,10 +211,14 @@ def _v2_input(signature: dict[str, Any], binary: bool) -> st.SearchStrategy[dict
     return st.fixed_dictionaries(fields)
 
 
+def _v2_inputs(signature: dict[str, Any], binary: bool) -> st.SearchStrategy[list[Any]]:
+    return st.lists(_v2_input(signature, binary), max_size=len(_specs(signature)) + 1)
+
+
 def oip_json(signature: dict[str, Any], model: str) -> st.SearchStrategy[Encoded]:
     headers = {"Content-Type": payload.JSON_CONTENT_TYPE}
     documents = st.one_of(
-        st.fixed_dictionaries({"inputs": st.lists(_v2_input(signature, False), max_size=2)},
+        st.fixed_dictionaries({"inputs": _v2_inputs(signature, False)},
                               optional={"id": JSON_VALUES, "parameters": JSON_VALUES,
                                         "outputs": JSON_VALUES}),
         JSON_VALUES)
@@ -158,9 +230,9 @@ def oip_json(signature: dict[str, Any], model: str) -> st.SearchStrategy[Encoded
 def _oip_binary(draw: st.DrawFn, signature: dict[str, Any]) -> Encoded:
     from deploybench.serving import oip
 
-    header = _dumps({"inputs": draw(st.lists(_v2_input(signature, True), max_size=2))})
-    raw = draw(st.one_of(st.binary(max_size=600), st.just(np.full(
-        (1, *signature["input_shape"]), 0.5, np.float32).tobytes())))
+    header = _dumps({"inputs": draw(_v2_inputs(signature, True))})
+    good = b"".join(bad_inputs.good_values(spec, 1).tobytes() for spec in _specs(signature))
+    raw = draw(st.one_of(st.binary(max_size=600), st.just(good)))
     length = draw(st.one_of(st.just(str(len(header))), st.integers(-5, len(header) + 700).map(
         str), st.text(alphabet="0123456789-x ", max_size=5)))
     return Encoded(header + raw, {"Content-Type": oip.BINARY_CONTENT_TYPE,
@@ -177,15 +249,17 @@ def _infer_request(draw: st.DrawFn, signature: dict[str, Any], model: str) -> by
 
     request = oip.grpc_predict_v2_pb2.ModelInferRequest(model_name=model)
     raw = draw(st.booleans())
-    for _ in range(draw(st.integers(0, 2))):
-        tensor = request.inputs.add(name=draw(st.sampled_from([signature["input_name"], "x"])),
-                                    datatype=draw(DATATYPES))
+    for _ in range(draw(st.integers(0, len(_specs(signature)) + 1))):
+        tensor = request.inputs.add(name=draw(_names(signature)), datatype=draw(DATATYPES))
         tensor.shape.extend(draw(st.lists(SIZES, max_size=4)))
         if raw:
             request.raw_input_contents.append(draw(st.binary(max_size=600)))
-        else:
+        elif draw(st.booleans()):
             tensor.contents.fp32_contents.extend(draw(st.lists(st.floats(width=32),
                                                                max_size=70)))
+        else:
+            tensor.contents.int_contents.extend(draw(st.lists(
+                st.integers(-(2**31), 2**31 - 1), max_size=70)))
     if raw and draw(st.booleans()):
         request.raw_input_contents.append(draw(st.binary(max_size=20)))  # one too many
     return request.SerializeToString()
@@ -249,7 +323,7 @@ def fuzz(target: str, protocol: str, address: str, model: str, signature: dict[s
     Hypothesis to a minimal body."""
     from hypothesis import HealthCheck, given, settings
 
-    from deploybench.serving import bad_inputs, targets
+    from deploybench.serving import targets
 
     server = targets.get(target)
     declared = server.protocol(protocol)

@@ -21,7 +21,7 @@ from deploybench.manifest import FP32_TOLERANCE, load_manifest
 from deploybench.serving import payload
 from deploybench.serving.manager import Deployment, serve, stop
 from deploybench.serving.targets import get, make_client
-from tests.bad_input_checks import assert_matrix
+from tests.bad_input_checks import assert_fuzz, assert_matrix
 from tests.conftest import invoke
 from tests.servers import free_offset
 
@@ -107,8 +107,9 @@ def test_torchserve_pads_requests_of_different_lengths_into_one_batch(deployment
 
 
 @pytest.mark.parametrize("target", SERVERS)
-def test_the_text_bad_inputs_are_refused_by_name_and_the_server_stays_up(deployment, bert_root,
-                                                                         target):
+def test_text_bad_inputs_and_fuzzed_bodies_are_refused_and_the_server_stays_up(deployment,
+                                                                                 bert_root,
+                                                                                 target):
     pids = [record.pid for record in deployment.processes]
     probes = assert_matrix(target, deployment.endpoints_obj(), bert_root, MODEL)
     for probe in probes:
@@ -119,6 +120,9 @@ def test_the_text_bad_inputs_are_refused_by_name_and_the_server_stays_up(deploym
             assert cases[name].verdict in ("refused", "skipped"), (probe.protocol, name,
                                                                    cases[name])
         assert sum(cases[n].verdict == "refused" for n in TEXT_CASES) >= 4, probe.protocol
+    # generated bodies drawn from the two-input signature: ids past the vocabulary, columns
+    # under wrong names, .npz archives cut short; a refusal or an answer, never a 5xx or a drop
+    assert_fuzz(target, deployment.endpoints_obj(), bert_root, MODEL)
     assert all(psutil.pid_exists(pid) for pid in pids)
 
 
