@@ -129,7 +129,8 @@ def edge_tradeoff(results: dict[str, Any]) -> bytes | None:
 
 BREAKDOWN_PARTS = (("outside_server", "outside the server (network, front end, client)"),
                    ("server_other", "server, besides queue and model"),
-                   ("queue", "queue"), ("model", "model"))
+                   ("queue", "queue"), ("model_io", "model tensors in and out"),
+                   ("model", "model"))
 
 
 def breakdown_rows(results: dict[str, Any]) -> list[dict[str, Any]]:

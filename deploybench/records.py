@@ -124,6 +124,7 @@ class Breakdown(_Strict):
     outside_server: Number
     server_other: Number | None = None
     queue: Number | None = None
+    model_io: Number | None = None  # the model's tensors in and out, where timed apart
     model: Number | None = None
     server_whole: str  # "published", or "sum of the parts" where no whole time is
 
@@ -136,7 +137,9 @@ class StepServerMetrics(_Strict):
     missing: list[str]
     request_ms: ServerTime | None = None
     queue_ms: ServerTime | None = None
+    model_input_ms: ServerTime | None = None
     model_ms: ServerTime | None = None
+    model_output_ms: ServerTime | None = None
     batch_sizes: dict[str, Number] | None = None
     batch_counts: str | None = None  # what a batch size counts: rows or requests
     breakdown_ms: Breakdown | None = None

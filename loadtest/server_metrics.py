@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from deploybench.serving.targets import BatchFigure, ServerMetrics, TimeFigure
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-PARTS = ("request", "queue", "model")
+PARTS = ("request", "queue", "model_input", "model", "model_output")
+OPTIONAL_PARTS = ("model_input", "model_output")
 
 
 def parse(text: str) -> Samples:
@@ -141,7 +142,17 @@ def time_figure(before: Samples, after: Samples, figure: TimeFigure, model: str
 
 def batch_sizes(before: Samples, after: Samples, figure: BatchFigure, model: str
                 ) -> dict[str, float] | None:
-    """How many batches of each size the step saw (a histogram's buckets: "<=upper bound")."""
+    """How many batches of each size the step saw (a histogram's buckets: "<=upper bound"), or
+    where the server counts only rows and batches, their mean size ({"mean": size})."""
+    if figure.batches:  # rows (or requests) over batches: the mean only
+        rows = [_total(page, figure.metric, model, figure.model_label, figure.labels)
+                for page in (before, after)]
+        runs = [_total(page, figure.batches, model, figure.model_label, figure.labels)
+                for page in (before, after)]
+        if rows[1] is None or runs[1] is None:
+            return None
+        batches = runs[1] - (runs[0] or 0.0)
+        return {"mean": round((rows[1] - (rows[0] or 0.0)) / batches, 3)} if batches > 0 else {}
     if figure.size_label:  # a counter per size
         old = _select(before, figure.metric, model, figure.model_label, figure.labels)
         new = _select(after, figure.metric, model, figure.model_label, figure.labels)
@@ -198,6 +209,8 @@ def step_figures(declared: ServerMetrics | None, pages: dict[str, Any] | None, m
     out["available"] = True
     for part in PARTS:
         figure: TimeFigure | None = getattr(declared, part)
+        if figure is None and part in OPTIONAL_PARTS:
+            continue  # most servers time the model's tensors with the model
         found = time_figure(before, after, figure, model) if figure else None
         if found is None:
             out["missing"].append(f"{part} time: " + (
@@ -217,19 +230,23 @@ def step_figures(declared: ServerMetrics | None, pages: dict[str, Any] | None, m
 
 
 def breakdown(figures: dict[str, Any], client_mean_ms: float | None) -> dict[str, Any] | None:
-    """The client's mean latency split in ms: queue, model, the rest of the server's time, and
-    outside the server (network, front end, client). A part the server does not publish is
-    None and its time stays in the part that contains it."""
+    """The client's mean latency split in ms: queue, the model's tensors in and out, the
+    model, the rest of the server's time, and outside the server (network, front end,
+    client). A part the server does not publish is None and its time stays in the part that
+    contains it."""
     def mean(part: str) -> float | None:
         return (figures.get(f"{part}_ms") or {}).get("mean")
 
     request, queue, model = mean("request"), mean("queue"), mean("model")
+    moves = [m for m in (mean("model_input"), mean("model_output")) if m is not None]
+    model_io = round(sum(moves), 4) if moves else None
     if client_mean_ms is None or not any(v is not None for v in (request, queue, model)):
         return None
-    inside = request if request is not None else sum(v or 0.0 for v in (queue, model))
-    rest = None if request is None else request - (queue or 0.0) - (model or 0.0)
+    parts = (queue or 0.0) + (model or 0.0) + (model_io or 0.0)
+    inside = request if request is not None else parts
+    rest = None if request is None else request - parts
     return {"client": round(client_mean_ms, 4),
             "outside_server": round(client_mean_ms - inside, 4),
             "server_other": None if rest is None else round(rest, 4),
-            "queue": queue, "model": model,
+            "queue": queue, "model_io": model_io, "model": model,
             "server_whole": "published" if request is not None else "sum of the parts"}

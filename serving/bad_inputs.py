@@ -184,57 +184,65 @@ def _body_defect(defect: str) -> Callable[[dict[str, Any]], Draft]:
     return lambda signature: replace(_one(signature, rows(signature, 1)), defect=defect)
 
 
-# The defects, defined once. Words: the kit's servers' (serving/input_validation.py) and TF
-# Serving's own (json_tensor.cc, predict_util.cc; the test double speaks them).
+# The defects, defined once. Words: the kit's servers' (serving/input_validation.py), TF
+# Serving's own (json_tensor.cc, predict_util.cc; the test double speaks them) and Triton's
+# front ends' (infer_request.cc, http_server.cc: "unexpected shape", "data-type is", ...).
 CASES: tuple[Case, ...] = (
     Case("non-finite value", ("non-finite", "nan"),
          lambda s: _one(s, _with(rows(s, 1), np.nan)), _floats),
     Case("value beyond float32", ("float32 range", "without loss of precision"),
          lambda s: _one(s, _with(rows(s, 1, np.float64), 1e39)), _floats),
-    Case("wrong rank", ("wrong shape", "expects [", "incorrect level", "unexpected level"),
+    Case("wrong rank", ("wrong shape", "expects [", "incorrect level", "unexpected level",
+                        "unexpected shape"),
          lambda s: _one(s, rows(s, 1).ravel())),
     Case("wrong size for the declared shape",
-         ("wrong size", "declares", "reshape", "tensor size", "parsing error"),
+         ("wrong size", "declares", "reshape", "tensor size", "parsing error",
+          "byte size mismatch"),
          lambda s: _one(s, rows(s, 1), shape=(2, *row_shape(first(s))))),
-    Case("wrong dtype", ("wrong dtype", "not of expected type", "expects arg"),
+    Case("wrong dtype", ("wrong dtype", "not of expected type", "expects arg", "data-type is"),
          lambda s: _one(s, rows(s, 1, np.bool_), datatype="BOOL")),
     Case("ragged rows", ("ragged", "tensor size", "unexpected size"),
          lambda s: _one(s, _ragged(s))),
-    Case("empty batch", ("empty", "no values"),
+    Case("empty batch", ("empty", "no values", "got 0"),
          lambda s: _one(s, rows(s, 0))),
-    Case("more rows than max_rows", ("too many rows",),
+    Case("more rows than max_rows", ("too many rows", "batch-size must be"),
          lambda s: _one(s, rows(s, s["max_rows"] + 1))),
-    Case("missing input", ("missing input", "missing named input", "does not match signature"),
+    Case("missing input", ("missing input", "missing named input", "does not match signature",
+                           "missing required input"),
          lambda s: Draft(())),
     Case("unknown input name", ("unknown input name", "not found in signature",
-                                "does not have named input", "keys must be equal"),
+                                "does not have named input", "keys must be equal",
+                                "unexpected inference input"),
          lambda s: Draft((Tensor(first(s)["name"] + "_unknown", rows(s, 1),
                                  datatype=datatype(first(s))),))),
-    Case("extra input", ("extra input", "does not match signature", "does not have named input"),
+    Case("extra input", ("extra input", "does not match signature", "does not have named input",
+                         "inputs but got"),
          lambda s: Draft((Tensor(first(s)["name"], rows(s, 1), datatype=datatype(first(s))),
                           Tensor(first(s)["name"] + "_extra", rows(s, 1),
                                  datatype=datatype(first(s)))))),
-    Case("strings where numbers go", ("wrong dtype", "not of expected type", "expects arg"),
+    Case("strings where numbers go", ("wrong dtype", "not of expected type", "expects arg",
+                                      "data-type is"),
          lambda s: _one(s, rows(s, 1).astype(str), datatype="BYTES")),
     Case("not the protocol's format", ("malformed", "json", "parse", "not a", "unrecognized"),
          _body_defect("not-format")),
     Case("truncated body", ("malformed", "truncated", "declares", "json", "parse", "follow",
-                            "unrecognized"),
+                            "unrecognized", "additional bytes"),
          _body_defect("truncated")),
     Case("header length beyond the body", ("malformed", "beyond", "header", "declares"),
          _body_defect("length-beyond")),
     Case("negative size in a header", ("negative", "wrong shape", "not a size", "not a list",
-                                       "malformed", "parsing error"),
+                                       "malformed", "parsing error", "byte size mismatch"),
          _body_defect("negative-size")),
     Case("huge size in a header", ("too many rows", "declares", "reshape", "malformed",
-                                   "not a size", "parsing error"),
+                                   "not a size", "parsing error", "additional bytes",
+                                   "wrong shape", "byte size mismatch"),
          _body_defect("huge-size")),
     # token ids and their mask (a text model)
     Case("id beyond the vocabulary", ("out of range", "indices"),
          lambda s: _one(s, _with(rows(s, 1), first(s)["high"])), _ids),
     Case("negative id", ("out of range", "negative"),
          lambda s: _one(s, _with(rows(s, 1), -1)), _ids),
-    Case("float ids", ("wrong dtype", "not of expected type", "expects arg"),
+    Case("float ids", ("wrong dtype", "not of expected type", "expects arg", "data-type is"),
          lambda s: _one(s, rows(s, 1, np.float32) + np.float32(0.5), datatype="FP32"), _ids),
     Case("longer than the model's maximum", ("too long", "wrong shape", "expects ["),
          _too_long, _dynamic),
@@ -242,6 +250,9 @@ CASES: tuple[Case, ...] = (
          _mask_shorter, _shares_length),
 )
 CASE_NAMES = tuple(case.name for case in CASES)
+# the verdict of a case that brings the server down by a known bug (Protocol.crashes): not sent,
+# and a failure
+KNOWN_CRASH = "crashes the server"
 
 _DATATYPE_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("?"),
                     "INT32": np.dtype("<i4")}
@@ -513,7 +524,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.verdict != "FAILED"
+        return self.verdict not in ("FAILED", KNOWN_CRASH)
 
 
 @dataclass
@@ -640,12 +651,15 @@ def sender_for(target: str, protocol: str, address: str, model: str,
 
 def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Body,
              output_name: str, closes_by_design: bool = False,
-             nonfinite_by_design: bool = False, unparsed_by_design: bool = False) -> str:
+             nonfinite_by_design: bool = False, unparsed_by_design: bool = False,
+             server_errors_by_design: bool = False) -> str:
     """The fuzzer's property for one request: a refusal (4xx, INVALID_ARGUMENT) or a readable
     answer of finite logits (any logits, where the server runs non-finite values by design);
     never a 5xx, another gRPC code, a dropped connection or no answer. "" when it holds,
     else what happened. `unparsed_by_design`: bytes that are not the protocol's message, which
-    the server answers its own way by design (TF Serving's gRPC: INTERNAL)."""
+    the server answers its own way by design (TF Serving's gRPC: INTERNAL);
+    `server_errors_by_design`: a server that answers 5xx for some malformed bodies (Triton's
+    HTTP front end), one line on a connection kept open."""
     try:
         reply = sender.send(encoded)
     except TimeoutError:
@@ -656,7 +670,9 @@ def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Bo
         return f"connection dropped: {type(error).__name__}: {error}"
     if reply.closed and not (closes_by_design and reply.refused):
         return f"{reply.status}, and the server closed the connection"
-    if reply.refused or (unparsed_by_design and reply.status != 200):
+    server_error = isinstance(reply.status, int) and reply.status >= 500
+    if reply.refused or (unparsed_by_design and reply.status != 200) or (
+            server_errors_by_design and server_error):
         return "" if "\n" not in reply.message else "a refusal whose message spans lines"
     if reply.status == 200:
         seen = _answer_check(reply.body, body, output_name)
@@ -677,11 +693,14 @@ def probe(target: str, protocol: str, address: str, model: str, signature: dict[
     server = targets.get(target)
     declared = server.protocol(protocol)
     body = payload.BODIES[declared.body]
-    by_design = dict(declared.by_design)
+    by_design, crashes = dict(declared.by_design), dict(declared.crashes)
     sender = sender_for(target, protocol, address, model, timeout)
     outcomes = []
     try:
         for case in cases_for(signature, cases):
+            if case.name in crashes:  # sending it would end the probe, and the server
+                outcomes.append(Outcome(case.name, "not sent", KNOWN_CRASH, crashes[case.name]))
+                continue
             encoded = encode(case, declared.body, signature, model)
             if isinstance(encoded, Skip):
                 outcomes.append(Outcome(case.name, "skipped", "skipped", encoded.reason))
@@ -772,6 +791,8 @@ def table(probes: list[Probe]) -> tuple[list[str], list[list[str]]]:
                 cells.append("")
             elif outcome.verdict == "by design":
                 cells.append(f"{outcome.status} (by design)")
+            elif outcome.verdict == KNOWN_CRASH:
+                cells.append("not sent: CRASHES the server (known)")
             else:
                 closed = ", closed" + (" (by design)" if result.closes_by_design else "")
                 cells.append(outcome.status + (closed if outcome.closed else "")

@@ -274,7 +274,21 @@ class OIPRest(_HTTPClient):
         return self.encoding.answer(response.content, self.output_name)
 
     def ready(self) -> bool:
-        return (self._status(self.model_url + "/ready") or {}).get("ready") is True
+        """The protocol's model-ready: a 200 says ready. KServe also answers {"ready": ...};
+        Triton answers 200 with no body."""
+        try:
+            response = self._request("GET", self.model_url + "/ready")
+        except PredictionError:
+            return False
+        if response.status_code != 200:
+            return False
+        if not response.content.strip():
+            return True
+        try:
+            answer = response.json()
+        except ValueError:
+            return False
+        return not isinstance(answer, dict) or answer.get("ready", True) is True
 
     def metadata(self) -> dict[str, Any]:
         response = self._request("GET", self.model_url)

@@ -35,15 +35,9 @@ from typing import Any
 
 import numpy as np
 
-RUNTIME_FORMATS = {  # what each runtime serves, in order of preference
-    "tensorflow": ("savedmodel",),
-    "pytorch": ("aoti", "torchscript"),
-    "onnxruntime": ("onnx-torch",),
-}
-RUNTIMES = {"savedmodel": "tensorflow", "aoti": "aoti", "torchscript": "torch",
-            "onnx-torch": "onnxruntime"}
-PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "aoti": "pytorch_aoti",
-             "torchscript": "pytorch_torchscript", "onnx-torch": "onnxruntime_onnx"}
+from deploybench.serving import hosting
+from deploybench.serving.hosting import PLATFORMS, RUNTIME_FORMATS, load_hosted
+
 STOP_GRACE_S = 2
 
 log = logging.getLogger("deploybench.kserve")
@@ -65,32 +59,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def served_format(manifest: Any, runtime: str) -> str:
-    """The first format of the runtime's preference that the export produced."""
-    for fmt in RUNTIME_FORMATS[runtime]:
-        if any(a.format == fmt and a.status == "ok" for a in manifest.artifacts):
-            return fmt
-    wanted = " or ".join(RUNTIME_FORMATS[runtime])
-    raise SystemExit(f"{manifest.model}: no {wanted} artifact was exported")
-
-
 def make_model(root: Path, name: str, runtime: str, threads: int) -> Any:
     """A kserve.Model for one exported model, its artifact loaded and checked first."""
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-    from deploybench import runtimes
     from deploybench.batch import Batch
-    from deploybench.manifest import load_manifest, verify_artifacts
     from deploybench.serving import input_validation
 
-    manifest = load_manifest(root, name)
-    fmt = served_format(manifest, runtime)
-    verify_artifacts(root, manifest, [fmt])
+    manifest, fmt, backend = load_hosted(root, name, runtime, threads)
     signature = manifest.signature()
     output_name = manifest.outputs[0].name
-    backend = runtimes.BACKENDS[RUNTIMES[fmt]](root / manifest.artifact(fmt).path, threads)
 
     def v2_batch(request: InferRequest) -> dict[str, np.ndarray]:
         input_validation.check_input_names([t.name for t in request.inputs], signature)
@@ -370,42 +350,17 @@ def serve(models: list[Any], host: str, http_port: int, grpc_port: int) -> None:
     asyncio.run(both())
 
 
-def model_names(root: Path, text: str) -> list[str]:
-    from deploybench.manifest import exported_models
-
-    names = exported_models(root) if text == "all" else [n for n in text.split(",") if n]
-    if not names:
-        raise SystemExit(f"{root}: no exported model to serve")
-    return names
-
-
-def healthy(root: Path, models: str, port: int) -> bool:
-    """Every model ready on the V2 model-ready endpoint (a container's healthcheck)."""
-    import urllib.error
-    import urllib.request
-
-    for name in model_names(root, models):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{name}/ready",
-                                        timeout=5) as answer:
-                if answer.status != 200:
-                    return False
-        except (urllib.error.URLError, OSError):
-            return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     root = args.artifacts.resolve()
     if args.health:
-        sys.exit(0 if healthy(root, args.models, args.http_port) else 1)
+        sys.exit(0 if hosting.healthy(root, args.models, args.http_port) else 1)
     if args.runtime is None:
         raise SystemExit("--runtime is required to serve: " + ", ".join(RUNTIME_FORMATS))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     models = [make_model(root, name, args.runtime, args.threads)
-              for name in model_names(root, args.models)]
+              for name in hosting.model_names(root, args.models)]
     serve(models, args.host, args.http_port, args.grpc_port)
 
 

@@ -2,7 +2,8 @@
 
 TorchServe runs from the installed package with the machine's Java; TF Serving runs through
 `tensorflow_model_server` when it is on PATH (it has no PyPI or Debian package); KServe's model
-server runs from the installed package, one process per framework.
+server runs from the installed package, one process per framework; Triton runs from the Triton
+environment (.venv-triton, numpy<2), one process per framework.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ BATCHING_CONFIG = CONFIG_DIR / "batching.config"
 MONITORING_CONFIG = CONFIG_DIR / "monitoring.config"
 TORCHSERVE_METRICS = CONFIG_DIR / "torchserve-metrics.yaml"
 TFSERVING_ENTRYPOINT = REPO_ROOT / "docker" / "tfserving" / "entrypoint.sh"
+# the Triton environment's interpreter (`make setup` makes it), or DEPLOYBENCH_TRITON_PYTHON
+TRITON_PYTHON_ENV = "DEPLOYBENCH_TRITON_PYTHON"
+TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
 
 
 class ServerUnavailable(Exception):
@@ -213,6 +217,50 @@ def kserve_native(runtime: str) -> Callable[[NativeSetup], tuple[list[str], dict
         ]
         env = {"OMP_NUM_THREADS": str(setup.settings.intra_op_threads),
                "TF_CPP_MIN_LOG_LEVEL": "2", **setup.settings.process_env()}
+        return command, env
+
+    return start
+
+
+def triton_python() -> Path:
+    """The Triton environment's interpreter, or why there is none."""
+    python = Path(os.environ.get(TRITON_PYTHON_ENV) or TRITON_PYTHON)
+    if not python.exists():
+        raise ServerUnavailable(
+            f"the Triton environment is not set up ({python} is missing): `make setup` makes "
+            "it (Triton needs numpy<2, the kit's main environment numpy>=2)")
+    return python
+
+
+def triton_native(runtime: str) -> Callable[[NativeSetup], tuple[list[str], dict[str, str]]]:
+    """Triton (serving/triton_server.py) hosting the artifacts `runtime` runs: the same code
+    for every runtime, the same threads and batching settings as the other servers, every port
+    on the endpoints' host only."""
+
+    def start(setup: NativeSetup) -> tuple[list[str], dict[str, str]]:
+        if setup.overrides:
+            raise ServerUnavailable("the Triton server takes no config overrides")
+        rest = urlparse(setup.addresses["rest"])
+        grpc = setup.addresses["grpc"].rsplit(":", 1)
+        metrics = urlparse(setup.addresses["metrics"])
+        if not rest.hostname == grpc[0] == metrics.hostname:
+            raise ServerUnavailable(f"REST ({rest.hostname}), gRPC ({grpc[0]}) and metrics "
+                                    f"({metrics.hostname}) must listen on one host")
+        settings = setup.settings
+        command = [
+            str(triton_python()), "-m", "deploybench.serving.triton_server",
+            "--artifacts", str(setup.root.resolve()), "--models", ",".join(setup.models),
+            "--runtime", runtime, "--host", str(rest.hostname),
+            "--http-port", str(rest.port), "--grpc-port", grpc[1],
+            "--metrics-port", str(metrics.port),
+            "--repository", str(setup.folder.resolve() / "triton-repository"),
+            "--threads", str(settings.intra_op_threads),
+            "--max-batch-size", str(settings.max_batch_size),
+            "--batch-timeout-ms", str(settings.batch_timeout_ms),
+            *(["--batching"] if settings.batching else []),
+        ]
+        env = {"OMP_NUM_THREADS": str(settings.intra_op_threads), "TF_CPP_MIN_LOG_LEVEL": "2",
+               **settings.process_env()}
         return command, env
 
     return start

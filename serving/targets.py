@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -59,6 +59,12 @@ class Protocol:
     # answers by design with something else than a refusal, each with why: the bad-input
     # matrix records them as such instead of failing
     by_design: tuple[tuple[str, str], ...] = ()
+    # bad inputs that bring the server down (a known bug of a server the kit does not build),
+    # each with why: the matrix does not send them, and lists each as a failure
+    crashes: tuple[tuple[str, str], ...] = ()
+    # why the server answers 5xx for some malformed bodies by design (the fuzzer then takes a
+    # 5xx with a one-line message on a connection kept open as an answer); "" if never
+    server_errors: str = ""
 
     @property
     def binary(self) -> bool:
@@ -81,12 +87,14 @@ class TimeFigure:
 
 @dataclass(frozen=True)
 class BatchFigure:
-    """The sizes of the batches a server ran: a histogram of sizes, or (with `size_label`) a
-    counter per size; `counts` says what a size counts: rows or requests."""
+    """The sizes of the batches a server ran: a histogram of sizes, (with `size_label`) a
+    counter per size, or (with `batches`) the mean size, `metric` counting rows or requests
+    and `batches` the batches run; `counts` says what a size counts: rows or requests."""
 
     metric: str
     counts: str  # "rows" | "requests"
     size_label: str = ""
+    batches: str = ""
     model_label: str = "model_name"
     labels: tuple[tuple[str, str], ...] = ()
 
@@ -100,6 +108,10 @@ class ServerMetrics:
     request: TimeFigure | None = None
     queue: TimeFigure | None = None
     model: TimeFigure | None = None
+    # moving a request's tensors into and out of the model, where the server times it apart
+    # from the model's run (Triton's compute input and output)
+    model_input: TimeFigure | None = None
+    model_output: TimeFigure | None = None
     batch: BatchFigure | None = None
 
 
@@ -518,6 +530,74 @@ for _runtime, _framework, _served, _label, _rest, _grpc in (
         time_metrics=ServerMetrics(model=TimeFigure("request_predict_seconds", 1000.0)),
         batching=False,  # none in KServe's Python server (on Kubernetes: a separate agent)
         software="KServe",
+    ))
+
+# NVIDIA Triton Inference Server (tritonserver from nvidia-pytriton, its Python backend running
+# serving/triton_model.py), one process per framework with the same code, as for KServe; in an
+# environment of its own (numpy<2), started by serving/triton_server.py
+TRITON_JSON_500 = ("Triton's HTTP front end answers 500 for a JSON body it cannot read as "
+                   "tensors (http_server.cc), before the model sees it; the connection stays")
+TRITON_UNREADABLE = tuple((case, TRITON_JSON_500) for case in (
+    "not the protocol's format", "negative size in a header"))
+TRITON_GRPC_UNPARSED = tuple((case, "gRPC answers INTERNAL for bytes that are not a "
+                              "ModelInferRequest, before Triton sees them")
+                             for case in ("not the protocol's format", "truncated body"))
+TRITON_FLOAT_RANGE = ("value beyond float32", "Triton's JSON reader turns a number beyond "
+                      "float32 into infinity before the model sees it: the kit's check then "
+                      "refuses it as a non-finite value")
+TRITON_HUGE_SHAPE = ("huge size in a header", "Triton 2.51's HTTP front end allocates what a "
+                     "JSON input's shape declares before reading its data: a shape of 2**31 "
+                     "rows aborts tritonserver (std::bad_alloc), one request takes the server "
+                     "down")
+
+
+def triton_protocols(user_prefix: str) -> tuple[Protocol, ...]:
+    """The Open Inference Protocol as Triton's own C++ front ends speak it."""
+    rest, binary, grpc = oip_protocols(user_prefix)
+    json_errors = tuple((case, TRITON_JSON_500) for case in (
+        "wrong size for the declared shape", "ragged rows", "truncated body"))
+    return (
+        replace(rest, by_design=(*TRITON_UNREADABLE, *json_errors, TRITON_FLOAT_RANGE),
+                crashes=(TRITON_HUGE_SHAPE,), server_errors=TRITON_JSON_500),
+        replace(binary, by_design=TRITON_UNREADABLE, server_errors=TRITON_JSON_500),
+        replace(grpc, by_design=TRITON_GRPC_UNPARSED),
+    )
+
+
+for _runtime, _framework, _served, _label, _port in (
+        ("tensorflow", "tensorflow", "savedmodel", "TensorFlow", 8000),
+        ("pytorch", "pytorch", "aoti", "PyTorch", 8003)):
+    _user = "Triton" + _label
+    register(Target(
+        name=f"triton-{_runtime}",
+        label=f"Triton-{_label}",
+        framework=_framework,
+        artifact_format=_served,
+        protocols=triton_protocols(_user),
+        endpoints=(
+            Endpoint("rest", f"http://127.0.0.1:{_port}", f"triton-{_runtime}-url"),
+            Endpoint("grpc", f"127.0.0.1:{_port + 1}", f"triton-{_runtime}-grpc-target"),
+            Endpoint("metrics", f"http://127.0.0.1:{_port + 2}"),
+        ),
+        native=native.triton_native(_runtime),
+        compose_service=f"triton-{_runtime}",
+        metrics=("metrics", "/metrics"),
+        # Triton's cumulative microseconds per model (metrics.md), over its successful requests
+        time_metrics=ServerMetrics(
+            request=TimeFigure("nv_inference_request_duration_us", 0.001,
+                               count="nv_inference_request_success", model_label="model"),
+            queue=TimeFigure("nv_inference_queue_duration_us", 0.001,
+                             count="nv_inference_request_success", model_label="model"),
+            model_input=TimeFigure("nv_inference_compute_input_duration_us", 0.001,
+                                   count="nv_inference_request_success", model_label="model"),
+            model=TimeFigure("nv_inference_compute_infer_duration_us", 0.001,
+                             count="nv_inference_request_success", model_label="model"),
+            model_output=TimeFigure("nv_inference_compute_output_duration_us", 0.001,
+                                    count="nv_inference_request_success", model_label="model"),
+            batch=BatchFigure("nv_inference_count", "rows", batches="nv_inference_exec_count",
+                              model_label="model"),
+        ),
+        software="Triton",
     ))
 
 # Any Open Inference Protocol endpoint the kit did not start (Triton, MLServer, OpenVINO Model
