@@ -652,14 +652,15 @@ def sender_for(target: str, protocol: str, address: str, model: str,
 def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Body,
              output_name: str, closes_by_design: bool = False,
              nonfinite_by_design: bool = False, unparsed_by_design: bool = False,
-             server_errors_by_design: bool = False) -> str:
+             server_errors_by_design: bool = False, multiline_by_design: bool = False) -> str:
     """The fuzzer's property for one request: a refusal (4xx, INVALID_ARGUMENT) or a readable
     answer of finite logits (any logits, where the server runs non-finite values by design);
     never a 5xx, another gRPC code, a dropped connection or no answer. "" when it holds,
     else what happened. `unparsed_by_design`: bytes that are not the protocol's message, which
     the server answers its own way by design (TF Serving's gRPC: INTERNAL);
     `server_errors_by_design`: a server that answers 5xx for some malformed bodies (Triton's
-    HTTP front end), one line on a connection kept open."""
+    HTTP front end), one line on a connection kept open; `multiline_by_design`: a server whose
+    refusal may quote the request's text, newlines and all (Triton)."""
     try:
         reply = sender.send(encoded)
     except TimeoutError:
@@ -673,7 +674,8 @@ def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Bo
     server_error = isinstance(reply.status, int) and reply.status >= 500
     if reply.refused or (unparsed_by_design and reply.status != 200) or (
             server_errors_by_design and server_error):
-        return "" if "\n" not in reply.message else "a refusal whose message spans lines"
+        one_line = "\n" not in reply.message or multiline_by_design
+        return "" if one_line else "a refusal whose message spans lines"
     if reply.status == 200:
         seen = _answer_check(reply.body, body, output_name)
         readable = seen.endswith("rows of finite logits") or (

@@ -65,6 +65,9 @@ class Protocol:
     # why the server answers 5xx for some malformed bodies by design (the fuzzer then takes a
     # 5xx with a one-line message on a connection kept open as an answer); "" if never
     server_errors: str = ""
+    # why a refusal's message may span lines (the server quotes the request's own text); "" if
+    # it never does
+    multiline_errors: str = ""
 
     @property
     def binary(self) -> bool:
@@ -554,13 +557,17 @@ TRITON_HUGE_SHAPE = ("huge size in a header", "Triton 2.51's HTTP front end allo
 def triton_protocols(user_prefix: str) -> tuple[Protocol, ...]:
     """The Open Inference Protocol as Triton's own C++ front ends speak it."""
     rest, binary, grpc = oip_protocols(user_prefix)
+    quoted = ("Triton quotes a request's own text in its refusal (a parameter's name, newlines "
+              "and all)")
     json_errors = tuple((case, TRITON_JSON_500) for case in (
         "wrong size for the declared shape", "ragged rows", "truncated body"))
     return (
         replace(rest, by_design=(*TRITON_UNREADABLE, *json_errors, TRITON_FLOAT_RANGE),
-                crashes=(TRITON_HUGE_SHAPE,), server_errors=TRITON_JSON_500),
-        replace(binary, by_design=TRITON_UNREADABLE, server_errors=TRITON_JSON_500),
-        replace(grpc, by_design=TRITON_GRPC_UNPARSED),
+                crashes=(TRITON_HUGE_SHAPE,), server_errors=TRITON_JSON_500,
+                multiline_errors=quoted),
+        replace(binary, by_design=TRITON_UNREADABLE, server_errors=TRITON_JSON_500,
+                multiline_errors=quoted),
+        replace(grpc, by_design=TRITON_GRPC_UNPARSED, multiline_errors=quoted),
     )
 
 
