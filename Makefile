@@ -4,6 +4,9 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Triton's own environment: nvidia-pytriton needs numpy<2, executorch (main venv) numpy>=2
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 # Debian packages: docker-compose validates the compose file offline, chromium drives the
 # browser tests, a Java runtime runs TorchServe natively, g++ compiles AOTInductor packages.
 DEBIAN_PACKAGES := docker-compose chromium default-jre-headless g++
@@ -11,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages test-docker-packages promtool images run test lint clean fuzz
 
-setup: system-packages $(STAMP)
+setup: system-packages $(STAMP) $(TRITON_STAMP)
 
 system-packages:
 	@if ! command -v docker-compose >/dev/null || ! command -v chromium >/dev/null \
@@ -29,6 +32,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The Triton environment: what requirements-triton.txt pins, and the kit from its sources
+# without its dependencies (Triton's model code imports numpy and the framework it runs).
+$(TRITON_STAMP): requirements-triton.txt pyproject.toml
+	test -x $(TRITON_VENV)/bin/python || python3.11 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet torch==2.13.0
+	$(TRITON_VENV)/bin/pip install --quiet -r requirements-triton.txt
+	$(TRITON_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(TRITON_STAMP)
 
 # The Docker tests need an engine: one that answers (a user's Docker, CI's) is used as it is.
 # Where neither an engine nor dockerd is installed, the tests install Debian's docker.io and
@@ -77,7 +90,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) artifacts runs test-artifacts .pytest_cache .cache
+	rm -rf $(VENV) $(TRITON_VENV) artifacts runs test-artifacts .pytest_cache .cache
 
 # The long fuzzing run of the servers' request decoders (not a test; `make test` runs a bounded
 # one): 1,000 generated bodies per server and protocol, a table and fuzz-results.json.

@@ -63,14 +63,20 @@ def offset() -> int:
 @pytest.fixture(scope="module")
 def triton(export_root: Path, tmp_path_factory: pytest.TempPathFactory,
            offset: int) -> Iterator[Deployment]:
-    """Both Triton targets, batching off, natively on free loopback ports; stopped after."""
+    """Both Triton targets, batching off, natively on free loopback ports. `stop` then ends
+    every process of theirs (launcher, tritonserver, backend stubs) and removes their shared
+    memory, within Triton's exit timeout."""
     deployment = start(export_root, tmp_path_factory.mktemp("triton"), TRITON, MODELS, offset,
                        batching=False)
     try:
         yield deployment
     finally:
+        assert all(segments(record.pid) for record in deployment.processes)  # while running
+        started = time.monotonic()
         stop(deployment)
-    assert not any(processes.group_members(record) for record in deployment.processes)
+    assert time.monotonic() - started < 20
+    for record in deployment.processes:
+        assert not processes.group_members(record) and not segments(record.pid), record.name
 
 
 def pid_of(deployment: Deployment, target: str) -> int:
@@ -281,19 +287,6 @@ def test_a_sigkilled_launcher_takes_triton_and_its_stubs_down(export_root, tmp_p
         assert not segments(record.pid)
     finally:
         assert stop(deployment) == []  # nothing was left to stop
-
-
-def test_stop_ends_every_triton_process_and_removes_its_segments(export_root, tmp_path):
-    deployment = start(export_root, tmp_path, ("triton-tensorflow",), ["digits-mlp"],
-                       free_offset())
-    (record,) = deployment.processes
-    members = processes.group_members(record)
-    assert segments(record.pid)  # the backend stub's, while it runs
-    started = time.monotonic()
-    stop(deployment)
-    assert not any(m.is_running() and m.status() != psutil.STATUS_ZOMBIE for m in members)
-    assert time.monotonic() - started < 20
-    assert not segments(record.pid)
 
 
 def test_the_triton_environment_has_numpy_1_and_the_launcher_refuses_numpy_2(tmp_path):
