@@ -20,7 +20,7 @@ from tests.conftest import invoke
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE = Path(__file__).resolve().with_name("double_target.py")
 KIT_SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch",
-               "kserve-onnxruntime")
+               "kserve-onnxruntime", "triton-tensorflow", "triton-pytorch")
 EXTERNAL = ("oip",)  # declared, never started by the kit: left out of "all"
 
 # Modules that must learn about servers from the registry only (the servers' own modules,
@@ -76,10 +76,13 @@ def test_run_measures_each_servers_json_and_binary_protocol() -> None:
         ("tfserving", "rest"), ("tfserving", "grpc"), ("torchserve", "rest"),
         ("torchserve", "npy"), ("kserve-tensorflow", "v1"), ("kserve-tensorflow", "v2-binary"),
         ("kserve-pytorch", "v1"), ("kserve-pytorch", "v2-binary"),
-        ("kserve-onnxruntime", "v1"), ("kserve-onnxruntime", "v2-binary")]
+        ("kserve-onnxruntime", "v1"), ("kserve-onnxruntime", "v2-binary"),
+        ("triton-tensorflow", "v2-rest"), ("triton-tensorflow", "v2-binary"),
+        ("triton-pytorch", "v2-rest"), ("triton-pytorch", "v2-binary")]
     assert targets.run_pairs(servers, binary_only=True) == [
         ("tfserving", "grpc"), ("torchserve", "npy"), ("kserve-tensorflow", "v2-binary"),
-        ("kserve-pytorch", "v2-binary"), ("kserve-onnxruntime", "v2-binary")]
+        ("kserve-pytorch", "v2-binary"), ("kserve-onnxruntime", "v2-binary"),
+        ("triton-tensorflow", "v2-binary"), ("triton-pytorch", "v2-binary")]
 
 
 def test_a_url_points_one_target_at_its_rest_or_grpc_protocols() -> None:
@@ -123,6 +126,8 @@ def test_locustfile_imports_stay_light() -> None:
         *(f"KServe{runtime}{protocol}User"
           for runtime in ("TensorFlow", "PyTorch", "ONNXRuntime")
           for protocol in ("V1", "V2REST", "V2Binary", "V2GRPC")),
+        *(f"Triton{framework}{protocol}User" for framework in ("TensorFlow", "PyTorch")
+          for protocol in ("V2REST", "V2Binary", "V2GRPC")),
         "OIPV2RESTUser", "OIPV2BinaryUser", "OIPV2GRPCUser"]
 
 
