@@ -26,6 +26,8 @@ from google.protobuf import text_format
 
 from deploybench import layout
 from deploybench.manifest import exported_models, load_manifest
+from deploybench.serving import targets as registry
+from deploybench.serving.images import TRITON_REQUIREMENTS, requirement_lines
 from deploybench.serving.native import tfserving_command
 from deploybench.serving.targets import loopback_endpoints
 from deploybench.settings import load_settings, read_env_file
@@ -34,9 +36,13 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 CONFIG_DIR = REPO / "serving" / "config"
 ENV = read_env_file(REPO / ".env")
-SERVERS = ("tfserving", "torchserve", "kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime")
 KSERVE = ("kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime")
+TRITON = ("triton-tensorflow", "triton-pytorch")
+SERVERS = ("tfserving", "torchserve", *KSERVE, *TRITON)
+# one image each, the same code for every runtime: the same command but for --runtime
+ONE_IMAGE = (KSERVE, TRITON)
 BATCHING_SERVERS = ("tfserving", "torchserve")  # KServe's Python server has no batching
+TRITON_PYTHON = "/opt/triton-venv/bin/python"  # the image's numpy<2 environment
 LOCUST = ("locust-master", "locust-worker")
 MONITORING = ("prometheus", "grafana")
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
@@ -272,6 +278,30 @@ def test_images_are_pinned_to_the_versions_the_project_uses(services: dict[str, 
         (spec,) = re.findall(rf'{pin}[^"]*"', pyproject)
         assert spec in kserve_file, spec
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-\S+$", kserve_file, re.MULTILINE)
+    # one Triton image for both frameworks, with requirements-triton.txt's versions in a
+    # numpy<2 environment of its own, never the base image's Python packages
+    pins = requirement_lines(TRITON_REQUIREMENTS)
+    assert "numpy<2" in pins
+    (pytriton,) = [pin.split("==")[1] for pin in pins if pin.startswith("nvidia-pytriton==")]
+    assert {services[name]["image"] for name in TRITON} == {f"deploybench-triton:{pytriton}"}
+    build = services["triton-pytorch"]["build"]
+    assert build == services["triton-tensorflow"]["build"]
+    assert build["args"]["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    triton_file = (REPO / build["context"] / build["dockerfile"]).read_text()
+    assert re.findall(r"^FROM\s+(\S+)", triton_file, re.MULTILINE) == ["${BASE_IMAGE}"]
+    assert re.findall(r"^ARG BASE_IMAGE=(\S+)$", triton_file, re.MULTILINE) == [
+        "python:3.11-slim-bookworm"]
+    for pin in pins:
+        assert f'"{pin}"' in triton_file, pin
+    assert "-m venv /opt/triton-venv" in triton_file
+    pip_lines = re.findall(r"(\S*pip) install", triton_file)
+    assert pip_lines and set(pip_lines) == {"/opt/triton-venv/bin/pip"}, pip_lines
+    assert re.search(r"pip install --no-cache-dir --no-deps /opt/deploybench\b", triton_file)
+    # the backends folder the launcher writes in the environment, made while it is writable
+    assert "backends_folder(t.distribution())" in triton_file
+    # the offline stand-in installs the same environment where the image keeps it
+    offline = (REPO / "docker/offline/triton.Dockerfile").read_text()
+    assert "python3.11 -m venv /opt/triton-venv" in offline
     # the torchserve image adds the handler's JSON parser, in the range the tests run with
     (spec,) = re.findall(r'"(orjson[^"]*)"', (REPO / "pyproject.toml").read_text())
     assert f'"{spec}"' in (REPO / "docker/torchserve/Dockerfile").read_text()
@@ -323,6 +353,8 @@ def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
         "kserve-tensorflow": {8080, 8081},
         "kserve-pytorch": {8080, 8081},
         "kserve-onnxruntime": {8080, 8081},
+        "triton-tensorflow": {8000, 8001, 8002},
+        "triton-pytorch": {8000, 8001, 8002},
         "locust-master": {8089},
         "locust-worker": set(),
         "prometheus": {9090},
@@ -335,6 +367,29 @@ def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
             assert ip == "127.0.0.1", f"{name} publishes on {ip}"
         assert service.get("network_mode") != "host", name
         assert "expose" not in service or not service["expose"], name
+    # the published ports are where the registry says each server listens by default
+    for target in registry.targets().values():
+        if target.compose_service in (*KSERVE, *TRITON):
+            declared = {registry.host_port(e.default)[1] for e in target.endpoints}
+            ports = {host for _, host, _ in published(services[target.compose_service])}
+            assert ports == declared, target.name
+
+
+def test_the_load_generator_reaches_every_server_by_service_name(
+        services: dict[str, Any]) -> None:
+    """locust's address options (the registry's locust_option, as DEPLOYBENCH_* variables) name
+    each server's service and a port it listens on inside its container."""
+    environment = services["locust-master"]["environment"]
+    assert services["locust-worker"]["environment"] == environment
+    for target in registry.targets().values():
+        if target.compose_service is None:
+            continue
+        inside = {port for _, _, port in published(services[target.compose_service])}
+        for endpoint in (e for e in target.endpoints if e.locust_option):
+            address = str(environment[endpoint.env_var])
+            assert registry.host_port(address)[0] == target.compose_service, address
+            assert registry.host_port(address)[1] in inside, address
+            assert ("://" in address) == ("://" in endpoint.default), address
 
 
 def test_mounts_are_read_only(services: dict[str, Any], export_root: Path) -> None:
@@ -353,6 +408,11 @@ def test_servers_run_unprivileged_on_read_only_root(services: dict[str, Any]) ->
     assert services["torchserve"]["user"] == "model-server"  # the image's own user
     for name in KSERVE:
         assert services[name]["user"] == "kserve"  # created by docker/kserve/Dockerfile
+    triton_file = (REPO / "docker/triton/Dockerfile").read_text()
+    assert re.search(r"useradd --system .*\btriton$", triton_file, re.MULTILINE)
+    assert re.findall(r"^USER (\S+)$", triton_file, re.MULTILINE) == ["triton"]
+    for name in TRITON:
+        assert services[name]["user"] == "triton"
     for name in LOCUST:
         assert services[name]["user"] == "locust"
     assert services["prometheus"]["user"] == "nobody" and services["grafana"]["user"] == "472"
@@ -364,6 +424,29 @@ def test_servers_run_unprivileged_on_read_only_root(services: dict[str, Any]) ->
         assert service["tmpfs"], name  # where it writes, on a read-only root
         if name in SERVERS:
             assert "/tmp" in service["tmpfs"], name
+    for name in (*KSERVE, *TRITON):  # an AOTInductor package maps its library as code
+        assert "/aoti:exec" in services[name]["tmpfs"], name
+        assert services[name]["environment"]["TMPDIR"] == "/aoti", name
+
+
+def test_triton_writes_its_repository_to_a_tmpfs_and_has_shared_memory_stated(
+        services: dict[str, Any]) -> None:
+    """The launcher writes Triton's model repository at each start: into a tmpfs, as the root
+    file system is read-only. Triton's Python backend moves every tensor through /dev/shm:
+    its size is stated, above Docker's default 64 MiB."""
+    for name in TRITON:
+        service = services[name]
+        flags = dict(flag.split("=", 1) for flag in service["command"] if "=" in flag)
+        repository = flags["--repository"]
+        mounted = [t.split(":")[0] for t in service["tmpfs"]]
+        assert any(repository.startswith(t.rstrip("/") + "/") for t in mounted), repository
+        assert size_bytes(service["shm_size"]) >= 256 * 2**20, name
+        assert service["entrypoint"] == ["/bin/sh", "/opt/deploybench/triton-entrypoint.sh"]
+        assert service["command"][:3] == [TRITON_PYTHON, "-m", "deploybench.serving.triton_server"]
+        assert flags["--host"] == "0.0.0.0", name  # inside the container; published on loopback
+    copied = re.findall(r"^COPY docker/triton/entrypoint\.sh (\S+)$",
+                        (REPO / "docker/triton/Dockerfile").read_text(), re.MULTILINE)
+    assert copied == ["/opt/deploybench/triton-entrypoint.sh"]
 
 
 def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any]) -> None:
@@ -389,9 +472,16 @@ def test_limits_and_threads_identical_for_both_servers(services: dict[str, Any])
         assert size_bytes(kserve["mem_limit"]) == size_bytes(ts["mem_limit"])
         assert f"--threads={intra}" in kserve["command"], name
         assert str(kserve["environment"]["OMP_NUM_THREADS"]) == intra
-    commands = [{c for c in services[name]["command"] if not c.startswith("--runtime=")}
-                for name in KSERVE]  # the same command but for the runtime each hosts
-    assert all(command == commands[0] for command in commands)
+    for name in TRITON:  # the same limits and threads as the others, on the same batching
+        triton = services[name]
+        assert float(triton["cpus"]) == float(ts["cpus"])
+        assert size_bytes(triton["mem_limit"]) == size_bytes(ts["mem_limit"])
+        assert f"--threads={intra}" in triton["command"], name
+        assert str(triton["environment"]["OMP_NUM_THREADS"]) == intra
+    for group in ONE_IMAGE:
+        commands = [{c for c in services[name]["command"] if not c.startswith("--runtime=")}
+                    for name in group]  # the same command but for the runtime each hosts
+        assert all(command == commands[0] for command in commands), group
     # one allocator setting for both (glibc keeps freed memory: no page faults per batch)
     for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         assert int(ENV[key]) > 0
@@ -407,7 +497,7 @@ def test_limits_follow_the_environment(export_root: Path) -> None:
     assert "--tensorflow_intra_op_parallelism=3" in services["tfserving"]["command"]
     assert "--rest_api_num_threads=12" in services["tfserving"]["command"]
     assert str(services["torchserve"]["environment"]["DEPLOYBENCH_TORCH_THREADS"]) == "3"
-    for name in KSERVE:
+    for name in (*KSERVE, *TRITON):
         assert "--threads=3" in services[name]["command"], name
 
 
@@ -420,6 +510,10 @@ def test_healthchecks_ask_for_model_readiness(services: dict[str, Any]) -> None:
     for name in KSERVE:  # the V2 model-ready endpoint of every exported model
         check = services[name]["healthcheck"]["test"]
         assert check[0] == "CMD" and "--health" in check and "--models=all" in check, check
+    for name in TRITON:  # the same, asked by the launcher in the Triton environment
+        check = services[name]["healthcheck"]["test"]
+        assert check[:4] == ["CMD", TRITON_PYTHON, "-m", "deploybench.serving.triton_server"]
+        assert {"--health", "--models=all", "--http-port=8000"} <= set(check), check
     for name in LOCUST[:1]:
         for server in SERVERS:  # the load starts once every server is healthy
             assert services[name]["depends_on"][server]["condition"] == "service_healthy"
@@ -440,6 +534,13 @@ def test_batching_is_off_by_default_and_switches_both_servers(
         assert str(environment["MAX_BATCH_SIZE"]) == "16"
         assert str(environment["BATCH_TIMEOUT_MS"]) == "2"
         assert on["services"][name] != services[name]
+    for name in TRITON:  # the entrypoint adds --batching; the bound and wait are flags
+        assert str(services[name]["environment"]["BATCHING"]) == "false"
+        assert {f"--max-batch-size={ENV['MAX_BATCH_SIZE']}",
+                f"--batch-timeout-ms={ENV['BATCH_TIMEOUT_MS']}"} <= set(services[name]["command"])
+        assert str(on["services"][name]["environment"]["BATCHING"]) == "true"
+        assert {"--max-batch-size=16", "--batch-timeout-ms=2"} <= set(
+            on["services"][name]["command"])
 
 
 # --- serving/config ----------------------------------------------------------------------------
@@ -686,6 +787,68 @@ def test_torchserve_health_is_unhealthy_without_a_server(
     )
     assert result.returncode == 1
     assert result.stdout.startswith("unhealthy: management API")
+
+
+def triton_entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess,
+                                                         list[str] | None]:
+    """docker/triton/entrypoint.sh running a stand-in for the launcher that records its args."""
+    record = tmp_path / "argv.json"
+    record.unlink(missing_ok=True)
+    recorder = "import json, sys; json.dump(sys.argv[1:], open(sys.argv[1], 'w'))"
+    result = subprocess.run(
+        ["sh", str(REPO / "docker/triton/entrypoint.sh"), sys.executable, "-c", recorder,
+         str(record), "--threads=2"],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=60)
+    return result, json.loads(record.read_text()) if record.exists() else None
+
+
+def test_triton_entrypoint_adds_batching_only_when_on(tmp_path: Path) -> None:
+    result, argv = triton_entrypoint(tmp_path, BATCHING="false")
+    assert result.returncode == 0, result.stderr
+    assert argv == [str(tmp_path / "argv.json"), "--threads=2"]
+    result, argv = triton_entrypoint(tmp_path, BATCHING="true")
+    assert result.returncode == 0, result.stderr
+    assert argv == [str(tmp_path / "argv.json"), "--threads=2", "--batching"]
+    for env in ({"BATCHING": "maybe"}, {}):
+        result, argv = triton_entrypoint(tmp_path, **env)
+        assert result.returncode == 2 and argv is None
+        assert "BATCHING must be true or false" in result.stderr
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_native_triton_gets_the_compose_flags(
+    services: dict[str, Any], tmp_path: Path, export_root: Path,
+    monkeypatch: pytest.MonkeyPatch, batching: bool,
+) -> None:
+    """Native mode starts Triton's launcher with the flags each compose service has (ports,
+    host and paths are each mode's own), values from .env."""
+    from deploybench.serving.native import TRITON_PYTHON_ENV, NativeSetup, triton_native
+
+    monkeypatch.setenv(TRITON_PYTHON_ENV, sys.executable)  # any interpreter: nothing runs
+    for key in ENV:
+        monkeypatch.delenv(key, raising=False)  # .env decides
+    for name in TRITON:
+        runtime = name.removeprefix("triton-")
+        command, env = triton_native(runtime)(NativeSetup(
+            tmp_path, export_root, ["digits-mlp"], load_settings(batching=batching),
+            loopback_endpoints().of(name)))
+        start = command.index("deploybench.serving.triton_server") + 1
+        native: dict[str, str | None] = {}
+        for word in command[start:]:
+            if word.startswith("--"):
+                native[word] = None
+                flag = word
+            else:
+                native[flag] = word
+        compose = dict(flag.split("=", 1) for flag in services[name]["command"]
+                       if flag.startswith("--"))
+        # the compose service's --batching comes from its entrypoint when BATCHING=true
+        assert ("--batching" in native) == batching, name
+        native.pop("--batching", None)
+        assert native.keys() == compose.keys(), name
+        for flag in ("--runtime", "--threads", "--max-batch-size", "--batch-timeout-ms"):
+            assert native[flag] == compose[flag], (name, flag)
+        assert env["OMP_NUM_THREADS"] == str(services[name]["environment"]["OMP_NUM_THREADS"])
 
 
 # --- the TF Serving healthcheck, against the TF Serving test double ----------------------------

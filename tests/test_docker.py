@@ -36,12 +36,14 @@ from tests.servers import free_offset, port_free, wait_for
 pytestmark = pytest.mark.slow
 
 MODEL = "digits-mlp"
-IN_DOCKER = ("torchserve", "kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime")
+TRITON = ("triton-tensorflow", "triton-pytorch")
+IN_DOCKER = ("torchserve", "kserve-tensorflow", "kserve-pytorch", "kserve-onnxruntime", *TRITON)
 # Images no engine holds and no registry serves, whatever the machine's own engine has pulled:
 # the situation of an air-gapped engine, or of images never built.
 ABSENT = {"TFSERVING_IMAGE": "deploybench-absent/tfserving:none",
           "TORCHSERVE_IMAGE": "deploybench-absent/torchserve:none",
-          "KSERVE_IMAGE": "deploybench-absent/kserve:none"}
+          "KSERVE_IMAGE": "deploybench-absent/kserve:none",
+          "TRITON_IMAGE": "deploybench-absent/triton:none"}
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +73,53 @@ def built(engine) -> dict[str, images.BuiltImage]:
 
 
 def test_make_images_builds_every_image_it_can_offline(built) -> None:
-    for service in ("torchserve", "kserve-tensorflow", "locust-master"):
+    for service in ("torchserve", "kserve-tensorflow", "locust-master", "triton-tensorflow"):
         row = built[service]
         assert row.size_bytes and row.size_bytes > 100 * 2**20, row
         assert row.image.startswith("deploybench-"), row
     client = docker.from_env()
-    try:  # built on the offline stand-in, which the Debian base from debootstrap carries
-        base = client.images.get(images.OFFLINE_BASE)
-        assert images.LABEL in base.labels
-        client.images.get(images.DEBIAN_IMAGE)
-        # the kit's own Dockerfile on that base: its layers sit on the stand-in's
-        history = {layer["Id"] for layer in client.api.history(built["torchserve"].image)}
-        assert base.id in history
+    try:  # built on the offline stand-ins, which the Debian base from debootstrap carries
+        debian = client.images.get(images.DEBIAN_IMAGE)
+        assert images.LABEL in debian.labels
+        for service, stand_in in (("torchserve", images.OFFLINE_BASE),
+                                  ("triton-tensorflow", images.TRITON_BASE)):
+            base = client.images.get(stand_in)
+            assert images.LABEL in base.labels
+            # the kit's own Dockerfile on that base: its layers sit on the stand-in's
+            history = {layer["Id"] for layer in client.api.history(built[service].image)}
+            assert base.id in history and debian.id in history, service
     finally:
         client.close()
     tfserving = built["tfserving"]
     assert tfserving.size_bytes is None and "cannot be built here" in tfserving.note
+
+
+def test_the_triton_image_runs_its_own_numpy_1_environment(built) -> None:
+    """Triton's environment in its image: requirements-triton.txt's versions (numpy<2), the kit
+    from its sources, and the backends folder the launcher needs made at build time (the root
+    file system is read-only when it runs)."""
+    script = ("import json, sys; from importlib.metadata import version; "
+              "from deploybench.serving import triton_server as t; "
+              "print(json.dumps({'prefix': sys.prefix, 'backends': str(t.backends_folder("
+              "t.distribution())), **{p: version(p) for p in ('numpy', 'nvidia-pytriton', "
+              "'torch', 'tensorflow', 'deploybench')}}))")
+    client = docker.from_env()
+    try:
+        said = client.containers.run(built["triton-tensorflow"].image,
+                                     ["/opt/triton-venv/bin/python", "-c", script],
+                                     entrypoint=[], read_only=True, remove=True,
+                                     stderr=False).decode()
+    finally:
+        client.close()
+    found = json.loads(said.strip().splitlines()[-1])
+    assert found["prefix"] == "/opt/triton-venv"
+    assert found["backends"].startswith("/opt/triton-venv/share/deploybench-triton/")
+    assert int(found["numpy"].split(".")[0]) == 1, found
+    pins = dict(line.split("==") for line in images.requirement_lines(images.TRITON_REQUIREMENTS)
+                if "==" in line)
+    assert found["nvidia-pytriton"] == pins["nvidia-pytriton"], found
+    assert found["torch"].split("+")[0] == pins["torch"], found
+    assert found["tensorflow"].startswith(pins["tensorflow"].rstrip("*")), found
 
 
 def test_an_engine_without_the_images_serves_natively_naming_each_image(
@@ -230,6 +263,25 @@ def test_load_through_the_containers_reads_cpu_and_memory_from_container_stats(
     # the container did the work: most of a busy core or more, and a JVM's worth of memory
     assert cpu["server_percent"] > 30 and step["server_cpu_s_per_1k"] > 0
     assert 50 * 2**20 < step["server_peak_rss_bytes"] < 4 * 2**30
+
+
+def test_load_through_the_triton_containers_reads_their_metrics_and_stats(
+        stack, tmp_path: Path) -> None:
+    """A step through each Triton container: answers right, CPU and memory from the engine's
+    stats, and Triton's own breakdown from its metrics port published on loopback."""
+    data = load_results("--target", ",".join(TRITON), "--protocol", "v2-grpc", "--users", "2",
+                        "--step-seconds", "3", "--out", str(tmp_path / "run"))
+    steps = data["measurements"]
+    assert sorted(step["target"] for step in steps) == sorted(TRITON)
+    for step in steps:
+        assert step["status"] == "ok" and step["requests"] > 50, step
+        assert step["wrong_answers"] == 0 and step["failures"] == 0, step
+        assert step["cpu"]["server_usage_from"].startswith("container stats")
+        # tritonserver and a stub process per model, each with its framework loaded
+        assert 50 * 2**20 < step["server_peak_rss_bytes"] < 4 * 2**30
+        figures = step["server_metrics"]
+        assert figures["available"] and not figures["missing"], figures
+        assert figures["model_ms"]["mean"] > 0 and figures["batch_counts"] == "rows"
 
 
 def test_distributed_locust_through_compose_merges_the_workers_exactly(
