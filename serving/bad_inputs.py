@@ -193,11 +193,11 @@ CASES: tuple[Case, ...] = (
     Case("value beyond float32", ("float32 range", "without loss of precision"),
          lambda s: _one(s, _with(rows(s, 1, np.float64), 1e39)), _floats),
     Case("wrong rank", ("wrong shape", "expects [", "incorrect level", "unexpected level",
-                        "unexpected shape"),
+                        "unexpected shape", "batch size does not match"),
          lambda s: _one(s, rows(s, 1).ravel())),
     Case("wrong size for the declared shape",
          ("wrong size", "declares", "reshape", "tensor size", "parsing error",
-          "byte size mismatch"),
+          "byte size mismatch", "batch size does not match"),
          lambda s: _one(s, rows(s, 1), shape=(2, *row_shape(first(s))))),
     Case("wrong dtype", ("wrong dtype", "not of expected type", "expects arg", "data-type is"),
          lambda s: _one(s, rows(s, 1, np.bool_), datatype="BOOL")),
@@ -231,7 +231,8 @@ CASES: tuple[Case, ...] = (
     Case("header length beyond the body", ("malformed", "beyond", "header", "declares"),
          _body_defect("length-beyond")),
     Case("negative size in a header", ("negative", "wrong shape", "not a size", "not a list",
-                                       "malformed", "parsing error", "byte size mismatch"),
+                                       "malformed", "parsing error", "byte size mismatch",
+                                       "batch size does not match"),
          _body_defect("negative-size")),
     Case("huge size in a header", ("too many rows", "declares", "reshape", "malformed",
                                    "not a size", "parsing error", "additional bytes",
@@ -555,6 +556,8 @@ class Reply:
     refused: bool  # a 4xx, or a gRPC client-error code (GRPC_CLIENT_ERRORS)
     message: str
     closed: bool = False
+    # an answer in the OIP binary extension: its JSON header's length (the response header)
+    header_length: int | None = None
 
 
 class RESTSender:
@@ -582,8 +585,10 @@ class RESTSender:
             self.kept = False
             self.connection.close()  # the next request opens a new one
             self.first_socket = None
+        length = response.getheader("Inference-Header-Content-Length")  # oip.HEADER_LENGTH
         return Reply(response.status, body, 400 <= response.status < 500,
-                     payload.error_message(body, response.status), closed)
+                     payload.error_message(body, response.status), closed,
+                     int(length) if length and length.isdigit() else None)
 
     def close(self) -> None:
         self.connection.close()
@@ -677,7 +682,7 @@ def survives(sender: RESTSender | GRPCSender, encoded: Encoded, body: payload.Bo
         one_line = "\n" not in reply.message or multiline_by_design
         return "" if one_line else "a refusal whose message spans lines"
     if reply.status == 200:
-        seen = _answer_check(reply.body, body, output_name)
+        seen = _answer_check(reply, body, output_name)
         readable = seen.endswith("rows of finite logits") or (
             nonfinite_by_design and seen == "non-finite logits")
         return "" if readable else f"200 with {seen}"
@@ -738,7 +743,7 @@ def _judge(case: Case, sender: Any, encoded: Encoded, body: payload.Body, output
     named = reply.refused and status not in GRPC_CLIENT_ERRORS[1:] and any(
         w in message.lower() for w in case.words)
     if by_design is not None and not named:  # what this server does, declared
-        seen = (_answer_check(reply.body, body, output_name) if reply.status == 200
+        seen = (_answer_check(reply, body, output_name) if reply.status == 200
                 else message[:200])
         return Outcome(case.name, status, "by design", f"{by_design}; answer: {seen}")
     if reply.refused and status not in GRPC_CLIENT_ERRORS[1:]:
@@ -747,15 +752,20 @@ def _judge(case: Case, sender: Any, encoded: Encoded, body: payload.Body, output
                            f"the message names none of {list(case.words)}", message[:300])
         return Outcome(case.name, status, "refused", message=message[:300], closed=reply.closed)
     if reply.status == 200:
-        answered = _answer_check(reply.body, body, output_name)
+        answered = _answer_check(reply, body, output_name)
         return Outcome(case.name, status, "FAILED", f"answered 200 ({answered})")
     return Outcome(case.name, status, "FAILED", f"not a refusal: {reply.message[:200]}",
                    reply.message[:300])
 
 
-def _answer_check(answer: bytes, body: payload.Body, output_name: str) -> str:
+def _answer_check(reply: Reply, body: payload.Body, output_name: str) -> str:
     try:
-        logits = body.answer(answer, output_name)
+        if reply.header_length is not None:  # the binary extension's answer
+            from deploybench.serving import oip
+
+            logits = oip.binary_rest_outputs(reply.body, reply.header_length, output_name)
+        else:
+            logits = body.answer(reply.body, output_name)
     except PredictionError as error:
         return f"unreadable: {error}"
     if not np.all(np.isfinite(logits)):

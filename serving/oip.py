@@ -103,6 +103,37 @@ def rest_outputs(body: bytes | str, output_name: str) -> np.ndarray:
     raise PredictionError(f"answer has no output {output_name!r} (has {names})")
 
 
+def binary_rest_outputs(body: bytes, header_length: int, output_name: str) -> np.ndarray:
+    """The named output of a V2 REST answer in the binary tensor extension: a JSON header of
+    `header_length` bytes, then each output that declares `binary_data_size` as raw bytes, in
+    order (Triton answers so a request sent with a header length of 0, the extension's raw
+    body)."""
+    try:
+        header = json.loads(body[:header_length])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PredictionError(f"answer's header is not JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise PredictionError("answer's header is not a JSON object")
+    start = header_length
+    for output in header.get("outputs") or []:
+        if not isinstance(output, dict):
+            continue
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        raw, start = (body[start:start + size], start + size) if isinstance(size, int) else (
+            None, start)
+        if output.get("name") != output_name:
+            continue
+        if raw is None:
+            return _tensor(output.get("data"), output.get("shape"), output.get("datatype"))
+        if output.get("datatype") != DATATYPE or len(raw) != size or size % 4:
+            raise PredictionError(f"output {output_name!r} is not {size} bytes of {DATATYPE}")
+        try:
+            return np.frombuffer(raw, dtype="<f4").reshape(output.get("shape")).copy()
+        except (TypeError, ValueError) as error:
+            raise PredictionError(f"output is not a tensor of its shape: {error}") from None
+    raise PredictionError(f"answer has no output {output_name!r}")
+
+
 def grpc_outputs(response: bytes, output_name: str) -> np.ndarray:
     """The named output of a serialized ModelInferResponse (raw contents or typed ones)."""
     message = grpc_predict_v2_pb2.ModelInferResponse.FromString(response)
