@@ -164,10 +164,13 @@ def measure_ceilings(options: BenchOptions, when: str, console: Console, writer:
     for target, _ in options.chosen():
         runtime = ceiling_runtime(target)
         batching[runtime] = batching.get(runtime, False) or targets.get(target).batching
+    max_rows = load_manifest(options.artifacts.resolve(), options.model).max_rows
     for runtime, batches in batching.items():
-        # a server without batching runs batch 1 only, and so does its ceiling (an AOTInductor
-        # package takes no more rows than the model's max_rows anyway)
-        for batch in sorted({1, *CEILING_BATCHES, options.max_batch_size} if batches else {1}):
+        # a server without batching runs batch 1 only, and so does its ceiling; an AOTInductor
+        # package takes no more rows than the model's max_rows, and a server running one
+        # (Triton) batches no further
+        sizes = {1, *CEILING_BATCHES, options.max_batch_size} if batches else {1}
+        for batch in sorted(b for b in sizes if runtime != "aoti" or b <= max_rows):
             console.print(f"ceiling ({when}): {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
                           f"{options.server_cpus} ...", highlight=False)
             row = measure_ceiling(options, runtime, batch) | {"when": when}
