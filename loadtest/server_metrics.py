@@ -72,6 +72,14 @@ def _total(samples: Samples, name: str, model: str, model_label: str,
     return sum(found.values()) if found else None
 
 
+def _increase(before: Samples, after: Samples, name: str, model: str,
+              figure: TimeFigure | BatchFigure) -> float | None:
+    """How much counter `name` grew over the step (None: not on the page after it)."""
+    old, new = (_total(page, name, model, figure.model_label, figure.labels)
+                for page in (before, after))
+    return None if new is None else new - (old or 0.0)
+
+
 def _buckets(samples: Samples, figure: TimeFigure | BatchFigure, model: str
              ) -> dict[float, float]:
     """Cumulative count by upper bound (le), summed over the other labels."""
@@ -111,14 +119,10 @@ def time_figure(before: Samples, after: Samples, figure: TimeFigure, model: str
     the server published nothing for it."""
     scale = figure.unit_ms
     if figure.count:  # a cumulative-time counter over a request counter
-        spent = [_total(page, figure.metric, model, figure.model_label, figure.labels)
-                 for page in (before, after)]
-        counted = [_total(page, figure.count, model, figure.model_label, figure.labels)
-                   for page in (before, after)]
-        if spent[1] is None or counted[1] is None:
+        time_spent = _increase(before, after, figure.metric, model, figure)
+        requests = _increase(before, after, figure.count, model, figure)
+        if time_spent is None or requests is None:
             return None
-        requests = counted[1] - (counted[0] or 0.0)
-        time_spent = spent[1] - (spent[0] or 0.0)
         return {"count": int(round(requests)), "source": "counter (mean only)",
                 "mean": round(time_spent / requests * scale, 4) if requests > 0 else None}
     sums = [_total(page, f"{figure.metric}_sum", model, figure.model_label, figure.labels)
@@ -145,14 +149,11 @@ def batch_sizes(before: Samples, after: Samples, figure: BatchFigure, model: str
     """How many batches of each size the step saw (a histogram's buckets: "<=upper bound"), or
     where the server counts only rows and batches, their mean size ({"mean": size})."""
     if figure.batches:  # rows (or requests) over batches: the mean only
-        rows = [_total(page, figure.metric, model, figure.model_label, figure.labels)
-                for page in (before, after)]
-        runs = [_total(page, figure.batches, model, figure.model_label, figure.labels)
-                for page in (before, after)]
-        if rows[1] is None or runs[1] is None:
+        rows = _increase(before, after, figure.metric, model, figure)
+        batches = _increase(before, after, figure.batches, model, figure)
+        if rows is None or batches is None:
             return None
-        batches = runs[1] - (runs[0] or 0.0)
-        return {"mean": round((rows[1] - (rows[0] or 0.0)) / batches, 3)} if batches > 0 else {}
+        return {"mean": round(rows / batches, 3)} if batches > 0 else {}
     if figure.size_label:  # a counter per size
         old = _select(before, figure.metric, model, figure.model_label, figure.labels)
         new = _select(after, figure.metric, model, figure.model_label, figure.labels)
