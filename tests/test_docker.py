@@ -296,12 +296,16 @@ def test_distributed_locust_through_compose_merges_the_workers_exactly(
     assert len(workers) == 2 and all(w["requests"] > 20 for w in workers), workers
     assert sum(w["requests"] for w in workers) == step["requests"]
     assert sum(w["failures"] for w in workers) == step["failures"]
-    p99s = [w["p99_ms"] for w in workers]
-    assert min(p99s) <= step["latency_ms"]["p99"] <= max(p99s), (p99s, step["latency_ms"])
     summary = json.loads((tmp_path / "run" / step["locust_files"]["summary"]).read_text())
     assert summary["role"] == "master" and summary["loadgen"]["workers_reported"] == 2
     merged = histogram.decode(next(iter(summary["requests"].values()))["histogram"])
     assert merged.get_total_count() == step["requests"] - step["failures"]
+    # exact: the master's histogram is the sum of the workers' (not a bound on the p99: hdrh
+    # ranks percentiles to the nearest count, so a merged p99 may sit one value above both)
+    added = histogram.merge([own["histogram"] for tallies in summary["workers"].values()
+                             for own in tallies.values()])
+    assert histogram.latency_ms(added) == step["latency_ms"], step["latency_ms"]
+    assert all(w["p99_ms"] > 0 for w in workers), workers
     # the load generator's containers are gone with the step
     assert not manager.compose_containers("locust-master", all_states=True)
     assert not manager.compose_containers("locust-worker", all_states=True)
