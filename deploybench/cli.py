@@ -58,8 +58,12 @@ def _terminate_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def command(func: Callable[..., Any]) -> Callable[..., Any]:
-    """A CLI command whose failures are one readable line, with the detail in the log."""
+def command(func: Callable[..., Any] | None = None, *,
+            name: str | None = None) -> Callable[..., Any]:
+    """A CLI command whose failures are one readable line, with the detail in the log
+    (`name`: the command's name where it is not the function's, e.g. a Python keyword)."""
+    if func is None:
+        return functools.partial(command, name=name)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -88,7 +92,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
-    return app.command()(wrapper)
+    return app.command(name)(wrapper)
 
 
 @command
@@ -180,11 +184,55 @@ def images() -> None:
 
 @command
 def models() -> None:
-    """List the models in the zoo."""
+    """List the models: the zoo's, then those imported with `deploybench import`."""
     from deploybench.zoo import all_specs
 
     for spec in all_specs().values():
-        console.print(f"{spec.name}\t{spec.description}", highlight=False)
+        console.print(f"{spec.name}\t{spec.source}\t{spec.description}", highlight=False)
+
+
+@command(name="import")
+def import_model(
+    name: Annotated[str, typer.Argument(help="The name the kit will know the model by.")],
+    keras: Annotated[Path | None, typer.Option(help="A Keras model file (.keras).")] = None,
+    savedmodel: Annotated[Path | None, typer.Option(
+        help="A SavedModel folder (its serving_default signature).")] = None,
+    torch_export: Annotated[Path | None, typer.Option(
+        help="A torch.export program (.pt2 from torch.export.save).")] = None,
+    torch_factory: Annotated[str | None, typer.Option(
+        help="module:function returning a torch.nn.Module (in eval mode).")] = None,
+    python_path: Annotated[Path | None, typer.Option(
+        help="Where --torch-factory's module imports from (default: here).")] = None,
+    samples: Annotated[Path | None, typer.Option(
+        help="Sample inputs: .npz, one array per model input, by name (float32, int32, "
+             "int64); a fifth is held out as golden samples. Without: seeded random inputs "
+             "within --range.")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="The samples' labels (.npy, one integer per row).")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="Inputs the int8 variants calibrate on (.npz; default: the samples not held "
+             "out).")] = None,
+    range_: Annotated[list[str] | None, typer.Option(
+        "--range", help="An input's value range, NAME=LOW:HIGH (integers: 0:HIGH); "
+                        "repeatable.")] = None,
+    max_rows: Annotated[int, typer.Option(help="Most rows one request may carry.")] = 64,
+    description: Annotated[str | None, typer.Option(help="One line for `models`.")] = None,
+    replace: Annotated[bool, typer.Option(help="Import again over an earlier import.")] = False,
+) -> None:
+    """Import your own model (a Keras or SavedModel model, a torch.export program or an
+    nn.Module factory, or one of each framework) with its samples: afterwards every command
+    that takes --model takes NAME (models live in $DEPLOYBENCH_MODELS, default
+    ~/.local/share/deploybench/models)."""
+    from deploybench.jobs.importer import ImportRequest
+    from deploybench.jobs.importer import import_model as run_import
+
+    request = ImportRequest(name, keras, savedmodel, torch_export, torch_factory, python_path,
+                            samples, labels, calibration, tuple(range_ or ()), max_rows,
+                            description, replace)
+    with console.status(f"checking {name}"):
+        spec = run_import(request)
+    console.print(f"imported {spec.name} into {spec.folder}: {spec.description}; next: "
+                  f"`deploybench export --model {spec.name}`", highlight=False, soft_wrap=True)
 
 
 @command

@@ -100,6 +100,10 @@ class Manifest:
     # where the data came from, for a data set built here (a corpus' sha256, its sources'
     # versions); None for data sets that ship in a package
     data: dict[str, Any] | None = None
+    # the frameworks the model has a side in (a twin: both; a user's model: one or both), and
+    # where the model came from: the zoo, or a user's import
+    frameworks: list[str] = field(default_factory=lambda: ["pytorch", "tensorflow"])
+    source: str = "zoo"
     schema: str = SCHEMA
 
     def artifact(self, fmt: str) -> Artifact:

@@ -38,7 +38,6 @@ from deploybench.manifest import (
 )
 from deploybench.versions import package_versions
 from deploybench.zoo.spec import ModelSpec
-from deploybench.zoo.train import train_reference
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def check_writable(root: Path) -> None:
 
 def judge(
     fmt: Format, outputs: np.ndarray, golden: Golden, artifact: Artifact,
-    min_top1_agreement: float | None = None,
+    min_top1_agreement: float | None = None, tolerance: float = FP32_TOLERANCE,
 ) -> None:
     """The parity gate for one artifact: fp32 by max abs diff, quantized by accuracy drop, or,
     where `min_top1_agreement` is given (seeded weights), by top-1 agreement with the reference."""
@@ -87,11 +86,9 @@ def judge(
         np.mean(np.argmax(outputs, axis=1) == np.argmax(golden.outputs, axis=1))
     )
     # written as `not <=` so that a NaN fails too
-    if not fmt.quantized and not artifact.max_abs_diff <= FP32_TOLERANCE:
+    if not fmt.quantized and not artifact.max_abs_diff <= tolerance:
         artifact.status = "parity-failed"
-        artifact.reason = (
-            f"max abs diff {artifact.max_abs_diff:.3g} > tolerance {FP32_TOLERANCE:g}"
-        )
+        artifact.reason = f"max abs diff {artifact.max_abs_diff:.3g} > tolerance {tolerance:.3g}"
     elif fmt.quantized and min_top1_agreement is not None:
         if not artifact.top1_agreement >= min_top1_agreement:
             artifact.status = "parity-failed"
@@ -142,26 +139,25 @@ def export_model(
     build_dir = root / layout.BUILDS / f"{spec.name}-{stamp}"
     build_dir.mkdir(parents=True)
 
-    torch_model, split, golden = train_reference(
-        spec, lambda done, total: step(f"training epoch {done}/{total}")
-    )
+    reference = spec.reference(step)
+    golden = reference.golden
     if spec.min_accuracy is not None and golden.accuracy < spec.min_accuracy:
         raise ParityError(
             f"{spec.name}: reference held-out accuracy {golden.accuracy:.3f} "
             f"< required {spec.min_accuracy}"
         )
     golden.save(build_dir / GOLDEN_FILE)
-    torch.save(torch_model.state_dict(), build_dir / "reference.pt")
-    step("building the Keras twin")
-    keras_model = spec.build_keras()
-    spec.copy_weights(torch_model, keras_model)
-    ctx = ExportContext(spec, torch_model, keras_model, spec.batch(split.x_train), build_dir,
-                        version)
+    if reference.torch_model is not None:
+        torch.save(reference.torch_model.state_dict(), build_dir / "reference.pt")
+    ctx = ExportContext(spec, reference.torch_model, reference.keras_model,
+                        reference.calibration, build_dir, version)
 
-    seeded = spec.min_accuracy is None  # accuracy means nothing: gate on top-1 agreement
+    seeded = spec.gate_by_agreement  # accuracy means nothing: gate on top-1 agreement
     min_top1_agreement = MIN_TOP1_AGREEMENT if seeded else None
+    tolerance = spec.fp32_tolerance(golden.outputs)
     artifacts: list[Artifact] = []
-    formats = [fmt for fmt in FORMATS if fmt.applies(spec)]
+    # the formats of the frameworks the model has a side in (a user's model may have one)
+    formats = [fmt for fmt in FORMATS if fmt.applies(spec) and fmt.framework in spec.frameworks]
     for fmt in formats:
         step(f"exporting {fmt.name}")
         artifact = Artifact(format=fmt.name, path="", quantized=fmt.quantized,
@@ -190,7 +186,7 @@ def export_model(
         try:
             with native_stderr_logged(f"{fmt.name}'s runtime"):  # C++ start-up lines
                 outputs = in_batches(fmt.run(spec, path), golden.inputs, spec.max_rows)
-            judge(fmt, outputs, golden, artifact, min_top1_agreement)
+            judge(fmt, outputs, golden, artifact, min_top1_agreement, tolerance)
         except Exception as error:
             log.exception("%s: %s could not be run for parity", spec.name, fmt.name)
             artifact.status = "failed"
@@ -219,10 +215,9 @@ def export_model(
             "path": f"{spec.name}/{GOLDEN_FILE}",
             "samples": int(len(golden.labels)),
             "reference_accuracy": golden.accuracy,
-            "split": ("held-out; labels are the reference's own top-1 (seeded weights)" if seeded
-                      else "held-out 20%, stratified, seed 0"),
+            "split": spec.golden_split(),
         },
-        tolerance={"fp32_max_abs_diff": FP32_TOLERANCE,
+        tolerance={"fp32_max_abs_diff": tolerance,
                    **({"min_top1_agreement": MIN_TOP1_AGREEMENT} if seeded
                       else {"max_accuracy_drop": MAX_ACCURACY_DROP})},
         versions=package_versions(),
@@ -230,9 +225,11 @@ def export_model(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         max_rows=spec.max_rows,
         artifacts=artifacts,
+        frameworks=list(spec.frameworks),
+        source=spec.source,
     )
     manifest.save(build_dir / MANIFEST_FILE)
-    optional = {fmt.name for fmt in formats if fmt.optional}
+    optional = {fmt.name for fmt in formats if fmt.optional or spec.every_format_optional}
     problems, skipped, refused = [], [], []
     for a in artifacts:
         if a.status != "ok":
@@ -247,6 +244,8 @@ def export_model(
                 problems.append(line)
             else:
                 (skipped if a.format in optional else problems).append(line)
+    if not any(a.status == "ok" for a in artifacts):
+        problems.append(f"{spec.name}: no format was exported and passed the parity gate")
     published = not problems
     if published:
         step("publishing")
@@ -263,7 +262,8 @@ def refusable(fmt: Format, spec: ModelSpec) -> bool:
     converter's file, or a format whose cause the spec names (a runtime's known bug). An fp32
     artifact of the kit's own paths failing without a known cause says the twins differ (a
     porting mistake): then nothing publishes."""
-    return fmt.quantized or fmt.optional or fmt.name in spec.known_causes
+    return (fmt.quantized or fmt.optional or spec.every_format_optional
+            or fmt.name in spec.known_causes)
 
 
 def remove_new_files(build_dir: Path, before: set[Path]) -> None:

@@ -25,7 +25,9 @@ def write_savedmodel(ctx: ExportContext) -> Path:
 
     serve, signature = keras_endpoint(ctx)
     archive = keras.export.ExportArchive()
-    archive.track(ctx.keras_model)
+    # a Keras model, or a user's SavedModel loaded back (zoo/user.py: its module holds the
+    # variables)
+    archive.track(getattr(ctx.keras_model, "module", ctx.keras_model))
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=signature)
     archive.write_out(str(ctx.savedmodel_dir), verbose=False)
     return ctx.savedmodel_dir

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# no test sees the user's own imported models (tests that import set a folder of their own)
+os.environ["DEPLOYBENCH_MODELS"] = str(Path(tempfile.gettempdir())
+                                       / f"deploybench-tests-no-user-models-{os.getpid()}")
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"
 

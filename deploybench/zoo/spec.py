@@ -85,6 +85,18 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What the export stage starts from: each framework's model (None where a model has no
+    such side), the inputs the int8 variants calibrate on, and the golden samples (held-out
+    inputs, labels, and the reference model's own outputs on them)."""
+
+    torch_model: Any
+    keras_model: Any
+    calibration: Batch
+    golden: Any  # deploybench.golden.Golden
+
+
+@dataclass(frozen=True)
 class Training:
     epochs: int = 30
     batch_size: int = 32
@@ -110,6 +122,54 @@ class ModelSpec:
     # why an artifact fails the parity gate, where the cause is known (a runtime's bug): added
     # to the refused artifact's reason in the manifest, the gate itself unchanged
     known_causes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        """The frameworks the model has a side in: a zoo model is a twin, in both."""
+        return ("pytorch", "tensorflow")
+
+    @property
+    def gate_by_agreement(self) -> bool:
+        """Quantized variants judged by top-1 agreement with the reference (accuracy means
+        nothing: seeded weights) rather than by accuracy drop."""
+        return self.min_accuracy is None
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from: the zoo (a module of this package) or a user's import."""
+        return "zoo"
+
+    @property
+    def every_format_optional(self) -> bool:
+        """Whether any format may fail (a row with its reason) while the others publish: a
+        zoo model's core formats must all work (a failure is the kit's bug); a user's model
+        may use what a converter cannot take."""
+        return self.source != "zoo"
+
+    def golden_split(self) -> str:
+        """How the golden samples were chosen, as the manifest says it."""
+        if self.gate_by_agreement:
+            return "held-out; labels are the reference's own top-1 (seeded weights)"
+        return "held-out 20%, stratified, seed 0"
+
+    def fp32_tolerance(self, reference_outputs: np.ndarray) -> float:
+        """The most an fp32 artifact's outputs may differ from the reference's (absolute: a
+        zoo model's outputs are logits of a known scale)."""
+        from deploybench.manifest import FP32_TOLERANCE
+
+        return FP32_TOLERANCE
+
+    def reference(self, progress: Callable[[str], None]) -> Reference:
+        """Train (or seed) the PyTorch twin, carry its weights to the Keras twin, and compute
+        the golden samples on the held-out split."""
+        from deploybench.zoo.train import train_reference
+
+        torch_model, split, golden = train_reference(
+            self, lambda done, total: progress(f"training epoch {done}/{total}"))
+        progress("building the Keras twin")
+        keras_model = self.build_keras()
+        self.copy_weights(torch_model, keras_model)
+        return Reference(torch_model, keras_model, self.batch(split.x_train), golden)
 
     def data_provenance(self) -> dict[str, Any] | None:
         """Where a data set built at export time came from (None: it ships in a package)."""
