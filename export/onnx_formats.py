@@ -11,6 +11,7 @@ missing or fails is a failed row)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -158,7 +159,12 @@ def int8_writer(twin: str) -> Callable[[ExportContext], Path]:
                 # through attention ("Incomplete symbolic shape inference"): ONNX's own shape
                 # inference then, which is what the quantizer needs
                 dynamic = any(i.dynamic for i in ctx.spec.public_inputs())
-                quant_pre_process(fp32, prepared, skip_symbolic_shape=dynamic)
+                # where symbolic shape inference is incomplete, ORT saves what it got as
+                # sym_shape_infer_temp.onnx (+ external data files) in the current folder:
+                # the staging folder then, removed with it
+                source, target = fp32.resolve(), prepared.resolve()  # before the chdir
+                with contextlib.chdir(staged.parent):
+                    quant_pre_process(source, target, skip_symbolic_shape=dynamic)
                 quantize_static(prepared, staged, Calibration(), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8)
