@@ -199,6 +199,11 @@ class ExportRecord(_Record):
     reason: str | None = None
     delegated_share: Number | None = None
     non_delegated_ops: list[str] | None = None
+    # the model's, not the artifact's: where it came from (zoo | user), the frameworks it has
+    # a side in, and whether its samples were seeded random inputs (accuracy means nothing)
+    model_source: str | None = None
+    model_frameworks: list[str] | None = None
+    random_inputs: bool | None = None
 
 
 class _ServerRow(_Record):

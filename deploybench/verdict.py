@@ -4,6 +4,7 @@ the answer lines, the tables. Every claim is generated from a measured figure.""
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -266,7 +267,14 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
     for model in sorted({r["model"] for r in edge}):
         everything = [r for r in edge if r["model"] == model]
         threads = min(r["threads"] for r in everything)
-        mine = [r for r in everything if r.get("runtime") == "litert"]  # TensorFlow's path
+        # LiteRT, the mission's edge runtime: the Keras twin's files (TensorFlow's own path),
+        # or, for a model with no TensorFlow side (a user's PyTorch model), litert-torch's
+        litert = [r for r in everything if r.get("runtime") == "litert"]
+        side = "tensorflow" if any(r.get("framework") == "tensorflow" for r in litert) else (
+            "pytorch")
+        mine = [r for r in litert if (r.get("framework") or "tensorflow") == side]
+        path = ("TensorFlow -> LiteRT" if side == "tensorflow"
+                else "PyTorch -> LiteRT (litert-torch)")
         candidates = [r for r in mine if r["threads"] == threads and r.get("edge_ready")]
         fp32 = next((r for r in mine if r["variant"].endswith("fp32")), None)
         if not candidates:
@@ -277,8 +285,8 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
         acceptable = [r for r in candidates if reference is None or r.get("accuracy") is None
                       or reference - r["accuracy"] <= 0.02]
         pick = min(acceptable or candidates, key=lambda r: (r["size_bytes"], latency(r, "p50")))
-        text = (f"Edge ({model}, {threads} thread{'s' if threads > 1 else ''}), TensorFlow -> "
-                f"LiteRT: {pick['variant']} is edge-ready, {pick['size_bytes'] / 1024:,.1f} KiB")
+        text = (f"Edge ({model}, {threads} thread{'s' if threads > 1 else ''}), {path}: "
+                f"{pick['variant']} is edge-ready, {pick['size_bytes'] / 1024:,.1f} KiB")
         if fp32 and fp32 is not pick and pick["size_bytes"]:
             text += f" ({fp32['size_bytes'] / pick['size_bytes']:.1f}x smaller than fp32)"
         text += f", p50 {ms(latency(pick, 'p50'))}"
@@ -286,9 +294,13 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
             text += f", accuracy {pick['accuracy']:.3f}"
         elif pick.get("top1_agreement") is not None:
             text += f", top-1 agreement {pick['top1_agreement']:.3f}"
-        baselines = [f"{format_label(base['variant'])} {ms(latency(base, 'p50'))}"
-                     for base in inprocess
-                     if base["model"] == model and base["threads"] == threads]
+        # one figure per format: the median of its fresh processes (--edge-repeats)
+        by_format: dict[str, list[float]] = defaultdict(list)
+        for base in inprocess:
+            if base["model"] == model and base["threads"] == threads and latency(base, "p50"):
+                by_format[base["variant"]].append(latency(base, "p50"))
+        baselines = [f"{format_label(variant)} {ms(statistics.median(p50s))}"
+                     for variant, p50s in by_format.items()]
         if baselines:
             text += "; in-process p50: " + ", ".join(baselines)
         lines.append(text + ".")
@@ -404,8 +416,37 @@ def nonfinite_lines(results: dict[str, Any]) -> list[str]:
             "logits (counted as wrong answers)." for (model, label), count in counts.items()]
 
 
+FRAMEWORK_NAMES = {"tensorflow": "TensorFlow", "pytorch": "PyTorch"}
+
+
+def comparison_lines(results: dict[str, Any]) -> list[str]:
+    """What was compared, for a user's model: one framework's paths (no line compares
+    frameworks then), or the user's two models, checked to agree; and where the samples were
+    seeded random inputs, that accuracy means nothing."""
+    lines = []
+    seen = {}
+    for row in rows(results, "export"):
+        if row.get("model_source") == "user":
+            seen.setdefault(row["model"], row)
+    for model, row in seen.items():
+        frameworks = [FRAMEWORK_NAMES.get(f, f) for f in row.get("model_frameworks") or []]
+        if len(frameworks) == 1:
+            line = (f"What was compared ({model}, your model): {frameworks[0]}'s paths only, its "
+                    f"formats, runtimes and servers; no framework comparison was made.")
+        else:
+            line = (f"What was compared ({model}, your models): your "
+                    f"{' and '.join(frameworks)} models, checked to agree on the held-out "
+                    f"samples, through each framework's paths.")
+        if row.get("random_inputs"):
+            line += (" Its samples are seeded random inputs: accuracy figures mean nothing, "
+                     "only agreement with the model's own outputs does.")
+        lines.append(line)
+    return lines
+
+
 def answer_lines(results: dict[str, Any]) -> list[str]:
-    return (nonfinite_lines(results) + server_lines(results) + same_server_lines(results)
+    return (comparison_lines(results) + nonfinite_lines(results) + server_lines(results)
+            + same_server_lines(results)
             + edge_lines(results) + matrix_lines(results) + parity_lines(results))
 
 

@@ -120,29 +120,57 @@ def _one(signature: dict[str, Any], values: Any, **declared: Any) -> Draft:
 
 
 def complete(draft: Draft, signature: dict[str, Any]) -> Draft:
-    """A case's draft (about the first input) with a good tensor for each other input of a
-    model that takes several, as many rows and as long as the first: the defect stays the
-    only one. A draft with no tensors (the missing-input case) stays empty."""
+    """A case's draft (about the first input, or about another named input: the id cases)
+    with a good tensor for each other input of a model that takes several, as many rows and as
+    long as the draft's, in the signature's order: the defect stays the only one. A draft with
+    no tensors (the missing-input case) stays empty; one about the first input under another
+    name (an unknown name) is not given the first input as well."""
+    specs = inputs_of(signature)
     names = {t.name for t in draft.tensors}
-    others = [spec for spec in inputs_of(signature)[1:] if spec["name"] not in names]
+    about = next((spec for spec in specs if draft.tensors and spec["name"] ==
+                  draft.tensors[0].name), None)
+    skip_first = about is None or about is specs[0]
+    others = [spec for spec in specs[1 if skip_first else 0:] if spec["name"] not in names]
     if not draft.tensors or not others:
         return draft
+    about = about or specs[0]
     values = draft.tensors[0].values
     count, length = 1, None
-    if isinstance(values, np.ndarray) and values.ndim == len(first(signature)["shape"]) + 1:
+    if isinstance(values, np.ndarray) and values.ndim == len(about["shape"]) + 1:
         count = values.shape[0]
-        length = values.shape[1] if first(signature)["dynamic"] else None
-    return replace(draft, tensors=(*draft.tensors, *(
-        Tensor(spec["name"], good_values(spec, count, length=length), datatype=datatype(spec))
-        for spec in others)))
+        length = values.shape[1] if about["dynamic"] else None
+    tensors = {t.name: t for t in draft.tensors}
+    tensors.update({spec["name"]: Tensor(spec["name"], good_values(spec, count, length=length),
+                                         datatype=datatype(spec)) for spec in others})
+    order = [spec["name"] for spec in specs if spec["name"] in tensors]
+    return replace(draft, tensors=tuple(
+        [tensors[name] for name in order] + [t for t in draft.tensors if t.name not in order]))
 
 
 def _floats(signature: dict[str, Any]) -> bool:
     return first(signature)["dtype"] == "float32"
 
 
+def _ranged(signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The first integer input with a declared range (token ids; any input of a user's model
+    imported with --range): the id cases are about it, wherever it is in the signature."""
+    return next((spec for spec in inputs_of(signature)
+                 if spec["dtype"] == "int32" and spec.get("high") is not None), None)
+
+
 def _ids(signature: dict[str, Any]) -> bool:
-    return first(signature)["dtype"] == "int32" and first(signature).get("high") is not None
+    return _ranged(signature) is not None
+
+
+def _id_case(values: Callable[[dict[str, Any]], np.ndarray], **declared: Any
+             ) -> Callable[[dict[str, Any]], Draft]:
+    """A draft of `values(spec)` for the ranged integer input (completed by good others)."""
+    def draft(signature: dict[str, Any]) -> Draft:
+        spec = _ranged(signature)
+        declared.setdefault("datatype", datatype(spec))
+        return Draft((Tensor(spec["name"], values(spec), **declared),))
+
+    return draft
 
 
 def _dynamic(signature: dict[str, Any]) -> bool:
@@ -240,11 +268,12 @@ CASES: tuple[Case, ...] = (
          _body_defect("huge-size")),
     # token ids and their mask (a text model)
     Case("id beyond the vocabulary", ("out of range", "indices"),
-         lambda s: _one(s, _with(rows(s, 1), first(s)["high"])), _ids),
+         _id_case(lambda spec: _with(good_values(spec, 1), spec["high"])), _ids),
     Case("negative id", ("out of range", "negative"),
-         lambda s: _one(s, _with(rows(s, 1), -1)), _ids),
+         _id_case(lambda spec: _with(good_values(spec, 1), -1)), _ids),
     Case("float ids", ("wrong dtype", "not of expected type", "expects arg", "data-type is"),
-         lambda s: _one(s, rows(s, 1, np.float32) + np.float32(0.5), datatype="FP32"), _ids),
+         _id_case(lambda spec: good_values(spec, 1, np.float32) + np.float32(0.5),
+                  datatype="FP32"), _ids),
     Case("longer than the model's maximum", ("too long", "wrong shape", "expects ["),
          _too_long, _dynamic),
     Case("mask shorter than the ids", ("shape mismatch", "as long as", "incompatible"),

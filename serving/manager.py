@@ -177,7 +177,10 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
         for server in servers:
             fmt = targets.get(server).artifact_format
             artifact = next((a for a in manifest.artifacts if a.format == fmt), None)
-            if fmt and artifact is not None and artifact.status != "ok":
+            if fmt and artifact is None:  # a model of one framework (a user's): not this one
+                unexported.setdefault(server, f"{model} has no {fmt} artifact (a model of "
+                                              f"{' and '.join(manifest.frameworks)} only)")
+            elif fmt and artifact is not None and artifact.status != "ok":
                 unexported.setdefault(server, f"{model}: {fmt} was not exported "
                                               f"({artifact.status}: {artifact.reason})")
         verify_artifacts(root, manifest, [targets.get(s).artifact_format for s in servers

@@ -35,6 +35,9 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MIN_SAMPLES = 5  # a held-out row, and some to calibrate on
 INTEGER_DTYPES = ("int32", "int64")
 PUBLIC_DTYPES = {"float32": "float32", "int32": "int32", "int64": "int32"}  # int64: narrowed
+# the one output's name in every artifact and every server's answer, whatever the model calls
+# it: the kit's clients and load generators read it by this name, as for a zoo model
+OUTPUT_NAME = "logits"
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,10 @@ def import_model(request: ImportRequest, home: Path | None = None) -> user.UserM
     width = next(iter(widths.values()))
     if request.labels:
         check_labels(request.labels, rows, width)
-    output_name = output_name_of(models)
     record = UserModelRecord(
         name=request.name,
         description=request.description or describe(sources, inputs, width),
-        sources=tuple(sources), inputs=tuple(inputs), output_name=output_name,
+        sources=tuple(sources), inputs=tuple(inputs), output_name=OUTPUT_NAME,
         output_width=width, rows=rows,
         samples=SAMPLES_FILE if request.samples else None,
         labels=LABELS_FILE if request.labels else None,
@@ -368,18 +370,6 @@ def check_labels(path: Path, rows: int, width: int) -> None:
     if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= width:
         raise UserModelError(f"{path}: labels must be integers in [0, {width}) (the model's "
                              f"output width)")
-
-
-def output_name_of(models: dict[str, Any]) -> str:
-    keras_model = models.get("keras")
-    names = getattr(keras_model, "output_names", None)
-    if names and len(names) == 1 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", names[0]):
-        return names[0]
-    savedmodel = models.get("savedmodel")
-    if savedmodel is not None:
-        (name,) = savedmodel.function.structured_outputs
-        return name
-    return "output"
 
 
 def describe(sources: list[Source], inputs: list[InputRecord], width: int) -> str:

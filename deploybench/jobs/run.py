@@ -56,9 +56,12 @@ def export_rows(root: Path, models: list[str]) -> list[ExportRecord]:
         manifest = load_manifest(root, model)
         for artifact in manifest.artifacts:
             rows.append(ExportRecord(
-                model=model, tolerance=FP32_TOLERANCE,
+                model=model,
+                tolerance=manifest.tolerance.get("fp32_max_abs_diff", FP32_TOLERANCE),
                 reference_accuracy=manifest.golden["reference_accuracy"],
                 min_top1_agreement=manifest.tolerance.get("min_top1_agreement"),
+                model_source=manifest.source, model_frameworks=manifest.frameworks,
+                random_inputs=bool(manifest.data and manifest.data.get("random_inputs")),
                 **{k: v for k, v in vars(artifact).items() if k != "sha256"}))
     return rows
 

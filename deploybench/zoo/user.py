@@ -238,6 +238,7 @@ class UserModelSpec(ModelSpec):
             "models": [asdict(s) for s in self.record.sources],
             "samples": ("seeded random inputs within the declared ranges (accuracy means "
                         "nothing)" if self.random_inputs else self.record.samples),
+            "random_inputs": self.random_inputs,
             "samples_sha256": self.record.samples_sha256,
             "rows": self.record.rows,
             "labels": self.record.labels,
