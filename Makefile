@@ -84,7 +84,7 @@ run: setup
 # much of the suite waits on servers, so two files overlap well even on two cores.
 test: setup test-docker-packages promtool
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=40
 
 lint: setup
 	$(BIN)/ruff check .

@@ -64,6 +64,42 @@ def bert_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+USER_MODELS = ("mine", "net")
+
+
+@pytest.fixture(scope="session")
+def user_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(export root, user model folder): a user's Keras model with two inputs and a
+    torch.export program (tests/user_models.py), imported as `mine` and `net` and exported for
+    real, once per session (shared by parallel workers like export_root). Commands that look a
+    user model up by name need DEPLOYBENCH_MODELS set to the folder."""
+    from filelock import FileLock
+
+    from tests import user_models
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, home, files = shared / "user-export", shared / "user-home", shared / "user-files"
+    done = shared / "user-export.done"
+    with FileLock(str(shared / "user-export.lock")):
+        if not done.exists():
+            files.mkdir(exist_ok=True)
+            keras_file, samples, labels = user_models.keras_two_inputs(files)
+            program, images = user_models.torch_export_program(files)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("DEPLOYBENCH_MODELS", str(home))
+                for args in (("mine", "--keras", str(keras_file), "--samples", str(samples),
+                              "--labels", str(labels), "--range", "ids=0:50"),
+                             ("net", "--torch-export", str(program), "--samples", str(images))):
+                    result = invoke("import", *args)
+                    assert result.exit_code == 0, result.output
+                for model in USER_MODELS:
+                    result = invoke("export", "--model", model, "--out", str(root))
+                    assert result.exit_code == 0, result.output
+            done.touch()
+    return root, home
+
+
 @pytest.fixture
 def export_copy(export_root: Path, tmp_path: Path) -> Path:
     """A private copy of the session's export, to break or export into on purpose."""
@@ -84,7 +120,8 @@ def test_artifacts() -> Path:
 # the Docker tests build their images first (test_docker.py), which needs no export either;
 # text-bert's export follows mobilenet-v2's (the other order measured 3.5 min slower).
 LONGEST_FIRST = ("test_docker.py", "test_mobilenet.py", "test_text_bert.py",
-                 "test_text_bert_serving.py", "test_triton.py", "test_bench.py",
+                 "test_text_bert_serving.py", "test_user_models_served.py", "test_triton.py",
+                 "test_bench.py", "test_user_models.py",
                  "test_pipeline.py", "test_edge.py", "test_export.py", "test_reliability.py",
                  "test_kserve.py")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploybench.manifest import load_manifest
+from deploybench.golden import Golden
+from deploybench.manifest import Manifest, load_manifest
 from tests import user_models
 from tests.conftest import invoke
 
@@ -115,19 +116,19 @@ def test_a_name_taken_by_an_earlier_import_needs_replace(home: Path, made: dict)
     assert sorted(p.name for p in home.iterdir()) == ["net"]  # no staging folder left
 
 
-def exported(home: Path, out: Path, name: str) -> dict:
+def exported(out: Path, name: str) -> tuple[dict, Manifest]:
     result = invoke("export", "--model", name, "--out", str(out))
     assert result.exit_code == 0, result.output
+    return published(out, name)
+
+
+def published(out: Path, name: str) -> tuple[dict, Manifest]:
     manifest = load_manifest(out, name)
     return {a.format: a for a in manifest.artifacts}, manifest
 
 
-def test_keras_model_exports_every_tensorflow_path_with_parity(home: Path, made: dict,
-                                                                tmp_path: Path) -> None:
-    model, samples, labels = made["keras"]
-    import_ok("mine", "--keras", str(model), "--samples", str(samples), "--labels", str(labels),
-              "--range", "ids=0:50")
-    artifacts, manifest = exported(home, tmp_path / "artifacts", "mine")
+def test_keras_model_exports_every_tensorflow_path_with_parity(user_root: tuple) -> None:
+    artifacts, manifest = published(user_root[0], "mine")  # imported with labels, --range
     assert manifest.source == "user" and manifest.frameworks == ["tensorflow"]
     assert {a.framework for a in artifacts.values()} == {"tensorflow"}
     assert {"savedmodel", "tflite-fp32", "tflite-int8", "onnx-keras"} <= set(artifacts)
@@ -136,13 +137,11 @@ def test_keras_model_exports_every_tensorflow_path_with_parity(home: Path, made:
         assert artifacts[fmt].max_abs_diff <= manifest.tolerance["fp32_max_abs_diff"]
     assert manifest.golden["samples"] == 12  # a fifth of 60 rows held out
     assert [i.dtype for i in manifest.inputs] == ["float32", "int32"]
+    assert [i.high for i in manifest.inputs] == [None, 50]
 
 
-def test_torch_models_export_every_pytorch_path(home: Path, made: dict,
-                                                tmp_path: Path) -> None:
-    pt2, samples = made["pt2"]
-    import_ok("net", "--torch-export", str(pt2), "--samples", str(samples))
-    artifacts, manifest = exported(home, tmp_path / "artifacts", "net")
+def test_torch_models_export_every_pytorch_path(user_root: tuple) -> None:
+    artifacts, manifest = published(user_root[0], "net")
     assert manifest.frameworks == ["pytorch"]
     assert {a.framework for a in artifacts.values()} == {"pytorch"}
     for fmt in ("torchscript", "exported-program", "aoti", "executorch-fp32"):
@@ -153,7 +152,7 @@ def test_factory_with_int64_tokens_exports(home: Path, made: dict, tmp_path: Pat
     code, tokens = made["factory"]
     import_ok("bag", "--torch-factory", "user_bag:make", "--python-path", str(code),
               "--samples", str(tokens), "--range", "tokens=0:100")
-    artifacts, manifest = exported(home, tmp_path / "artifacts", "bag")
+    artifacts, manifest = exported(tmp_path / "artifacts", "bag")
     assert [(i.name, i.dtype, i.high) for i in manifest.inputs] == [("tokens", "int32", 100)]
     assert artifacts["exported-program"].status == "ok", artifacts["exported-program"]
 
@@ -162,7 +161,25 @@ def test_an_operator_a_converter_refuses_is_a_row_and_the_rest_publishes(
         home: Path, made: dict, tmp_path: Path) -> None:
     model, samples = made["inverse"]
     import_ok("inverse", "--keras", str(model), "--samples", str(samples))
-    artifacts, _ = exported(home, tmp_path / "artifacts", "inverse")
+    artifacts, _ = exported(tmp_path / "artifacts", "inverse")
     assert artifacts["savedmodel"].status == "ok"
     assert artifacts["tflite-fp32"].status == "failed"
     assert "MatrixInverse" in artifacts["tflite-fp32"].reason, artifacts["tflite-fp32"].reason
+
+
+def test_a_savedmodel_without_samples_runs_on_seeded_random_inputs(
+        home: Path, tmp_path: Path) -> None:
+    """A SavedModel (its serving_default) and no samples: seeded random inputs within the
+    declared range; the export still gates every artifact on the model's own outputs, and the
+    manifest says accuracy means nothing."""
+    folder = user_models.savedmodel_one_input(tmp_path)
+    import_ok("plain", "--savedmodel", str(folder), "--range", "x=-1:1")
+    record = json.loads((home / "plain" / "model.json").read_text())
+    assert record["samples"] is None and record["rows"] > 0
+    artifacts, manifest = exported(tmp_path / "artifacts", "plain")
+    assert manifest.data["random_inputs"] is True
+    assert "seeded random inputs" in manifest.golden["split"]
+    for fmt in ("savedmodel", "tflite-fp32", "onnx-keras"):
+        assert artifacts[fmt].status == "ok", artifacts[fmt]
+    golden = Golden.of(tmp_path / "artifacts", manifest).inputs.only
+    assert golden.min() >= -1 and golden.max() < 1

@@ -17,7 +17,6 @@ from deploybench.manifest import load_manifest
 from deploybench.serving import payload
 from deploybench.serving.manager import Deployment, serve, stop
 from deploybench.serving.targets import get, loopback_endpoints, make_client
-from tests import user_models
 from tests.bad_input_checks import assert_matrix
 from tests.conftest import invoke
 from tests.servers import free_offset
@@ -26,24 +25,10 @@ KERAS_SERVERS = ("kserve-tensorflow", "triton-tensorflow")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A user's Keras model (two inputs, float32 and int32) and torch.export program, imported
-    and exported into one export root."""
-    files = tmp_path_factory.mktemp("user-files")
-    root = tmp_path_factory.mktemp("user-artifacts")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DEPLOYBENCH_MODELS", str(tmp_path_factory.mktemp("user-home")))
-        keras_file, samples, labels = user_models.keras_two_inputs(files)
-        program, images = user_models.torch_export_program(files)
-        for args in (("mine", "--keras", str(keras_file), "--samples", str(samples),
-                      "--labels", str(labels), "--range", "ids=0:50"),
-                     ("net", "--torch-export", str(program), "--samples", str(images))):
-            result = invoke("import", *args)
-            assert result.exit_code == 0, result.output
-        for model in ("mine", "net"):
-            result = invoke("export", "--model", model, "--out", str(root))
-            assert result.exit_code == 0, result.output
-        yield root
+def exported(user_root: tuple[Path, Path]) -> Path:
+    """The session's user models (tests/conftest.py): `mine`, a Keras model with a float32
+    and an int32 input, and `net`, a torch.export program, exported."""
+    return user_root[0]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +93,10 @@ def run_report(exported: Path, out: Path, model: str, servers: str) -> dict:
 
 
 def test_run_of_a_torch_program_measures_pytorch_paths_only(
-        exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        exported: Path, user_root: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))  # beside the fixture's
+    monkeypatch.setenv("DEPLOYBENCH_MODELS", str(user_root[1]))  # `run --model net` finds it
     results = run_report(exported, tmp_path / "run", "net", "torchserve,kserve-pytorch,"
                                                             "kserve-tensorflow")
     rows = results["measurements"]

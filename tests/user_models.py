@@ -128,3 +128,15 @@ def save_labels(folder: Path, classes: int) -> Path:
     path = folder / "labels.npy"
     np.save(path, np.random.default_rng(5).integers(0, classes, ROWS))
     return path
+
+
+def savedmodel_one_input(folder: Path) -> Path:
+    """A SavedModel folder (Keras' export): `x` float32 (5,) -> 2 outputs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((5,), name="x")
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.Dense(4, activation="tanh")(x)))
+    path = folder / "plain_savedmodel"
+    model.export(str(path), format="tf_saved_model", verbose=False)
+    return path
