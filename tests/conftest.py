@@ -120,8 +120,7 @@ def test_artifacts() -> Path:
 # the Docker tests build their images first (test_docker.py), which needs no export either;
 # text-bert's export follows mobilenet-v2's (the other order measured 3.5 min slower).
 LONGEST_FIRST = ("test_docker.py", "test_mobilenet.py", "test_text_bert.py",
-                 "test_text_bert_serving.py", "test_user_models_served.py", "test_triton.py",
-                 "test_bench.py", "test_user_models.py",
+                 "test_text_bert_serving.py", "test_triton.py", "test_bench.py",
                  "test_pipeline.py", "test_edge.py", "test_export.py", "test_reliability.py",
                  "test_kserve.py")
 
