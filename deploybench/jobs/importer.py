@@ -17,7 +17,7 @@ import numpy as np
 
 from deploybench.batch import Batch
 from deploybench.export.context import native_stderr_logged
-from deploybench.files import remove_tree
+from deploybench.files import remove_tree, tree_sha256
 from deploybench.zoo import user
 from deploybench.zoo.user import (
     CALIBRATION_FILE,
@@ -105,7 +105,7 @@ def import_model(request: ImportRequest, home: Path | None = None) -> user.UserM
         samples=SAMPLES_FILE if request.samples else None,
         labels=LABELS_FILE if request.labels else None,
         calibration=CALIBRATION_FILE if request.calibration else None,
-        samples_sha256=user.file_sha256(request.samples) if request.samples else None,
+        samples_sha256=tree_sha256(request.samples) if request.samples else None,
         max_rows=request.max_rows,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     return write_folder(home, request, record)
@@ -383,7 +383,8 @@ def write_folder(home: Path, request: ImportRequest,
     """Copy the model and its files into a staging folder, then rename it into place."""
     home.mkdir(parents=True, exist_ok=True)
     staging = home / f".{request.name}.importing-{os.getpid()}"
-    remove_tree(staging) if staging.exists() else None
+    if staging.exists():  # an import killed midway
+        remove_tree(staging)
     try:
         (staging / SOURCE_DIR).mkdir(parents=True)
         sources = []
@@ -398,7 +399,7 @@ def write_folder(home: Path, request: ImportRequest,
             else:
                 shutil.copy2(origin, staging / kept)
             sources.append(replace(source, path=kept.as_posix(),
-                                   sha256=user.file_sha256(staging / kept)))
+                                   sha256=tree_sha256(staging / kept)))
         for given, name in ((request.samples, SAMPLES_FILE), (request.labels, LABELS_FILE),
                             (request.calibration, CALIBRATION_FILE)):
             if given is not None:

@@ -10,7 +10,6 @@ and the samples, labels and calibration inputs it was imported with.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -313,17 +312,6 @@ def random_inputs(inputs: tuple[InputRecord, ...], rows: int) -> Batch:
             high = 1.0 if i.high is None else i.high
             arrays[i.name] = generator.uniform(low, high, (rows, *i.shape)).astype(np.float32)
     return Batch(arrays)
-
-
-def file_sha256(path: Path) -> str:
-    """A file's sha256, or a folder's (every file, by relative path)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 # --- loading each kind of model ---------------------------------------------------------------
