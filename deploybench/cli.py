@@ -98,14 +98,16 @@ def command(func: Callable[..., Any] | None = None, *,
 @command
 def export(
     model: Annotated[str, typer.Option(
-        help="Model from the zoo, or 'all': every zoo model.")] = "all",
+        help="Model from the zoo or imported (`deploybench models` lists both), or 'all': "
+             "every one.")] = "all",
     out: Annotated[Path, typer.Option(help="Export root folder.")] = Path("artifacts"),
     version: Annotated[int, typer.Option(min=1, help="Model version to write.")] = 1,
 ) -> None:
     """Export models to every format (SavedModel, TFLite, TorchScript and .mar, torch.export,
     AOTInductor, ExecuTorch; litert-torch and ONNX from both twins; the transformers and
     keras-hub folders of a hub-built model), gated on parity: a quantized or optional artifact
-    that fails the gate is refused as a row, the model publishing with the rest."""
+    that fails the gate is refused as a row, the model publishing with the rest. An imported
+    model gets its framework's formats, any of which may fail as a row."""
     from deploybench.export.exporter import export as run_export
     from deploybench.zoo import get_spec
 
