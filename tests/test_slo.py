@@ -208,11 +208,13 @@ def rate_step(out: Path, *options: str) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_an_early_stopped_step_ends_once_its_p99_is_decided(torchserve, tmp_path: Path) -> None:
-    # a generous bound: passes as soon as MLPerf's 662 requests are in (about 6.6 s at 100/s)
-    step, _ = rate_step(tmp_path / "pass", "--scenario", "rate", "--rates", "100",
+    # a generous bound: passes as soon as MLPerf's 662 requests are in (about 11 s at 60/s; at
+    # 100/s a busy neighbour on two cores once pushed TorchServe into failures)
+    step, _ = rate_step(tmp_path / "pass", "--scenario", "rate", "--rates", "60",
                         "--rate-bound-ms", "1000", "--early-stop")
     early = step["early_stop"]
-    assert early["decision"] == "pass" and step["passed"] is True, step["verdict"]
+    assert early["decision"] == "pass" and step["passed"] is True, (step["verdict"],
+                                                                    step.get("errors"))
     assert 662 <= early["requests"] <= step["requests"] < 1000
     assert early["seconds"] < 20 and step["duration_s"] < 20  # not the 60 s at most
     # and not before the scenario's step length: a backlog needs time to show
