@@ -183,3 +183,38 @@ def test_a_savedmodel_without_samples_runs_on_seeded_random_inputs(
         assert artifacts[fmt].status == "ok", artifacts[fmt]
     golden = Golden.of(tmp_path / "artifacts", manifest).inputs.only
     assert golden.min() >= -1 and golden.max() < 1
+
+
+def test_a_keras_and_a_torch_model_together_export_both_frameworks(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same model in both frameworks: checked to agree at import (a pair that does not is
+    refused), then the paths of both exported against the PyTorch model's outputs, the int8
+    variants calibrated on the user's own calibration file; the report says two frameworks.
+    One format per runtime family of each framework here (every format of each framework is
+    exported for `mine` and `net` in the session's export)."""
+    from deploybench.export import exporter
+    from deploybench.jobs.run import export_rows
+    from deploybench.records import record_dict
+    from deploybench.verdict import comparison_lines
+
+    keras_file, program, program_off, samples = user_models.twin_pair(tmp_path)
+    assert "disagree" in refused(home, "pair", "--keras", str(keras_file), "--torch-export",
+                                 str(program_off), "--samples", str(samples))
+    calibration = user_models.save_samples(tmp_path, {"x": np.random.default_rng(8).normal(
+        size=(40, 6)).astype(np.float32)}, "calibration.npz")
+    import_ok("pair", "--keras", str(keras_file), "--torch-export", str(program),
+              "--samples", str(samples), "--calibration", str(calibration))
+    formats = ("savedmodel", "tflite-int8", "onnx-keras", "exported-program",
+               "executorch-int8", "onnx-torch")
+    monkeypatch.setattr(exporter, "FORMATS", tuple(f for f in exporter.FORMATS
+                                                   if f.name in formats))
+    artifacts, manifest = exported(tmp_path / "artifacts", "pair")
+    assert manifest.frameworks == ["pytorch", "tensorflow"]
+    assert sorted(artifacts) == sorted(formats)
+    for fmt in formats:
+        assert artifacts[fmt].status == "ok", artifacts[fmt]
+    assert manifest.data["calibration"] == "calibration.npz"
+    results = {"measurements": [record_dict(r) for r in export_rows(tmp_path / "artifacts",
+                                                                 ["pair"])]}
+    (line,) = comparison_lines(results)
+    assert "your PyTorch and TensorFlow models, checked to agree" in line, line

@@ -140,3 +140,46 @@ def savedmodel_one_input(folder: Path) -> Path:
     path = folder / "plain_savedmodel"
     model.export(str(path), format="tf_saved_model", verbose=False)
     return path
+
+
+def twin_pair(folder: Path) -> tuple[Path, Path, Path, Path]:
+    """(pair.keras, pair.pt2, pair_off.pt2, samples.npz): one small dense net on `x` float32
+    (6,) -> 3 classes in both frameworks, the Keras weights copied into the PyTorch module;
+    pair_off.pt2 is that module with one output bias moved (a model that disagrees)."""
+    import keras
+    import torch
+
+    keras.utils.set_random_seed(6)
+    x = keras.Input((6,), name="x")
+    hidden = keras.layers.Dense(5, activation="relu")
+    out = keras.layers.Dense(3)
+    model = keras.Model(x, out(hidden(x)))
+    keras_path = folder / "pair.keras"
+    model.save(keras_path)
+
+    class Pair(torch.nn.Module):  # forward's parameter named as the Keras input
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden, self.out = torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.hidden(x)))
+
+    net = Pair()
+    with torch.no_grad():
+        for linear, dense in ((net.hidden, hidden), (net.out, out)):
+            kernel, bias = dense.get_weights()
+            linear.weight.copy_(torch.from_numpy(kernel.T))
+            linear.bias.copy_(torch.from_numpy(bias))
+    generator = np.random.default_rng(7)
+    samples = {"x": generator.normal(size=(ROWS, 6)).astype(np.float32)}
+    example = (torch.from_numpy(samples["x"][:2]),)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    paths = []
+    for name, shift in (("pair.pt2", 0.0), ("pair_off.pt2", 0.5)):
+        with torch.no_grad():
+            net.out.bias[0] += shift
+        program = torch.export.export(net.eval(), example, dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(folder / name))
+        paths.append(folder / name)
+    return keras_path, paths[0], paths[1], save_samples(folder, samples, "pair.npz")

@@ -90,11 +90,18 @@ def import_model(request: ImportRequest, home: Path | None = None) -> user.UserM
                      str(request.calibration), ranges)
     probe = (user.public_batch(tuple(inputs), samples) if samples is not None
              else user.random_inputs(tuple(inputs), rows)).rows(slice(0, 4))
-    widths = {kind: check_outputs(kind, model, probe, tuple(inputs))
-              for kind, model in models.items()}
+    outputs = {kind: check_outputs(kind, model, probe, tuple(inputs))
+               for kind, model in models.items()}
+    widths = {kind: output.shape[1] for kind, output in outputs.items()}
     if len(set(widths.values())) > 1:
         raise UserModelError(f"the models' outputs differ in width: {widths}")
     width = next(iter(widths.values()))
+    if len(outputs) == 2:  # one per framework: the same model, or no comparison to make
+        by_framework = {s.framework: outputs[s.kind] for s in sources}
+        disagreement = user.twins_disagree(by_framework["pytorch"], by_framework["tensorflow"])
+        if disagreement:
+            raise UserModelError(f"the Keras and PyTorch models disagree on the samples' first "
+                                 f"rows: {disagreement}; give two models of the same weights")
     if request.labels:
         check_labels(request.labels, rows, width)
     record = UserModelRecord(
@@ -223,7 +230,8 @@ def resolve_inputs(declared: list[list[Declared]], samples: dict[str, np.ndarray
     for other in declared[1:]:
         if [d.name for d in other] != [d.name for d in first]:
             raise UserModelError(f"the models' inputs differ: {[d.name for d in first]} and "
-                                 f"{[d.name for d in other]}")
+                                 f"{[d.name for d in other]}; name them alike (the Keras "
+                                 f"Input's name, the forward parameter's name)")
     inputs = []
     for position, entry in enumerate(first):
         shapes = [d[position].shape for d in declared if d[position].shape is not None]
@@ -324,9 +332,10 @@ def check_arrays(arrays: dict[str, np.ndarray], inputs: list[InputRecord], where
                                      f"outside [0, {ceiling:.0f})")
 
 
-def check_outputs(kind: str, model: Any, probe: Batch, inputs: tuple[InputRecord, ...]) -> int:
-    """The model's output width, after checking it answers the same twice (no dropout or batch
-    statistics left in training mode) with one (rows, width) float output."""
+def check_outputs(kind: str, model: Any, probe: Batch,
+                  inputs: tuple[InputRecord, ...]) -> np.ndarray:
+    """The model's output on the probe, after checking it answers the same twice (no dropout
+    or batch statistics left in training mode) with one (rows, width) float output."""
     if kind in ("torch-export", "torch-factory"):
         training = _training_modules(model)
         if training:
@@ -347,7 +356,7 @@ def check_outputs(kind: str, model: Any, probe: Batch, inputs: tuple[InputRecord
     if not np.allclose(first, second, rtol=1e-5, atol=1e-6, equal_nan=True):
         raise UserModelError(f"the {kind} model's outputs change between two calls on the same "
                              f"input: dropout or batch statistics left in training mode?")
-    return int(first.shape[1])
+    return first
 
 
 def _training_modules(model: Any) -> str:

@@ -156,11 +156,7 @@ class UserModelSpec(ModelSpec):
         """FP32_TOLERANCE relative to the outputs' scale: 1e-4 x max(1, largest |output|),
         so a model whose outputs are in the thousands is held to the same relative error as
         one whose outputs are logits, and one of small outputs to 1e-4 absolute."""
-        from deploybench.manifest import FP32_TOLERANCE
-
-        finite = reference_outputs[np.isfinite(reference_outputs)]
-        scale = float(np.max(np.abs(finite))) if finite.size else 1.0
-        return FP32_TOLERANCE * max(1.0, scale)
+        return output_tolerance(reference_outputs)
 
     def reference(self, progress: Callable[[str], None]) -> Reference:
         """The user's own model(s), loaded from the folder's copy; the golden samples are its
@@ -176,13 +172,12 @@ class UserModelSpec(ModelSpec):
                                             ("tensorflow", keras_model)) if model is not None}
         reference = outputs.get("pytorch", outputs.get("tensorflow"))
         if len(outputs) == 2:
-            tolerance = self.fp32_tolerance(reference)
-            diff = float(np.max(np.abs(outputs["tensorflow"] - reference)))
-            if not diff <= tolerance:
+            disagreement = twins_disagree(outputs["pytorch"], outputs["tensorflow"])
+            if disagreement:
                 from deploybench.errors import ParityError
 
                 raise ParityError(f"{self.name}: the Keras and PyTorch models disagree on the "
-                                  f"held-out samples: max abs diff {diff:.3g} > {tolerance:.3g}")
+                                  f"held-out samples: {disagreement}")
         labels = split.y_test if self.has_labels else np.argmax(reference, axis=1)
         golden = Golden(golden_inputs, labels, reference.astype(np.float32))
         return Reference(torch_model, keras_model, self.calibration_inputs(split), golden)
@@ -243,6 +238,25 @@ class UserModelSpec(ModelSpec):
             "labels": self.record.labels,
             "calibration": self.record.calibration or "the samples that are not held out",
         }
+
+
+def output_tolerance(reference_outputs: np.ndarray) -> float:
+    """FP32_TOLERANCE relative to the outputs' scale: 1e-4 x max(1, largest |output|)."""
+    from deploybench.manifest import FP32_TOLERANCE
+
+    finite = reference_outputs[np.isfinite(reference_outputs)]
+    scale = float(np.max(np.abs(finite))) if finite.size else 1.0
+    return FP32_TOLERANCE * max(1.0, scale)
+
+
+def twins_disagree(torch_outputs: np.ndarray, keras_outputs: np.ndarray) -> str:
+    """Why a user's PyTorch and Keras models are not the same model on the same inputs (their
+    largest difference over the tolerance of the PyTorch outputs' scale), or ''."""
+    tolerance = output_tolerance(torch_outputs)
+    diff = float(np.max(np.abs(keras_outputs - torch_outputs)))
+    if diff <= tolerance:
+        return ""
+    return f"max abs diff {diff:.3g} > {tolerance:.3g} (1e-4 x the largest output, at least 1)"
 
 
 def predict(model: Any, batch: Batch, inputs: tuple[InputRecord, ...], rows: int) -> np.ndarray:
