@@ -11,6 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Two test workers share two cores: torch's OpenMP threads spin while they wait for work and
+# burn the core the other worker needs. Two digits exports side by side took 113-127 s and
+# 190-213 CPU-s, and 97 s and 158 CPU-s with passive waiting (read when torch loads, so set
+# before it; servers and CLIs the tests start inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # no test sees the user's own imported models (tests that import set a folder of their own)
 os.environ["DEPLOYBENCH_MODELS"] = str(Path(tempfile.gettempdir())
                                        / f"deploybench-tests-no-user-models-{os.getpid()}")

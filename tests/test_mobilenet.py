@@ -139,11 +139,23 @@ def test_logits_are_spread_and_labels_are_the_reference_top1(twins, split):
 # --- the real export ---------------------------------------------------------------------
 
 
+# Quantized on the PyTorch side (PT2E calibration, then lowering): 78 s of mobilenet-v2's 245 s
+# export, a third of this module; those paths are tested on digits-cnn's convolutions and on
+# text-bert, and mobilenet-v2's fp32 file goes through each of their converters here.
+SKIPPED = ("executorch-int8", "litert-torch-dynamic-int8", "litert-torch-int8")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """mobilenet-v2 exported for real, once for this module (about a minute)."""
+    """mobilenet-v2 exported for real, once for this module (about three minutes), every
+    format but SKIPPED."""
+    from deploybench.export import exporter
+
     root = tmp_path_factory.mktemp("mobilenet-export")
-    result = invoke("export", "--model", MODEL, "--out", str(root))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporter, "FORMATS",
+                      tuple(f for f in exporter.FORMATS if f.name not in SKIPPED))
+        result = invoke("export", "--model", MODEL, "--out", str(root))
     assert result.exit_code == 0, result.output
     return root
 
@@ -153,8 +165,7 @@ def test_every_artifact_passes_parity(exported):
     manifest = load_manifest(exported, MODEL)
     assert [a.format for a in manifest.artifacts] == [
         "savedmodel", *TFLITE, "torchscript", "mar", "exported-program", "aoti",
-        "executorch-fp32", "executorch-int8",
-        "litert-torch-fp32", "litert-torch-dynamic-int8", "litert-torch-int8",
+        "executorch-fp32", "litert-torch-fp32",
         "onnx-keras", "onnx-keras-int8", "onnx-torch", "onnx-torch-int8",
     ]
     assert manifest.inputs[0].name == "image" and manifest.inputs[0].shape == [None, 224, 224, 3]
