@@ -500,8 +500,8 @@ def bad_inputs(
 @command
 def run(
     model: Annotated[str, typer.Option(
-        help="Model from the zoo, or 'all': both quick digits models (larger ones by name).")
-    ] = "digits-cnn",
+        help="Model from the zoo or imported (`deploybench models` lists both), or 'all': "
+             "both quick digits models (the others by name).")] = "digits-cnn",
     artifacts: Annotated[Path, typer.Option(help="Export root.")] = Path("artifacts"),
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<timestamp>).")
                    ] = None,
