@@ -305,7 +305,9 @@ def edge_lines(results: dict[str, Any]) -> list[str]:
             text += "; in-process p50: " + ", ".join(baselines)
         lines.append(text + ".")
         lines += int8_lines(results, model, [r for r in mine if r["threads"] == threads])
-        lines += framework_edge_lines(model, [r for r in everything if r["threads"] == threads])
+        if len(model_frameworks(results, model)) > 1:  # one framework: nothing to set beside
+            lines += framework_edge_lines(model, [r for r in everything
+                                                  if r["threads"] == threads])
     if not edge:
         lines.append("Edge: no edge measurement in this run.")
     return lines
@@ -417,6 +419,15 @@ def nonfinite_lines(results: dict[str, Any]) -> list[str]:
 
 
 FRAMEWORK_NAMES = {"tensorflow": "TensorFlow", "pytorch": "PyTorch"}
+
+
+def model_frameworks(results: dict[str, Any], model: str) -> list[str]:
+    """The frameworks a model has a side in, as its export rows say (a zoo model: both; a
+    run without export rows: assumed both)."""
+    for row in rows(results, "export"):
+        if row["model"] == model and row.get("model_frameworks"):
+            return list(row["model_frameworks"])
+    return ["pytorch", "tensorflow"]
 
 
 def comparison_lines(results: dict[str, Any]) -> list[str]:

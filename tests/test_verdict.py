@@ -117,3 +117,19 @@ def test_two_rate_searches_bound_the_ratio_by_their_brackets():
     assert ("KServe-PyTorch V2 binary sustains 400 req/s (p99 20.0 ms, open-loop Poisson "
             "arrivals), 4x KServe-TensorFlow V2 binary (100 req/s; the rate searches allow "
             "2x-8x)") in headline
+
+
+def test_a_one_framework_model_is_not_set_beside_the_other_frameworks_edge_path():
+    from deploybench.verdict import edge_lines
+
+    lite = {"kind": "edge", "model": "mine", "threads": 1, "runtime": "litert",
+            "framework": "tensorflow", "variant": "tflite-fp32", "edge_ready": True,
+            "size_bytes": 3300, "latency_ms": {"p50": 0.0014}, "accuracy": 0.5}
+    export = {"kind": "export", "model": "mine", "format": "tflite-fp32",
+              "model_frameworks": ["tensorflow"]}
+    (line,) = edge_lines({"measurements": [export, lite]})
+    assert line.startswith("Edge (mine, 1 thread), TensorFlow -> LiteRT: tflite-fp32")
+    # a zoo twin without its ExecuTorch rows is still said to lack them
+    twin = [dict(lite, model="digits-cnn")]
+    assert any("ExecuTorch) was not measured" in text
+               for text in edge_lines({"measurements": twin}))
