@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3.11 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: 2.13.0 installs from a CPU wheel on disk; a looser spec
-	# resolved later would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# resolved later would pull a multi-GB CUDA build. --no-compile: Python compiles what is
+	# imported, on first use, instead of every file of torch and TensorFlow at install.
+	$(BIN)/pip install --quiet --no-compile torch==2.13.0
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
 	touch $(STAMP)
 
 # The Triton environment: what requirements-triton.txt pins, and the kit from its sources
@@ -38,8 +39,8 @@ $(STAMP): pyproject.toml
 $(TRITON_STAMP): requirements-triton.txt pyproject.toml
 	test -x $(TRITON_VENV)/bin/python || python3.11 -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
-	$(TRITON_VENV)/bin/pip install --quiet torch==2.13.0
-	$(TRITON_VENV)/bin/pip install --quiet -r requirements-triton.txt
+	$(TRITON_VENV)/bin/pip install --quiet --no-compile torch==2.13.0
+	$(TRITON_VENV)/bin/pip install --quiet --no-compile -r requirements-triton.txt
 	$(TRITON_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(TRITON_STAMP)
 
