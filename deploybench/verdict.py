@@ -253,7 +253,7 @@ def same_server_lines(results: dict[str, Any]) -> list[str]:
             above, why = significantly_above(first, second)
             text += (f" ({first.throughput_rps / second.throughput_rps:.2g}x)" if above
                      else f" (no significant difference: {why})")
-        if tensorflow_missing:
+        if tensorflow_missing and any(b.framework == "tensorflow" for b in ranked):
             text += (f"; {', '.join(tensorflow_missing)} could not run here, so this is "
                      "TensorFlow's serving figure")
         lines.append(text + ".")

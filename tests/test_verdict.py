@@ -133,3 +133,13 @@ def test_a_one_framework_model_is_not_set_beside_the_other_frameworks_edge_path(
     twin = [dict(lite, model="digits-cnn")]
     assert any("ExecuTorch) was not measured" in text
                for text in edge_lines({"measurements": twin}))
+
+
+def test_runtimes_of_one_framework_are_not_called_tensorflows_figure():
+    results = {"measurements": [
+        step("kserve-pytorch", "PyTorch", 400.0, 20.0, 1.5),
+        step("kserve-onnxruntime", "ONNX Runtime", 300.0, 20.0, 1.5) | {"framework": "pytorch"},
+        server("TF Serving", "tensorflow", "unavailable", "no binary")]}
+    (line,) = same_server_lines(results)
+    assert line.startswith("Same server, 2 runtimes (digits-cnn, KServe V2 binary")
+    assert "TensorFlow's serving figure" not in line
