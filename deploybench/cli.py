@@ -269,19 +269,23 @@ def edge(
     repeats: Annotated[int, typer.Option(
         min=1, help="Fresh processes per measurement: their spread is the run-to-run noise "
                     "the answer lines judge differences by.")] = 3,
+    variants: Annotated[str | None, typer.Option(
+        help="Edge formats to measure, comma-separated (e.g. tflite-int8,executorch-int8; "
+             "default: every one the model has).")] = None,
 ) -> None:
     """Measure every edge artifact of either twin under its runtime (LiteRT with XNNPACK on and
     off, ExecuTorch, ONNX Runtime) beside the in-process baselines: size, load, latency,
     memory, accuracy and mobile readiness."""
-    from deploybench.edge.bench import parse_threads
+    from deploybench.edge.bench import parse_threads, parse_variants
     from deploybench.jobs.stages import edge_stage
     from deploybench.jobs.writer import RunWriter
 
     counts = parse_threads(threads)
+    chosen = parse_variants(variants)
     # checked before the run folder is written; a named model never exported is a failed row
     models = resolve_models(model, artifacts, checked=False)
     edge_stage(RunWriter(out), artifacts, models, counts, runs, warmup, console, baselines,
-               repeats)
+               repeats, chosen)
 
 
 SLO_HELP = ("SLO gates, decided on every load step with its 95% interval, e.g. "
@@ -523,6 +527,8 @@ def run(
     edge_runs: Annotated[int, typer.Option(min=1, help="Timed runs per edge measurement.")] = 300,
     edge_repeats: Annotated[int, typer.Option(
         min=1, help="Fresh processes per edge measurement (run-to-run noise).")] = 2,
+    edge_variants: Annotated[str | None, typer.Option(
+        help="Edge formats to measure, comma-separated (default: every one).")] = None,
     export: Annotated[bool, typer.Option(help="Export first (else reuse the export root).")
                       ] = True,
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
@@ -541,7 +547,7 @@ def run(
     quick = [name for name in all_specs() if name.startswith("digits-")]
     specs = [get_spec(name) for name in resolve_models(model, all_of=quick)]
     # every setting is checked here, before a minute of export and serving, not at its stage
-    from deploybench.edge.bench import parse_threads
+    from deploybench.edge.bench import parse_threads, parse_variants
     from deploybench.loadtest.scenarios import load_scenario
 
     if mode not in (None, "docker", "native"):
@@ -558,7 +564,7 @@ def run(
         users=levels, step_seconds=step_seconds,
         warmup_seconds=warmup_seconds, rate_search=rate_search, rate_bound_ms=rate_bound_ms,
         edge_threads=tuple(parse_threads(edge_threads)), edge_runs=edge_runs,
-        edge_repeats=edge_repeats, export=export,
+        edge_repeats=edge_repeats, edge_variants=parse_variants(edge_variants), export=export,
         endpoints=loopback_endpoints(port_offset), all_protocols=all_protocols,
         gates=gates, junit=junit,
     )

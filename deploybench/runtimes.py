@@ -287,11 +287,37 @@ def load_aoti(path: Path) -> TorchRunner:
             f"{path}: not a loadable AOTInductor package ({first_line})") from error
 
 
+def executorch_bindings() -> Any:
+    """ExecuTorch's Python bindings (`portable_lib`), without its compiler. The bindings import
+    `executorch.exir` for one warning class, and that package's __init__ loads the whole
+    compiler (torch.export passes, torchao): ~7 s of the ~10 s a fresh process took to import
+    the runtime, none of it the runtime's. Unless the compiler is loaded already, its package
+    is registered without running its __init__ while the bindings import, then dropped, so a
+    later `import executorch.exir` in the process loads it whole as usual."""
+    import importlib.util
+    import sys
+
+    if "executorch.extension.pybindings.portable_lib" not in sys.modules \
+            and "executorch.exir" not in sys.modules:
+        spec = importlib.util.find_spec("executorch.exir")
+        if spec is not None:
+            sys.modules["executorch.exir"] = importlib.util.module_from_spec(spec)
+            try:
+                import executorch.extension.pybindings.portable_lib  # noqa: F401
+            finally:
+                del sys.modules["executorch.exir"]
+    from executorch.extension.pybindings import portable_lib
+
+    return portable_lib
+
+
 class ExecuTorchRunner(_Predicts):
     """An ExecuTorch program (.pte) under ExecuTorch's runtime (its Python bindings)."""
 
     def __init__(self, path: Path) -> None:
         import torch
+
+        executorch_bindings()
         from executorch.runtime import Runtime
 
         self._torch = torch
@@ -319,9 +345,8 @@ class ExecuTorchRunner(_Predicts):
         return self._y[0].numpy().copy()
 
     def info(self) -> dict[str, Any]:
-        from executorch.extension.pybindings import portable_lib
-
-        return {"runtime_threads": {"threadpool": portable_lib._threadpool_get_thread_count()}}
+        threads = executorch_bindings()._threadpool_get_thread_count()
+        return {"runtime_threads": {"threadpool": threads}}
 
 
 def load_executorch(path: Path) -> ExecuTorchRunner:
@@ -365,9 +390,7 @@ class ExecuTorchBackend:
     deadlocked), and the runner reports the size the pool then has."""
 
     def __init__(self, path: Path, threads: int, xnnpack: bool | None = None) -> None:
-        from executorch.extension.pybindings import portable_lib
-
-        portable_lib._unsafe_reset_threadpool(threads)
+        executorch_bindings()._unsafe_reset_threadpool(threads)
         self.path = Path(path)
 
     def load(self) -> ExecuTorchRunner:

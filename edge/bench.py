@@ -217,10 +217,11 @@ def plan_baseline(
 
 
 def plan_model(
-    root: Path, model: str, threads: list[int], runs: int, warmup: int, baselines: bool
+    root: Path, model: str, threads: list[int], runs: int, warmup: int, baselines: bool,
+    variants: tuple[str, ...] | None = None,
 ) -> list[Pending]:
-    """Every edge artifact of the model's manifest, by the runtime that runs it, then the
-    in-process baselines its manifest has."""
+    """Every edge artifact of the model's manifest (or those of `variants` it has), by the
+    runtime that runs it, then the in-process baselines its manifest has."""
     try:
         manifest = load_manifest(root, model)
     except DeploybenchError as error:
@@ -229,7 +230,8 @@ def plan_model(
     pending: list[Pending] = []
     for runtime, plan in PLANNERS.items():
         for artifact in manifest.artifacts:
-            if matrix_place(artifact)["runtime"] == runtime:
+            if matrix_place(artifact)["runtime"] == runtime and (
+                    variants is None or artifact.format in variants):
                 pending += plan(root, manifest, artifact.format, golden, threads, runs, warmup)
     if baselines:
         exported = {a.format for a in manifest.artifacts}
@@ -258,6 +260,26 @@ def parse_threads(text: str) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
+def edge_variants() -> tuple[str, ...]:
+    """Every format export writes for a phone's runtime, in export's order."""
+    from deploybench.export.formats import FORMATS
+
+    return tuple(f.name for f in FORMATS if f.runtime in EDGE_RUNTIMES)
+
+
+def parse_variants(text: str | None) -> tuple[str, ...] | None:
+    """--variants: edge formats, comma-separated; None (every one) when not given."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    known = edge_variants()
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise UsageError(f"--variants: {', '.join(unknown) or 'none given'} is not an edge "
+                         f"format (one of {', '.join(known)})")
+    return names
+
+
 def describe(row: dict[str, Any]) -> str:
     parts = [row["model"], row["variant"] or "", row["runtime"] or ""]
     if row["threads"] is not None:
@@ -268,11 +290,13 @@ def describe(row: dict[str, Any]) -> str:
 
 
 def edge_environment(root: Path, threads: list[int], runs: int, warmup: int, baselines: bool,
-                     repeats: int = 1) -> dict[str, Any]:
+                     repeats: int = 1, variants: tuple[str, ...] | None = None,
+                     ) -> dict[str, Any]:
     """How the edge figures were taken, for the run's environment."""
     return {"runner": "in-process, one fresh process per measurement, one at a time",
             "artifacts": str(root), "threads": threads, "runs": runs, "warmup": warmup,
-            "batch": 1, "baselines": baselines, "repeats": repeats}
+            "batch": 1, "baselines": baselines, "repeats": repeats,
+            "variants": list(variants) if variants is not None else "all"}
 
 
 def repeated(pending: list[Pending], repeats: int) -> list[Pending]:
@@ -289,12 +313,14 @@ def repeated(pending: list[Pending], repeats: int) -> list[Pending]:
 def run_edge(
     root: Path, models: list[str], threads: list[int], runs: int, warmup: int,
     console: Console, emit: Sink, baselines: bool = True, repeats: int = 1,
+    variants: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure `models` (a model never exported is a failed row), hand every row to `emit` as
     it comes (a killed run keeps what it measured), print the tables; raise if any row is not
     ok (after every row was emitted)."""
     pending = repeated([p for name in models
-                        for p in plan_model(root, name, threads, runs, warmup, baselines)],
+                        for p in plan_model(root, name, threads, runs, warmup, baselines,
+                                            variants)],
                        repeats)
     rows: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

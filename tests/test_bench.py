@@ -31,9 +31,9 @@ def bench_run(export_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         # 6 s; the figures' arithmetic needs no such floor
         min_requests=50,
         port_offset=offset,
-        # TorchServe with both bodies; KServe-PyTorch (held to the AOTInductor package) with
-        # its binary one
-        pairs=tuple(targets.pairs("torchserve,kserve-pytorch", "rest,npy,v2-binary")))
+        # TorchServe and KServe-PyTorch (held to the AOTInductor package), each with its binary
+        # body: a second body adds two rate searches and nothing to the arithmetic
+        pairs=tuple(targets.pairs("torchserve,kserve-pytorch", "npy,v2-binary")))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path_factory.mktemp("bench-state")))
         rows = run_bench(options, Console(file=io.StringIO(), width=200))
@@ -69,11 +69,11 @@ def test_a_ceiling_for_what_each_server_serves_at_batch_1_and_the_bound(bench_ru
             ceiling["iterations"] * ceiling["batch"] / ceiling["seconds"], rel=0.01)
 
 
-def test_every_torchserve_body_with_and_without_batching(bench_run):
+def test_torchserve_with_and_without_batching(bench_run):
     torch = ceilings(bench_run, "torchscript")
     rows = {(r["protocol"], r["batching"]): r for r in bench_run["rows"]
             if r["target"] == "torchserve"}
-    assert set(rows) == {(p, b) for p in ("rest", "npy") for b in (False, True)}
+    assert set(rows) == {("npy", False), ("npy", True)}
     for (_, batching), row in rows.items():
         # batch 1 without batching; with it, the better of batch 1 and the bound
         expected = max(torch[1], torch[8]) if batching else torch[1]
@@ -87,9 +87,8 @@ def test_every_torchserve_body_with_and_without_batching(bench_run):
         # a server with no overhead under the same bound: below the throughput ceiling
         assert 0 < row["ideal_rate_rps"] <= row["ceiling_rps"]
         assert row["bound_efficiency"] == round(row["max_rate_rps"] / row["ideal_rate_rps"], 3)
-    for protocol in ("rest", "npy"):
-        on, off = rows[(protocol, True)], rows[(protocol, False)]
-        assert on["batching_gain"] == round(on["max_rate_rps"] / off["max_rate_rps"], 2)
+    on, off = rows[("npy", True)], rows[("npy", False)]
+    assert on["batching_gain"] == round(on["max_rate_rps"] / off["max_rate_rps"], 2)
 
 
 def test_kserve_is_held_to_the_aoti_ceiling_and_says_it_has_no_batching(bench_run):
@@ -105,11 +104,11 @@ def test_kserve_is_held_to_the_aoti_ceiling_and_says_it_has_no_batching(bench_ru
 def test_load_steps_are_answered_right_and_the_report_shows_them(bench_run):
     steps = measurements(bench_run, "load")
     saturation = [s for s in steps if s["scenario"].startswith("bench-saturation-")]
-    assert len(saturation) == 5 and all(s["level_unit"] == "users" for s in saturation)
+    assert len(saturation) == 3 and all(s["level_unit"] == "users" for s in saturation)
     assert all(s["wrong_answers"] == 0 for s in steps)
     searches = measurements(bench_run, "load-slo")
     assert {(s["protocol"], s["scenario"]) for s in searches} == {
-        (p, f"bench-batching-{b}") for p in ("rest", "npy") for b in ("on", "off")} | {
+        ("npy", f"bench-batching-{b}") for b in ("on", "off")} | {
         ("v2-binary", "bench-batching-off")}
     report = (bench_run["out"] / "report.md").read_text()
     assert "Serving efficiency" in report and "saturated" in report

@@ -14,6 +14,11 @@ from tests.browser import chromium_page
 from tests.conftest import invoke
 from tests.servers import free_offset
 
+# what the report's framework-or-runtime lines need (both twins on LiteRT at fp32 and int8,
+# ExecuTorch at both, ONNX Runtime for each twin); the other edge formats add only time here
+EDGE_VARIANTS = ("tflite-fp32,tflite-int8,litert-torch-fp32,litert-torch-int8,executorch-fp32,"
+                 "executorch-int8,onnx-keras,onnx-torch")
+
 
 @pytest.fixture(scope="module")
 def run_dir(export_root, tmp_path_factory):
@@ -24,9 +29,10 @@ def run_dir(export_root, tmp_path_factory):
     result = invoke(
         "run", "--artifacts", str(export_root), "--no-export", "--mode", "native",
         "--model", "digits-mlp", "--servers", "tfserving,torchserve,kserve-tensorflow",
-        "--users", "2", "--step-seconds", "2",
-        "--warmup-seconds", "1", "--rate-bound-ms", "100", "--edge-runs", "50",
-        "--edge-threads", "1", "--port-offset", str(free_offset()), "--out", str(out),
+        "--users", "2", "--step-seconds", "1.5",
+        "--warmup-seconds", "0.5", "--rate-bound-ms", "100", "--edge-runs", "50",
+        "--edge-threads", "1", "--edge-variants", EDGE_VARIANTS,
+        "--port-offset", str(free_offset()), "--out", str(out),
     )
     monkeypatch.undo()
     assert result.exit_code == 0, result.output
@@ -127,6 +133,7 @@ def test_the_report_draws_the_framework_runtime_matrix_from_two_processes_a_row(
     matrix and its answer lines read both."""
     edge = [m for m in results_of(run_dir)["measurements"] if m["kind"] == "edge"]
     assert {m["repeat"] for m in edge} == {1, 2}
+    assert {m["variant"] for m in edge} == set(EDGE_VARIANTS.split(","))
     assert {(m["runtime"], m["framework"]) for m in edge} == {
         ("litert", "tensorflow"), ("litert", "pytorch"), ("executorch", "pytorch"),
         ("onnxruntime", "tensorflow"), ("onnxruntime", "pytorch")}

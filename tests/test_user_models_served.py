@@ -87,6 +87,8 @@ def run_report(exported: Path, out: Path, model: str, servers: str) -> dict:
                     "--mode", "native", "--servers", servers, "--users", "2",
                     "--step-seconds", "2", "--warmup-seconds", "0.5", "--no-rate-search",
                     "--edge-threads", "1", "--edge-runs", "20", "--edge-repeats", "1",
+                    "--edge-variants", "executorch-fp32,executorch-int8,onnx-torch,"
+                                       "litert-torch-fp32",
                     "--port-offset", str(free_offset()), "--out", str(out))
     assert result.exit_code == 0, result.output
     return json.loads((out / "results.json").read_text())

@@ -36,6 +36,7 @@ class RunOptions:
     edge_threads: tuple[int, ...] = (1, 2)
     edge_runs: int = 300
     edge_repeats: int = 2  # fresh processes per edge measurement: the run-to-run noise
+    edge_variants: tuple[str, ...] | None = None  # edge formats measured (None: every one)
     export: bool = True
     endpoints: Endpoints | None = None
     # False: each server's JSON and binary protocol in the sweep and its binary one in the rate
@@ -140,7 +141,8 @@ def run(options: RunOptions, console: Console) -> Path:
         for model in models:  # this run's models only, whatever else the export root holds
             try:
                 edge_stage(writer, artifacts, [model], list(options.edge_threads),
-                           options.edge_runs, 20, console, repeats=options.edge_repeats)
+                           options.edge_runs, 20, console, repeats=options.edge_repeats,
+                           variants=options.edge_variants)
             except DeploybenchError as error:  # failed rows are in the results already
                 writer.note(f"edge: {error}")
         finished("edge")

@@ -63,14 +63,16 @@ def calibration_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> No
 
 def edge_stage(writer: RunWriter, root: Path, models: list[str], threads: list[int], runs: int,
                warmup: int, console: Console, baselines: bool = True, repeats: int = 1,
-               ) -> list[dict[str, Any]]:
+               variants: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Run the edge stage; the run is marked partial while it measures, so a killed one says
     so, and gets its earlier flag back once every row is in (failed rows included)."""
     extra: dict[str, Any] = {"edge": edge_environment(root, threads, runs, warmup, baselines,
-                                                      repeats)}
+                                                      repeats, variants)}
     if "mode" not in writer.environment:
         extra["mode"] = "in-process"
     writer.set_environment(**extra)
+    if variants is not None:  # the report's matrix shows the rest as not measured: say why
+        writer.note(f"edge: only {', '.join(variants)} measured (a chosen subset)")
     cpus = writer.environment["cpus_available"]
     if max(threads) > cpus:
         writer.note(f"edge: {max(threads)} threads requested on {cpus} available CPUs; "
@@ -79,7 +81,7 @@ def edge_stage(writer: RunWriter, root: Path, models: list[str], threads: list[i
     writer.set_partial(True)
     try:
         rows = run_edge(root, models, threads, runs, warmup, console, writer.add, baselines,
-                        repeats)
+                        repeats, variants)
     except EdgeIncompleteError:  # every row is in, some failed: the stage did finish
         writer.set_partial(partial)
         console.print(f"results: {writer.path}")
