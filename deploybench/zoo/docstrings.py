@@ -117,14 +117,31 @@ def file_docstrings(source: bytes) -> list[str]:
     except (SyntaxError, ValueError):
         return []
     texts = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            docstring = ast.get_docstring(node, clean=True)
-            if docstring:
-                text = first_paragraph(docstring)
-                if len(text.split()) >= MIN_WORDS:
-                    texts.append(text)
+    for node in definitions(tree):
+        docstring = ast.get_docstring(node, clean=True)
+        if docstring:
+            text = first_paragraph(docstring)
+            if len(text.split()) >= MIN_WORDS:
+                texts.append(text)
     return texts
+
+
+# the fields of a statement that hold statements (bodies, branches, handlers, match cases)
+_STATEMENT_LISTS = frozenset({"body", "orelse", "finalbody", "handlers", "cases"})
+
+
+def definitions(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+    """Every function and class definition, at any depth, in `ast.walk`'s order. Definitions
+    are statements, so only statements are visited, never expressions: `ast.walk` over every
+    node was half of the corpus's ~40 s."""
+    found, queue = [], [tree]
+    for node in queue:  # breadth first, as ast.walk: the queue grows while it is read
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.append(node)
+        for field in node._fields:  # in the node's own field order, as ast.walk
+            if field in _STATEMENT_LISTS:
+                queue.extend(getattr(node, field))
+    return found
 
 
 def library_docstrings(library: str) -> list[str]:
