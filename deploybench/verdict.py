@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deploybench.formatting import ms, req_per_s
@@ -57,6 +57,7 @@ class Best:
     # open loop: the lowest rate above the best that failed (the search's bracket), if any
     failed_above_rps: float | None = None
     duration_s: float | None = None  # the best step's window
+    step: dict[str, Any] | None = field(default=None, repr=False)  # the best step's record
 
 
 def rate_interval(best: Best) -> tuple[float, float]:
@@ -148,6 +149,7 @@ def best_under_bound(results: dict[str, Any], bound_ms: float) -> list[Best]:
                  and top.get("level_unit") == "rps" and s.get("passed") is False
                  and s["level"] > top["level"]), default=None),
             top.get("duration_s") if top else None,
+            step=top,
         ))
     return best
 
@@ -462,17 +464,20 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
 
 
 def verdict_table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model, server and protocol (the report's verdict table)."""
+    """One row per model, server and protocol (the report's verdict table). Every figure
+    beside the best rate is its own step's (requests, failures, CPU, memory); what every step
+    of that server and protocol added up to, overload probes of the rate search included,
+    is kept apart under `run`, labelled as such."""
     bound = bound_of(results)
     table = []
     for best in best_under_bound(results, bound):
         steps = [r for r in rows(results, "load") if (r["model"], r["target"], r["protocol"])
                  == (best.model, best.target, best.protocol)]
+        step = best.step or {}
         requests = sum(r.get("requests", 0) for r in steps)
         failures = sum(r.get("failures", 0) for r in steps)
         wrong = sum(r.get("wrong_answers", 0) for r in steps)
-        cpu = [r["server_cpu_s_per_1k"] for r in steps if r.get("server_cpu_s_per_1k") is not None]
-        memory = [r["server_peak_rss_bytes"] for r in steps if r.get("server_peak_rss_bytes")]
+        memory = step.get("server_peak_rss_bytes")
         table.append({
             "model": best.model,
             "server": best.label,
@@ -485,11 +490,21 @@ def verdict_table(results: dict[str, Any]) -> list[dict[str, Any]]:
                  "saturated": r.get("loadgen_saturated")}
                 for r in steps
             ],
-            "requests": requests,
-            "failure_rate": failures / requests if requests else None,
-            "wrong_rate": wrong / requests if requests else None,
-            "cpu_s_per_1k": sum(cpu) / len(cpu) if cpu else None,
-            "peak_rss_mb": max(memory) / 2**20 if memory else None,
-            "saturated": any(r.get("loadgen_saturated") for r in steps),
+            # the best step's own figures (None where no step stayed under the bound)
+            "requests": step.get("requests"),
+            "failure_rate": _rate(step.get("failures", 0), step.get("requests")),
+            "wrong_rate": _rate(step.get("wrong_answers", 0), step.get("requests")),
+            "cpu_s_per_1k": step.get("server_cpu_s_per_1k"),
+            "peak_rss_mb": memory / 2**20 if memory else None,
+            "saturated": step.get("loadgen_saturated") if step else None,
+            # every step of this server and protocol in the run
+            "run": {"steps": len(steps), "requests": requests,
+                    "failure_rate": _rate(failures, requests),
+                    "wrong_rate": _rate(wrong, requests),
+                    "saturated": any(r.get("loadgen_saturated") for r in steps)},
         })
     return table
+
+
+def _rate(count: int, requests: int | None) -> float | None:
+    return count / requests if requests else None

@@ -143,3 +143,30 @@ def test_runtimes_of_one_framework_are_not_called_tensorflows_figure():
     (line,) = same_server_lines(results)
     assert line.startswith("Same server, 2 runtimes (digits-cnn, KServe V2 binary")
     assert "TensorFlow's serving figure" not in line
+
+
+def test_a_verdict_row_gives_its_best_steps_own_figures_and_the_whole_run_apart():
+    """A rate search's overload probe (failures at 800 req/s) stays out of the figures beside
+    the best rate (400 req/s, no failure); the whole run's sum is its own, labelled, column."""
+    from deploybench.report import _environment, context
+    from deploybench.verdict import verdict_table
+
+    results = {"measurements": [
+        step("kserve-pytorch", "PyTorch", 200.0, 15.0, 1.6, requests=500,
+             server_peak_rss_bytes=300 * 2**20),
+        step("kserve-pytorch", "PyTorch", 400.0, 20.0, 1.5, requests=1000,
+             server_peak_rss_bytes=400 * 2**20),
+        step("kserve-pytorch", "PyTorch", 800.0, 150.0, 1.4, requests=1500, failures=60,
+             server_peak_rss_bytes=900 * 2**20)]}
+    (row,) = verdict_table(results)
+    assert (row["best_rps"], row["best_p99_ms"], row["requests"]) == (400.0, 20.0, 1000)
+    assert row["failure_rate"] == 0 and row["wrong_rate"] == 0
+    assert row["cpu_s_per_1k"] == 1.5 and row["peak_rss_mb"] == 400
+    assert row["run"] == {"steps": 3, "requests": 3000, "failure_rate": 0.02,
+                          "wrong_rate": 0.0, "saturated": False}
+    env = _environment()
+    markdown = env.get_template("report.md.j2").render(**context(results), images=[])
+    html = env.get_template("report.html.j2").render(**context(results), images={})
+    assert "| digits-cnn | KServe-PyTorch V2 binary | 400 | 20 | 1,000 | 0 |" in markdown
+    assert "| 3 | 3,000 | 0.02 | 0 |" in markdown
+    assert "whole run: every step of this server and protocol" in html
