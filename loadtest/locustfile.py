@@ -36,9 +36,11 @@ The locust image of docker-compose.yml installs deploybench itself (docker/locus
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -445,6 +447,83 @@ def _on_init(environment: Environment, **_: Any) -> None:
         _apply_hosts(environment.parsed_options)
     if environment.web_ui is not None:
         _add_web_ui_tab(environment)
+        if environment.available_user_classes:  # --class-picker
+            _offer_answering_classes(environment)
+
+
+# -- the web UI's class picker: only the servers that answer ----------------------------------
+
+PROBE_TIMEOUT_S = 0.5
+ABSENT_BANNER_ID = "deploybench-absent-servers"
+
+
+def _listening(address: str) -> bool:
+    """Whether something accepts a connection at a class's address (URL or host:port)."""
+    host, port = targets.host_port(address)
+    if port is None:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _probe_classes(environment: Environment) -> list[str]:
+    """Offer in the class picker only the user classes whose server answers at their address,
+    so that Start as the page opens sends nothing to a closed port (locust ticks every class
+    it offers); re-probed at each page load, so a server started later appears on reload.
+    Returns the absent classes, as "Class (address)". Where none answers, every class stays
+    offered (locust would otherwise drop the picker and run them all)."""
+    every = _state.setdefault("every_class", dict(environment.available_user_classes))
+    options = environment.parsed_options
+    answers: dict[str, bool] = {}
+    offered, absent = {}, []
+    for name, user_class in sorted(every.items()):
+        address = getattr(options, user_class.address_option, "") if options else ""
+        if address not in answers:
+            answers[address] = bool(address) and _listening(address)
+        if answers[address]:
+            offered[name] = user_class
+        else:
+            absent.append(f"{name} ({address or 'no address'})")
+    environment.available_user_classes = offered or every
+    environment.available_user_tasks = {name: tasks for name, tasks in
+                                        _state.setdefault("every_task", dict(
+                                            environment.available_user_tasks or {})).items()
+                                        if name in environment.available_user_classes}
+    return absent
+
+
+def _offer_answering_classes(environment: Environment) -> None:
+    """Probe before locust renders its page, and say on the page which classes were left
+    out and why (a banner above locust's own form)."""
+    from flask import request
+
+    web_ui = environment.web_ui
+    absent: list[str] = []
+
+    @web_ui.app.before_request
+    def _probe() -> None:
+        if request.path == "/" and environment.runner is not None \
+                and environment.runner.state in ("ready", "stopped"):
+            absent[:] = _probe_classes(environment)
+
+    @web_ui.app.after_request
+    def _banner(response: Any) -> Any:
+        if request.path == "/" and absent and response.mimetype == "text/html":
+            if len(absent) == len(_state["every_class"]):
+                said = ("No server answers at its address: every user class is offered. "
+                        "Start the servers, then reload this page.")
+            else:
+                said = ("Left out of the user classes below, their server not answering at "
+                        "its address (reload once it is up): " + "; ".join(absent) + ".")
+            banner = (f'<div id="{ABSENT_BANNER_ID}" style="padding:8px 16px;'
+                      f'background:#fff4e5;color:#663c00;font-family:sans-serif">'
+                      f"{html.escape(said)}</div>")
+            response.set_data(response.get_data(as_text=True).replace(
+                "<body>", f"<body>{banner}", 1))
+        return response
 
 
 # -- the web UI's deploybench tab: exact figures, live ---------------------------------------------

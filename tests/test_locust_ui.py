@@ -110,7 +110,7 @@ def request_count(page: Any) -> int:
 
 def start_torchserve_swarm(page: Any, url: str) -> None:
     page.goto(url)
-    # the class picker: every class is ticked at first; keep TorchServe only
+    # the class picker ticks every class it offers (those whose server answers); keep one
     page.get_by_role("row").first.locator("input[type=checkbox]").uncheck()
     page.get_by_role("row", name="TorchServeRESTUser").locator("input[type=checkbox]").check()
     page.fill("input[name=userCount]", "2")
@@ -122,13 +122,24 @@ def test_pick_torchserve_swarm_and_stop_in_the_web_ui(locust_ui: str,
                                                       test_artifacts: Path) -> None:
     with chromium_page() as page:
         page.goto(locust_ui)
-        # the class picker: every class is ticked at first; keep TorchServe only
+        # offered and ticked: TorchServe's classes (its server answers); TF Serving's (no
+        # server at their addresses) left out of the picker and named above it
+        for name in ("TorchServeRESTUser", "TorchServeNpyUser"):
+            assert page.get_by_role("row", name=name).locator(
+                "input[type=checkbox]").is_checked(), name
+        banner = page.locator("#deploybench-absent-servers").inner_text()
+        for name, address in (("TFServingRESTUser", "http://127.0.0.1:8501"),
+                              ("TFServingGRPCUser", "127.0.0.1:8500")):
+            assert page.get_by_role("row", name=name).count() == 0, name
+            assert f"{name} ({address})" in banner
+        assert "TorchServe" not in banner
+        page.screenshot(path=str(test_artifacts / "locust-ui-class-picker.png"))
+        # keep TorchServe's JSON body only
         page.get_by_role("row").first.locator("input[type=checkbox]").uncheck()
         torchserve = page.get_by_role("row", name="TorchServeRESTUser")
         torchserve.locator("input[type=checkbox]").check()
-        for name in ("TorchServeNpyUser", "TFServingRESTUser", "TFServingGRPCUser"):
-            assert not page.get_by_role("row", name=name).locator(
-                "input[type=checkbox]").is_checked()
+        assert not page.get_by_role("row", name="TorchServeNpyUser").locator(
+            "input[type=checkbox]").is_checked()
         page.fill("input[name=userCount]", "2")
         page.fill("input[name=spawnRate]", "2")
         page.get_by_role("button", name="Start").click()
