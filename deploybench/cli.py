@@ -19,8 +19,13 @@ from deploybench.errors import DeploybenchError, Terminated, UsageError
 from deploybench.selection import resolve_models
 
 app = typer.Typer(
-    help="Compare how one model deploys through TensorFlow Serving, TorchServe and LiteRT.",
+    help="Compare how one model deploys through TensorFlow and PyTorch: export with parity "
+         "gates, serving (TorchServe, KServe, Triton, TF Serving where it runs, any Open "
+         "Inference Protocol endpoint) under load, edge runtimes (LiteRT, ExecuTorch, ONNX "
+         "Runtime), and a report that answers from the measured figures.",
     no_args_is_help=True,
+    # a docstring's line breaks are not the help's: paragraphs wrap to the terminal
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=False)
