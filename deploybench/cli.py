@@ -588,6 +588,44 @@ def report(
 
 
 @command
+def compare(
+    base: Annotated[Path, typer.Argument(help="The run folder to compare against.")],
+    new: Annotated[Path, typer.Argument(help="The run folder under test.")],
+    fail_on: Annotated[str, typer.Option(
+        help="Gates, METRIC:CHANGE comma-separated, the sign pointing the worse way: p50, "
+             "p90, p99, throughput, size in percent, accuracy in points.")
+                       ] = "p99:+10%,throughput:-5%,accuracy:-1pt",
+    junit: Annotated[Path | None, typer.Option(
+        help="Write one JUnit test case per gated figure here.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Where compare.md, compare.html and compare.json go (default: NEW).")] = None,
+) -> None:
+    """Compare two runs figure by figure, matched by what was measured: both values, the
+    change, and whether it is significant by the 95% intervals; what changed in the
+    environment first. Exit 0: no significant regression beyond the gates; 5: a regression;
+    6: a gated change the intervals cannot decide; 2: a folder that cannot be read."""
+    from deploybench import compare as comparing
+
+    gates = comparing.parse_gates(fail_on)
+    comparison = comparing.compare_runs(base, new, gates)
+    paths = comparing.write_comparison(comparison, out or new)
+    if junit is not None:
+        comparing.write_junit(comparison, junit)
+    gated = [c for c in comparison.changes if c.decision]
+    console.print(f"{len(comparison.changes)} figures in both runs "
+                  f"({len(comparison.only_base)} in the base only, {len(comparison.only_new)} "
+                  f"in the new only), {len(gated)} gated; environment changes: "
+                  f"{len(comparison.environment)}", highlight=False)
+    for change in comparison.decided("regression") + comparison.decided("inconclusive"):
+        console.print(f"{change.decision}: {change.label} {change.metric} "
+                      f"{change.base:.4g} -> {change.new:.4g} ({change.why})", highlight=False)
+    console.print(f"comparison: {paths[1]} and {paths[0]}", highlight=False)
+    error = comparison.exit_error()
+    if error is not None:
+        raise error
+
+
+@command
 def bench(
     out: Annotated[Path, typer.Option(help="Run folder for results.json.")],
     model: Annotated[str, typer.Option(help="Exported model to benchmark.")] = "mobilenet-v2",

@@ -44,7 +44,7 @@ def _ms(row: dict[str, Any], key: str) -> str:
     return text
 
 
-def _environment() -> Environment:
+def template_environment() -> Environment:
     env = Environment(loader=PackageLoader("deploybench", "templates"),
                       trim_blocks=True,
                       autoescape=select_autoescape(enabled_extensions=("html.j2",)),
@@ -108,7 +108,7 @@ def write_reports(run_dir: Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     pngs = render_plots(results)
-    env = _environment()
+    env = template_environment()
     data = context(results)
     html = env.get_template("report.html.j2").render(
         **data, images={k: base64.b64encode(v).decode() for k, v in pngs.items()})

@@ -148,7 +148,7 @@ def test_runtimes_of_one_framework_are_not_called_tensorflows_figure():
 def test_a_verdict_row_gives_its_best_steps_own_figures_and_the_whole_run_apart():
     """A rate search's overload probe (failures at 800 req/s) stays out of the figures beside
     the best rate (400 req/s, no failure); the whole run's sum is its own, labelled, column."""
-    from deploybench.report import _environment, context
+    from deploybench.report import context, template_environment
     from deploybench.verdict import verdict_table
 
     results = {"measurements": [
@@ -164,7 +164,7 @@ def test_a_verdict_row_gives_its_best_steps_own_figures_and_the_whole_run_apart(
     assert row["cpu_s_per_1k"] == 1.5 and row["peak_rss_mb"] == 400
     assert row["run"] == {"steps": 3, "requests": 3000, "failure_rate": 0.02,
                           "wrong_rate": 0.0, "saturated": False}
-    env = _environment()
+    env = template_environment()
     markdown = env.get_template("report.md.j2").render(**context(results), images=[])
     html = env.get_template("report.html.j2").render(**context(results), images={})
     assert "| digits-cnn | KServe-PyTorch V2 binary | 400 | 20 | 1,000 | 0 |" in markdown
