@@ -397,3 +397,65 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
     result = invoke("load", "--no-calibrate",
                     "--scenario", "rate", "--users", "1,2", "--out", str(tmp_path))
     assert result.exit_code != 0 and "--users is for a closed-loop sweep" in result.output
+
+
+def short_run(run_dir: Path, export_root: Path) -> Path:
+    """A real short run: one TorchServe load step (3 s: its thirds give throughput a range)
+    and one edge measurement, into one run folder."""
+    loaded = invoke("load", "--no-calibrate", "--target", "torchserve", "--protocol", "npy",
+                    "--scenario", "sweep", "--users", "2", "--step-seconds", "3",
+                    "--warmup-seconds", "0.5", "--model", "digits-mlp", "--out", str(run_dir))
+    assert loaded.exit_code == 0, loaded.output
+    measured = invoke("edge", "--artifacts", str(export_root), "--model", "digits-mlp",
+                      "--variants", "tflite-fp32", "--threads", "1", "--runs", "300",
+                      "--warmup", "10", "--repeats", "1", "--no-baselines", "--out", str(run_dir))
+    assert measured.exit_code == 0, measured.output
+    return run_dir
+
+
+def scaled(run_dir: Path, out: Path, factor: float, widen: float = 1.0) -> Path:
+    """A copy of a run whose load and edge latencies (and their intervals) are `factor` times
+    the measured ones, each interval then stretched `widen` times about its figure."""
+    data = results(run_dir)
+    for row in data["measurements"]:
+        if row["kind"] in ("load", "edge") and row.get("latency_ms"):
+            for key, value in row["latency_ms"].items():
+                row["latency_ms"][key] = value * factor
+            for key, (low, high) in row["latency_ci95_ms"].items():
+                middle = row["latency_ms"].get(key)
+                row["latency_ci95_ms"][key] = [
+                    None if bound is None else middle + (bound * factor - middle) * widen
+                    for bound in (low, high)]
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(data))
+    return out
+
+
+def test_compare_two_real_runs_then_a_slower_copy_then_an_undecidable_one(
+        torchserve: Deployment, export_root: Path, tmp_path: Path) -> None:
+    """Two real runs of one configuration compare clean (gates sized for a shared 2-core
+    machine); a copy with every latency 3x is a regression, named, exit 5; a copy 25% slower
+    whose intervals overlap the base's is inconclusive, exit 6."""
+    base = short_run(tmp_path / "base", export_root)
+    again = short_run(tmp_path / "again", export_root)
+    same = invoke("compare", str(base), str(again), "--fail-on",
+                  "p99:+100%,throughput:-50%,accuracy:-1pt")
+    assert same.exit_code == 0, same.output
+    compared = json.loads((again / "compare.json").read_text())
+    metrics = {(c["label"].split()[0], c["metric"]) for c in compared["changes"]}
+    assert {("load", "p99"), ("load", "throughput"), ("edge", "p50"), ("edge", "accuracy")
+            } <= metrics
+    assert not compared["only_base"] and not compared["only_new"]
+
+    slower = scaled(base, tmp_path / "slower", 3.0)
+    found = invoke("compare", str(base), str(slower), "--fail-on", "p99:+10%")
+    assert found.exit_code == 5, found.output
+    assert "regression: load digits-mlp TorchServe" in found.output
+    named = json.loads((slower / "compare.json").read_text())
+    assert {c["label"].split()[0] for c in named["changes"] if c["decision"] == "regression"
+            } == {"load", "edge"}
+
+    unsure = scaled(base, tmp_path / "unsure", 1.25, widen=20.0)
+    undecided = invoke("compare", str(base), str(unsure), "--fail-on", "p99:+10%")
+    assert undecided.exit_code == 6, undecided.output
+    assert "inconclusive" in undecided.output
