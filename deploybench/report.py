@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 
 from deploybench import plots
+from deploybench.charts import CONFIG, charts, plotly_js
 from deploybench.errors import DeploybenchError
 from deploybench.files import atomic_write_text
 from deploybench.formatting import number
@@ -111,7 +111,8 @@ def write_reports(run_dir: Path) -> tuple[Path, Path]:
     env = template_environment()
     data = context(results)
     html = env.get_template("report.html.j2").render(
-        **data, images={k: base64.b64encode(v).decode() for k, v in pngs.items()})
+        **data, charts=charts(results, bound_of(results)), plotly_js=plotly_js(),
+        chart_config=CONFIG)
     (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
     for name, png in pngs.items():
         (run_dir / PLOTS_DIR / f"{name}.png").write_bytes(png)
