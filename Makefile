@@ -12,7 +12,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 DEBIAN_PACKAGES := docker-compose chromium default-jre-headless g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages test-docker-packages promtool images run test lint clean fuzz
+.PHONY: setup system-packages test-docker-packages promtool images run test lint clean fuzz docs
 
 setup: system-packages $(STAMP) $(TRITON_STAMP)
 
@@ -85,10 +85,15 @@ run: setup
 # much of the suite waits on servers, so two files overlap well even on two cores.
 test: setup test-docker-packages promtool
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --site-dir .cache/site
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=40
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The docs site (mkdocs.yml, docs/) into site/, warnings as errors; nothing is fetched.
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) artifacts runs test-artifacts .pytest_cache .cache
