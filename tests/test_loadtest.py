@@ -401,13 +401,14 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
 
 def short_run(run_dir: Path, export_root: Path) -> Path:
     """A real short run: one TorchServe load step (3 s: its thirds give throughput a range)
-    and one edge measurement, into one run folder."""
+    and one edge measurement (1,000 runs: enough for both bounds of its p99's interval), into
+    one run folder."""
     loaded = invoke("load", "--no-calibrate", "--target", "torchserve", "--protocol", "npy",
                     "--scenario", "sweep", "--users", "2", "--step-seconds", "3",
                     "--warmup-seconds", "0.5", "--model", "digits-mlp", "--out", str(run_dir))
     assert loaded.exit_code == 0, loaded.output
     measured = invoke("edge", "--artifacts", str(export_root), "--model", "digits-mlp",
-                      "--variants", "tflite-fp32", "--threads", "1", "--runs", "300",
+                      "--variants", "tflite-fp32", "--threads", "1", "--runs", "1000",
                       "--warmup", "10", "--repeats", "1", "--no-baselines", "--out", str(run_dir))
     assert measured.exit_code == 0, measured.output
     return run_dir
@@ -448,7 +449,7 @@ def test_compare_two_real_runs_then_a_slower_copy_then_an_undecidable_one(
     assert not compared["only_base"] and not compared["only_new"]
 
     slower = scaled(base, tmp_path / "slower", 3.0)
-    found = invoke("compare", str(base), str(slower), "--fail-on", "p99:+10%")
+    found = invoke("compare", str(base), str(slower), "--fail-on", "p50:+10%,p99:+10%")
     assert found.exit_code == 5, found.output
     assert "regression: load digits-mlp TorchServe" in found.output
     named = json.loads((slower / "compare.json").read_text())

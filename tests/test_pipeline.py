@@ -185,7 +185,7 @@ def test_the_report_opens_offline_with_every_chart_drawn_and_hover_shows_values(
         point.hover(force=True)
         hover = page.locator("#chart-servers .hoverlayer .hovertext")
         hover.first.wait_for()
-        shown = " ".join(hover.all_inner_texts())
+        shown = " ".join(hover.all_text_contents())  # SVG text: no rendered inner text
         page.screenshot(path=str(test_artifacts / "report-hover.png"))
     assert errors == []
     assert [url for url in fetched if url != (run_dir / "report.html").as_uri()] == []
