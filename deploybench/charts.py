@@ -62,16 +62,18 @@ def servers_chart(results: dict[str, Any], bound_ms: float) -> dict[str, Any] | 
         p99 = [latency(r, "p99") for r in steps]
         bounds = [_interval(r, "p99") for r in steps]
         traces.append({
-            "type": "scatter", "mode": "lines+markers", "name": f"{label} ({scenario})",
+            # a rate search probes rates out of order: its points, not a line through them
+            "type": "scatter", "mode": "markers" if scenario == "rate" else "lines+markers",
+            "name": f"{label} ({scenario})",
             "x": [r["throughput_rps"] for r in steps], "y": p99,
             "error_y": _error_bars(p99, bounds),
-            "line": {"dash": "dot" if scenario == "rate" else "solid"},
             "text": [f"{r['level']:g} {r['level_unit']}: {r['throughput_rps']:.4g} req/s, "
                      f"p99 {value:.4g} ms {_bounds_text(*b)}, {r.get('failures') or 0} failed"
                      for r, value, b in zip(steps, p99, bounds, strict=True)],
             "hovertemplate": "%{fullData.name}<br>%{text}<extra></extra>",
         })
-    layout = {"title": {"text": "Throughput against p99 (95% intervals; dotted: rate search)"},
+    layout = {"title": {"text": "Throughput against p99 (95% intervals; points alone: the "
+                                "rate search's probes)"},
               "xaxis": {"title": {"text": "throughput (correct answers/s)"}},
               "yaxis": {"title": {"text": "p99 latency (ms)"}, "type": "log"},
               "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": bound_ms,
