@@ -179,3 +179,29 @@ def test_a_folder_without_results_or_a_broken_file_is_one_line_and_exit_2(tmp_pa
     assert result.exit_code == 2 and "not valid JSON" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (broken / "compare.md").exists()
+
+
+def test_the_comparison_page_opens_offline_in_chromium_with_the_regression_first(
+        tmp_path: Path, test_artifacts: Path):
+    from tests.browser import chromium_page
+
+    base = write_run(tmp_path / "base", BASE)
+    slower = copy.deepcopy(BASE)
+    slower["measurements"][0] = step(2, 14.0, (13.0, 15.0), 500.0, [490, 500, 510])
+    new = write_run(tmp_path / "new", slower)
+    assert invoke("compare", str(base), str(new)).exit_code == 5
+    errors: list[str] = []
+    fetched: list[str] = []
+    page_uri = (new / "compare.html").as_uri()
+    with chromium_page() as page:
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda r: fetched.append(r.url))
+        page.goto(page_uri)
+        first = page.locator(".answer").inner_text()
+        flagged = page.locator("tr.regression").all_inner_texts()
+        page.screenshot(path=str(test_artifacts / "compare.png"), full_page=True)
+    assert errors == [] and fetched == [page_uri]
+    assert first.startswith("1 regression(s) beyond the gates")
+    (row,) = flagged
+    assert "load digits-mlp TorchServe .npy sweep 2 users" in row and "+40.0%" in row
