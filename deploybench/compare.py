@@ -5,8 +5,9 @@ What is matched, one key per measurement (a figure present in one run only is li
 - export: model and format -> size (bytes) and accuracy on the golden set (both exact: the
   same inputs give the same figure, so any change is real);
 - load step: model, server, protocol, scenario and level (and `--repeat`) -> p50, p90, p99
-  (95% distribution-free intervals) and throughput (its interval: the range of the rates of
-  the window's three thirds, the record's stability figures; none for a window under 3 s);
+  (95% distribution-free intervals) and, for a closed-loop step, throughput (its interval:
+  the range of the rates of the window's three thirds, the record's stability figures; none
+  for a window under 3 s; an open-loop step's rate is the one the generator offered);
 - rate search: model, server, protocol, scenario -> the highest rate under the bound, its
   interval the search's bracket [that rate, the lowest rate that failed above it];
 - edge and in-process rows: model, variant, runtime, threads, XNNPACK -> p50 and p99 (with
@@ -164,7 +165,9 @@ def _load_figures(row: dict[str, Any]) -> Iterator[Figure]:
         value = row["latency_ms"].get(metric)
         if value is not None:
             yield Figure((*key, metric), label, metric, value, _interval(row, metric))
-    if row.get("throughput_rps") is not None:
+    # an open-loop step's throughput is the rate the generator offered (Poisson arrivals), not
+    # the server's: its p99 and the rate search's result are the server's figures
+    if row.get("throughput_rps") is not None and row["level_unit"] != "rps":
         thirds = (row.get("stability") or {}).get("window_rps")
         yield Figure((*key, "throughput"), label, "throughput", row["throughput_rps"],
                      (min(thirds), max(thirds)) if thirds else None)

@@ -68,6 +68,10 @@ def test_every_figure_is_matched_by_what_was_measured_and_repeats_are_taken_toge
     rate = found[("load", "digits-mlp", "torchserve", "npy", "sweep", 2, "users", None,
                   "throughput")]
     assert (rate.value, rate.interval) == (500.0, (490, 510))  # the window's thirds
+    # an open-loop step: its p99 is the server's, its rate the generator's offer
+    open_loop = figures(results([step(100, 8.0, (7.0, 9.0), 104.0, [99, 104, 108],
+                                      scenario="rate", level_unit="rps")]))
+    assert {key[-1] for key in open_loop} == {"p50", "p90", "p99"}
     size = found[("export", "digits-mlp", "tflite-int8", "size")]
     assert size.exact and size.value == 110_000
     # two fresh processes: their median, and an interval over both

@@ -166,7 +166,8 @@ def test_a_verdict_row_gives_its_best_steps_own_figures_and_the_whole_run_apart(
                           "wrong_rate": 0.0, "saturated": False}
     env = template_environment()
     markdown = env.get_template("report.md.j2").render(**context(results), images=[])
-    html = env.get_template("report.html.j2").render(**context(results), images={})
+    html = env.get_template("report.html.j2").render(**context(results), charts={},
+                                                     plotly_js="", chart_config={})
     assert "| digits-cnn | KServe-PyTorch V2 binary | 400 | 20 | 1,000 | 0 |" in markdown
     assert "| 3 | 3,000 | 0.02 | 0 |" in markdown
     assert "whole run: every step of this server and protocol" in html
