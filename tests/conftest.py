@@ -128,7 +128,10 @@ def test_artifacts() -> Path:
 # core idle while the export trains its reference on one thread.
 LONGEST_FIRST = ("test_docker.py", "test_mobilenet.py", "test_text_bert.py", "test_triton.py",
                  "test_bench.py", "test_pipeline.py", "test_text_bert_serving.py",
-                 "test_edge.py", "test_export.py", "test_reliability.py", "test_kserve.py")
+                 "test_edge.py", "test_export.py", "test_reliability.py", "test_kserve.py",
+                 # the imported models' export (a fixture of both) last among the long ones:
+                 # left to the alphabet, it ended one worker a minute after the other
+                 "test_user_models_served.py", "test_user_models.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

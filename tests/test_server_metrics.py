@@ -156,9 +156,10 @@ def test_a_torchserve_step_yields_the_breakdown(torchserve, export_root: Path,
     request, queue, model = (figures[f"{part}_ms"] for part in ("request", "queue", "model"))
     # the server counted the window's requests, give or take those in flight at its edges (2
     # users, each edge) and those completed while each edge's metrics page was being fetched
-    # (about 10 ms each: a few requests at this rate; TorchServe reads the handler's counters
-    # from the worker's log lines, a little later)
-    slack = 4 + math.ceil(step["throughput_rps"] * 0.02)
+    # (about 10 ms each on a quiet machine, up to ~50 ms beside a busy test worker: a few
+    # requests at this rate; TorchServe reads the handler's counters from the worker's log
+    # lines, a little later)
+    slack = 4 + math.ceil(step["throughput_rps"] * 0.05)
     assert abs(request["count"] - step["requests"]) <= slack, (request["count"], slack)
     assert abs(model["count"] - request["count"]) <= 4
     # TorchServe publishes counters: means only, stated as such

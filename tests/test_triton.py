@@ -194,7 +194,9 @@ def test_a_locust_step_has_no_wrong_answer_and_tritons_breakdown_fits_the_client
         assert all(value is not None and value >= 0 for value in parts.values()), parts
         split = figures["breakdown_ms"]
         assert split["server_whole"] == "published"
-        assert parts["request"] <= split["client"], (parts, split)
+        # the server's mean covers its counters' window (read at the step's edges while
+        # requests run), the client's its own: on a busy machine they differ by about 1%
+        assert parts["request"] <= split["client"] * 1.02, (parts, split)
         assert parts["queue"] + parts["model"] + split["model_io"] <= parts["request"] + 0.01
         assert figures["batch_sizes"]["mean"] >= 1 and figures["batch_counts"] == "rows"
 
