@@ -415,19 +415,20 @@ def short_run(run_dir: Path, export_root: Path) -> Path:
     return run_dir
 
 
-def scaled(run_dir: Path, out: Path, factor: float, widen: float = 1.0) -> Path:
+def scaled(run_dir: Path, out: Path, factor: float, spread: float | None = None) -> Path:
     """A copy of a run whose load and edge latencies (and their intervals) are `factor` times
-    the measured ones, each interval then stretched `widen` times about its figure."""
+    the measured ones; with `spread`, each interval [figure / spread, figure * spread] instead
+    (wide enough to hold the base's figure: the change cannot be told from noise)."""
     data = results(run_dir)
     for row in data["measurements"]:
         if row["kind"] in ("load", "edge") and row.get("latency_ms"):
             for key, value in row["latency_ms"].items():
                 row["latency_ms"][key] = value * factor
-            for key, (low, high) in row["latency_ci95_ms"].items():
+            for key, bounds in row["latency_ci95_ms"].items():
                 middle = row["latency_ms"].get(key)
-                row["latency_ci95_ms"][key] = [
-                    None if bound is None else middle + (bound * factor - middle) * widen
-                    for bound in (low, high)]
+                row["latency_ci95_ms"][key] = (
+                    [None if b is None else b * factor for b in bounds]
+                    if spread is None or middle is None else [middle / spread, middle * spread])
     out.mkdir()
     (out / "results.json").write_text(json.dumps(data))
     return out
@@ -459,7 +460,7 @@ def test_compare_two_real_runs_then_a_slower_copy_then_an_undecidable_one(
     assert {c["label"].split()[0] for c in named["changes"] if c["decision"] == "regression"
             } == {"load", "edge"}
 
-    unsure = scaled(base, tmp_path / "unsure", 1.25, widen=20.0)
+    unsure = scaled(base, tmp_path / "unsure", 1.25, spread=2.0)
     undecided = invoke("compare", str(base), str(unsure), "--fail-on", "p99:+10%")
     assert undecided.exit_code == 6, undecided.output
     assert "inconclusive" in undecided.output
