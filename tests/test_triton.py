@@ -194,9 +194,11 @@ def test_a_locust_step_has_no_wrong_answer_and_tritons_breakdown_fits_the_client
         assert all(value is not None and value >= 0 for value in parts.values()), parts
         split = figures["breakdown_ms"]
         assert split["server_whole"] == "published"
-        # the server's mean covers its counters' window (read at the step's edges while
-        # requests run), the client's its own: on a busy machine they differ by about 1%
-        assert parts["request"] <= split["client"] * 1.02, (parts, split)
+        # Triton's whole-request mean came out above the client's in two clean-clone runs, by
+        # 0.9% and 2.2% (its counters read at the step's edges while requests run, its own
+        # end of a request): the report shows "outside the server" as measured, slightly
+        # negative then; here the two agree within 5%
+        assert parts["request"] <= split["client"] * 1.05, (parts, split)
         assert parts["queue"] + parts["model"] + split["model_io"] <= parts["request"] + 0.01
         assert figures["batch_sizes"]["mean"] >= 1 and figures["batch_counts"] == "rows"
 
