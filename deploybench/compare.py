@@ -362,27 +362,13 @@ def write_comparison(comparison: Comparison, out: Path) -> tuple[Path, Path, Pat
 def write_junit(comparison: Comparison, path: Path) -> None:
     """One JUnit test case per gated figure: a regression fails, an inconclusive one is
     skipped with why."""
-    from junitparser import Failure, JUnitXml, Skipped, TestCase, TestSuite
+    from deploybench.slo import write_junit_cases
 
-    from deploybench.files import atomic_write_text
-
-    suite = TestSuite("deploybench compare")
-    for change in comparison.changes:
-        if change.decision is None:
-            continue
-        case = TestCase(f"{change.metric} {change.gate}", classname=change.label)
-        said = (f"{change.base:.6g} -> {change.new:.6g} ({_percent(change.relative)}); "
-                f"{change.why}")
-        if change.decision == "regression":
-            case.result = [Failure(said)]
-        elif change.decision == "inconclusive":
-            case.result = [Skipped(f"inconclusive: {said}")]
-        suite.add_testcase(case)
-    document = JUnitXml()
-    document.add_testsuite(suite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = document.tostring()
-    atomic_write_text(path, text.decode() if isinstance(text, bytes) else text)
+    write_junit_cases("deploybench compare", [
+        (f"{c.metric} {c.gate}", c.label,
+         "fail" if c.decision == "regression" else c.decision,
+         f"{c.base:.6g} -> {c.new:.6g} ({_percent(c.relative)}); {c.why}")
+        for c in comparison.changes if c.decision is not None], path)
 
 
 def _percent(fraction: float | None) -> str:

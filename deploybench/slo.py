@@ -176,21 +176,29 @@ def exit_error(decisions: list[Decision]) -> DeploybenchError | None:
 
 def write_junit(decisions: list[Decision], path: Path) -> None:
     """One JUnit test case per gate and load step: CI systems show each gate's outcome."""
+    write_junit_cases("deploybench SLO gates",
+                      [(d.gate, d.subject, d.decision, d.why) for d in decisions], path)
+
+
+def write_junit_cases(suite_name: str, cases: list[tuple[str, str, str, str]], path: Path
+                      ) -> None:
+    """A JUnit file of (name, classname, decision, why) cases: "fail" fails, "inconclusive"
+    is skipped with why, any other decision passes (the SLO gates' and `compare`'s)."""
     from junitparser import Failure, JUnitXml, Skipped, TestCase, TestSuite
 
-    suite = TestSuite("deploybench SLO gates")
-    for d in decisions:
-        case = TestCase(d.gate, classname=d.subject)
-        if d.decision == "fail":
-            case.result = [Failure(d.why)]
-        elif d.decision == "inconclusive":
-            case.result = [Skipped(f"inconclusive: {d.why}")]
+    suite = TestSuite(suite_name)
+    for name, classname, decision, why in cases:
+        case = TestCase(name, classname=classname)
+        if decision == "fail":
+            case.result = [Failure(why)]
+        elif decision == "inconclusive":
+            case.result = [Skipped(f"inconclusive: {why}")]
         suite.add_testcase(case)
     document = JUnitXml()
     document.add_testsuite(suite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, document.tostring().decode()
-                      if isinstance(document.tostring(), bytes) else document.tostring())
+    text = document.tostring()
+    atomic_write_text(path, text.decode() if isinstance(text, bytes) else text)
 
 
 def records(decisions: list[Decision]) -> list[SloGateRecord]:
