@@ -108,6 +108,22 @@ def request_count(page: Any) -> int:
     return int(cells.nth(2).inner_text().strip() or 0)
 
 
+def wait_for_requests(page: Any, url: str, log: Path, count: int, timeout: float) -> None:
+    """Wait for the page to count more than `count` requests; if it does not, say what the
+    page, locust's own stats and its log showed."""
+    try:
+        wait_for(lambda: request_count(page) > count, timeout, f"{count} requests are counted")
+    except AssertionError as error:
+        try:
+            stats = requests.get(f"{url}stats/requests", timeout=5).json()
+            stats = {key: stats.get(key) for key in ("state", "user_count", "total_rps",
+                                                     "fail_ratio", "errors")}
+        except (requests.RequestException, ValueError) as failed:
+            stats = {"unreadable": str(failed)}
+        raise AssertionError(f"{error}; page: {page.inner_text('body')[:1500]!r}; locust's "
+                             f"stats: {stats}; its log: {log.read_text()[-3000:]}") from None
+
+
 def start_torchserve_swarm(page: Any, url: str) -> None:
     page.goto(url)
     # the class picker ticks every class it offers (those whose server answers); keep one
@@ -174,7 +190,7 @@ def test_the_deploybench_tab_shows_the_exact_p99_and_its_interval_as_the_kit_wri
             chromium_page() as page:
         start_torchserve_swarm(page, url)
         # enough for both ends of the p99's interval (about 370 requests bound its top)
-        wait_for(lambda: request_count(page) > 500, 90, "500 requests are counted")
+        wait_for_requests(page, url, tmp_path / "locust.log", 500, 90)
         page.get_by_role("tab", name="Exact latency (deploybench)").click()
         row = page.get_by_role("row", name=REQUEST_NAME).first
         wait_for(lambda: row.count() and row.locator("td").nth(1).inner_text().strip() != "0",
