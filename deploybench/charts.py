@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from deploybench import tuned
 from deploybench.manifest import format_label
 from deploybench.verdict import latency, rows, server_label
 
@@ -181,9 +182,50 @@ def export_chart(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"data": traces, "layout": layout}
 
 
+def tune_chart(results: dict[str, Any], bound_ms: float) -> dict[str, Any] | None:
+    """`deploybench tune`: every probe's rate under the bound against its p99 at that rate,
+    one colour per server, and each server's Pareto front as a line through its probes."""
+    traces = []
+    for section in tuned.sections(results):
+        outcome = section["outcome"]
+        measured = [p for p in section["probes"] if p.get("max_rate_rps") is not None
+                    and p.get("p99_ms") is not None]
+        if not measured:
+            continue
+        label = f"{outcome['model']} · {server_label(outcome)}"
+        bounds = [_interval(p, "p99") for p in measured]
+        p99 = [p["p99_ms"] for p in measured]
+        traces.append({
+            "type": "scatter", "mode": "markers", "name": f"{label}: probes",
+            "legendgroup": label, "x": [p["max_rate_rps"] for p in measured], "y": p99,
+            "error_y": _error_bars(p99, bounds),
+            "text": [f"probe {p['probe']}: {tuned.configuration_text(p['configuration'])}<br>"
+                     f"{p['max_rate_rps']:.4g} req/s, p99 {p['p99_ms']:.4g} ms "
+                     f"{_bounds_text(*b)}" for p, b in zip(measured, bounds, strict=True)],
+            "hovertemplate": "%{fullData.name}<br>%{text}<extra></extra>",
+        })
+        front = sorted((p for p in measured if p["pareto"]), key=lambda p: p["max_rate_rps"])
+        traces.append({
+            "type": "scatter", "mode": "lines", "name": f"{label}: Pareto front",
+            "legendgroup": label, "x": [p["max_rate_rps"] for p in front],
+            "y": [p["p99_ms"] for p in front], "hoverinfo": "skip",
+        })
+    if not traces:
+        return None
+    layout = {"title": {"text": "Tuning: each probe's rate under the bound against its p99 "
+                                "there (95% intervals), and each server's Pareto front"},
+              "xaxis": {"title": {"text": "highest rate with p99 under the bound (req/s)"}},
+              "yaxis": {"title": {"text": "p99 at that rate (ms)"}, "rangemode": "tozero"},
+              "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": bound_ms,
+                          "y1": bound_ms, "line": {"dash": "dash", "color": "grey"}}],
+              "legend": {"orientation": "h", "y": -0.25}, "margin": {"t": 50}}
+    return {"data": traces, "layout": layout}
+
+
 def charts(results: dict[str, Any], bound_ms: float) -> dict[str, dict[str, Any]]:
     """The report's charts by name (those with something to draw): the first screen's
     servers, edge and export, then the load steps' percentiles."""
     made = {"servers": servers_chart(results, bound_ms), "edge": edge_chart(results),
-            "export": export_chart(results), "latency": latency_chart(results)}
+            "export": export_chart(results), "latency": latency_chart(results),
+            "tune": tune_chart(results, bound_ms)}
     return {name: chart for name, chart in made.items() if chart}

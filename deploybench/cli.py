@@ -139,15 +139,17 @@ def serve(
         help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
     run_dir: Annotated[Path | None, typer.Option(help="Folder for logs and configs.")] = None,
+    profile: Annotated[Path | None, typer.Option(help=PROFILE_HELP)] = None,
 ) -> None:
     """Start the servers; return once each answers a golden sample correctly."""
     from deploybench.serving.manager import serve as start
     from deploybench.serving.targets import loopback_endpoints, parse_targets
 
     chosen = parse_targets(servers)
+    tuned = read_profile(profile)
     models = resolve_models(model, artifacts.resolve())
     deployment = start(artifacts, mode, models, run_dir, loopback_endpoints(port_offset), chosen,
-                       log=lambda text: console.print(text, highlight=False))
+                       log=lambda text: console.print(text, highlight=False), profile=tuned)
     if not deployment.up():
         from deploybench.serving.manager import stop as stop_servers
 
@@ -296,6 +298,17 @@ def edge(
 SLO_HELP = ("SLO gates, decided on every load step with its 95% interval, e.g. "
             "'p99<=100ms,p50<=20ms,error_rate<=0.1%,wrong_answers==0,throughput>=50rps' "
             "(a scenario file's `slo:` otherwise).")
+
+
+PROFILE_HELP = ("A tuned profile (`deploybench tune` writes one): each server it names runs "
+                "with its knob values instead of .env's.")
+
+
+def read_profile(path: Path | None):  # noqa: ANN201
+    """The --profile file, checked before anything starts (None: no profile)."""
+    from deploybench.serving.profile import load_profile
+
+    return load_profile(path) if path is not None else None
 
 
 def parse_gates(text: str | None, junit: Path | None) -> list:  # noqa: ANN201
@@ -540,6 +553,7 @@ def run(
     slo_gates: Annotated[str | None, typer.Option("--slo", help=SLO_HELP)] = None,
     junit: Annotated[Path | None, typer.Option(
         help="Write the SLO gates' outcomes as JUnit XML here.")] = None,
+    profile: Annotated[Path | None, typer.Option(help=PROFILE_HELP)] = None,
 ) -> None:
     """The main job: export -> serve -> load -> edge -> report, in one run folder. Exit 0, or
     with --slo: 5 when a gate failed, 6 when one was inconclusive (after the report)."""
@@ -571,7 +585,7 @@ def run(
         edge_threads=tuple(parse_threads(edge_threads)), edge_runs=edge_runs,
         edge_repeats=edge_repeats, edge_variants=parse_variants(edge_variants), export=export,
         endpoints=loopback_endpoints(port_offset), all_protocols=all_protocols,
-        gates=gates, junit=junit,
+        gates=gates, junit=junit, profile=read_profile(profile),
     )
     run_pipeline(options, console)
 
@@ -657,6 +671,42 @@ def bench(
                            bound_ms=bound_ms,
                            max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
                            port_offset=port_offset, pairs=pairs), console)
+
+
+@command
+def tune(
+    model: Annotated[str, typer.Option(help="Exported model to tune the servers for.")],
+    out: Annotated[Path, typer.Option(help="Run folder: results.json, report, profile.json.")],
+    artifacts: Annotated[Path, typer.Option(help="Export root.")] = Path("artifacts"),
+    servers: Annotated[str, typer.Option(
+        help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
+    slo_bound: Annotated[str, typer.Option(
+        "--slo", help="The p99 bound every configuration must meet, e.g. p99<=100ms.")
+    ] = "p99<=100ms",
+    budget_minutes: Annotated[float, typer.Option(
+        min=0.1, help="Minutes for the whole search, split across the servers.")] = 10.0,
+    server_cpus: Annotated[str, typer.Option(help="CPUs for the servers (taskset list).")] = "1",
+    loadgen_cpus: Annotated[str, typer.Option(help="CPUs for locust (taskset list).")] = "0",
+    step_seconds: Annotated[float, typer.Option(
+        min=0.5, help="Measured seconds per rate step.")] = 4.0,
+    warmup_seconds: Annotated[float, typer.Option(min=0, help="Warm-up per step.")] = 1.0,
+    profile: Annotated[Path | None, typer.Option(
+        help="Where to write the tuned profile (default OUT/profile.json).")] = None,
+    port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
+) -> None:
+    """Each server's best configuration under the p99 bound: a coordinate search over the
+    knobs its registry entry declares, every probe recorded; writes a profile that serve,
+    load, run and bench take with --profile."""
+    from deploybench.jobs.tune import TuneOptions, p99_bound, run_tune
+    from deploybench.serving.targets import parse_targets
+
+    chosen = parse_targets(servers)
+    bound = p99_bound(slo_bound)
+    run_tune(TuneOptions(model, artifacts, out, chosen, bound_ms=bound,
+                         budget_minutes=budget_minutes, server_cpus=server_cpus,
+                         loadgen_cpus=loadgen_cpus, step_seconds=step_seconds,
+                         warmup_seconds=warmup_seconds, port_offset=port_offset,
+                         profile=profile), console)
 
 
 def main() -> None:  # pragma: no cover - console entry point

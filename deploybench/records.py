@@ -227,6 +227,7 @@ class ServerRecord(_ServerRow):
     reason: str | None = None
     mode: str | None = None  # `deploybench run`
     batching: bool | None = None  # `deploybench bench`
+    configuration: dict[str, int | bool] | None = None  # its knob values as it ran
 
 
 class _Step(_ServerRow):
@@ -487,6 +488,47 @@ class BenchRecord(_ServerRow):
     reason: str | None = None
 
 
+class TuneProbeRecord(_ServerRow):
+    """One configuration `deploybench tune` tried on one server: the highest rate whose p99
+    met the bound with confidence (early stopping), the rates that bracket it, and what the
+    server spent; a configuration that would not start or died is a probe with its reason."""
+
+    kind: Literal["tune-probe"] = "tune-probe"
+    model: str
+    protocol: str
+    probe: int  # 1, 2, ... in the order tried on this server
+    configuration: dict[str, int | bool]
+    status: Literal["ok", "none-under-bound", "failed"]
+    reason: str | None = None
+    bound_ms: Number
+    max_rate_rps: Number | None = None
+    failed_rate_rps: Number | None = None  # the lowest rate tried above it that failed
+    p99_ms: Number | None = None  # at max_rate_rps
+    p99_ci95_ms: list[Number | None] | None = None
+    saturated_rps: Number | None = None  # kept busy by a closed loop, whatever the latency
+    server_cpu_s_per_1k: Number | None = None  # at max_rate_rps
+    seconds: Number
+
+
+class TuneRecord(_ServerRow):
+    """`deploybench tune`'s outcome for one server: its default configuration and the best
+    one it found, each with its rate under the bound."""
+
+    kind: Literal["tune"] = "tune"
+    model: str
+    protocol: str
+    bound_ms: Number
+    default_configuration: dict[str, int | bool]
+    default_rate_rps: Number | None = None
+    best_configuration: dict[str, int | bool] | None = None
+    best_rate_rps: Number | None = None
+    gain: Number | None = None  # best over default
+    probes: int
+    seconds: Number
+    budget_s: Number
+    stopped_by: str
+
+
 class LoadgenCheckRecord(_ServerRow):
     """Whether one locust process could be the bottleneck of a server (the target fields:
     which one; `server`: where it ran) (deploybench/jobs/loadgen.py)."""
@@ -585,12 +627,12 @@ Record = Annotated[
     ExportRecord | ServerRecord | LoadRecord | LoadSloRecord | LoadgenCapacityRecord
     | EdgeRecord | InProcessRecord | FaultRecord | BenchCeilingRecord | BenchRecord
     | LoadgenCheckRecord | SloGateRecord | LoadSpreadRecord | LoadgenCalibrationRecord
-    | LoadgenCostRecord,
+    | LoadgenCostRecord | TuneProbeRecord | TuneRecord,
     Field(discriminator="kind"),
 ]
 KINDS = ("export", "server", "load", "load-slo", "loadgen-capacity", "edge", "inprocess",
          "fault", "bench-ceiling", "bench", "loadgen-check", "slo-gate", "load-spread",
-         "loadgen-calibration", "loadgen-cost")
+         "loadgen-calibration", "loadgen-cost", "tune-probe", "tune")
 
 # what a stage is given to hand its records to the run's writer (deploybench/jobs/writer.py)
 Sink = Callable[[Record], None]

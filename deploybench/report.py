@@ -7,7 +7,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 
-from deploybench import plots
+from deploybench import plots, tuned
 from deploybench.charts import CONFIG, charts, plotly_js
 from deploybench.errors import DeploybenchError
 from deploybench.files import atomic_write_text
@@ -53,6 +53,7 @@ def template_environment() -> Environment:
     env.filters["ms"] = _ms
     env.filters["server"] = server_label
     env.filters["format"] = format_label
+    env.filters["configuration"] = tuned.configuration_text
     return env
 
 
@@ -86,6 +87,7 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
         "breakdown": plots.breakdown_rows(results),
         "bench": rows(results, "bench"),
         "ceilings": rows(results, "bench-ceiling"),
+        "tuned": tuned.sections(results),
         "environment": results.get("environment", {}),
         "partial": results.get("partial", False),
         "notes": results.get("notes", []),

@@ -52,6 +52,9 @@ class ServerSettings:
     batching: bool
     max_batch_size: int
     batch_timeout_ms: int
+    # model instances per server: TorchServe's workers per model, Triton's instance count
+    # (one process or thread each, with its own copy of the model)
+    workers: int
     malloc_mmap_threshold: str  # glibc allocator settings of both servers' processes (.env)
     malloc_trim_threshold: str
 
@@ -89,6 +92,7 @@ def load_settings(env_file: Path = ENV_FILE, **overrides: Any) -> ServerSettings
         batching=get("BATCHING", "false").lower() in ("1", "true", "yes", "on"),
         max_batch_size=number("MAX_BATCH_SIZE", "8", int),
         batch_timeout_ms=number("BATCH_TIMEOUT_MS", "5", int),
+        workers=number("SERVER_WORKERS", "1", int),
         malloc_mmap_threshold=get("MALLOC_MMAP_THRESHOLD_", ""),
         malloc_trim_threshold=get("MALLOC_TRIM_THRESHOLD_", ""),
     )

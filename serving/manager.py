@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploybench.errors import DeploybenchError
+from deploybench.errors import DeploybenchError, UsageError
 from deploybench.files import atomic_write_json
 from deploybench.fresh import pinned
 from deploybench.golden import Golden
 from deploybench.manifest import FP32_TOLERANCE, load_manifest, verify_artifacts
 from deploybench.serving import engine, native, processes, targets, usage
 from deploybench.serving.payload import PredictionError, matches_reference
+from deploybench.serving.profile import Profile, knob_values
 from deploybench.serving.targets import Endpoints, loopback_endpoints, make_client
 from deploybench.settings import REPO_ROOT, ServerSettings, load_settings
 
@@ -53,6 +54,9 @@ class Deployment:
     servers: list[ServerStatus] = field(default_factory=list)
     processes: list[processes.ProcessRecord] = field(default_factory=list)
     started: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+    # each server's knob values as it runs (serving/profile.py), and the profile they came from
+    configurations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile: str = ""
 
     def status(self, name: str) -> ServerStatus | None:
         return next((s for s in self.servers if s.name == name), None)
@@ -148,15 +152,21 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
           servers: tuple[str, ...] | None = None,
           settings: ServerSettings | None = None, timeout: float = READY_TIMEOUT_S,
           log=print, overrides: dict[str, dict[str, str]] | None = None,  # noqa: ANN001
-          cpus: str | None = None,
+          cpus: str | None = None, profile: Profile | None = None,
           ) -> Deployment:
     """Start the servers (default: every registered target) and return once each answers
     golden samples correctly.
 
     `overrides` gives, per server, lines of its config to override, native mode only (e.g.
     {"torchserve": {"enable_model_api": "true"}} to register a new model version on a
-    loopback server)."""
+    loopback server). `profile` gives, per server, its own knob values (serving/profile.py):
+    the compose stack reads one .env for every server, so a profile runs them natively."""
     servers = targets.parse_targets("all") if servers is None else servers
+    if profile is not None and profile.servers:
+        if mode == "docker":
+            raise UsageError("--profile gives each server its own settings, which the compose "
+                             "stack's one .env cannot: use --mode native")
+        mode = "native"
     root = root.resolve()
     existing = Deployment.load()
     if existing and any(processes.group_members(p) for p in existing.processes):
@@ -209,7 +219,7 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     endpoints = endpoints or loopback_endpoints()
     deployment = Deployment(mode, str(root), models, str(run_dir), endpoints.to_dict(),
-                            settings.to_dict())
+                            settings.to_dict(), profile=profile.source if profile else "")
     if started_engine is not None:
         deployment.processes.append(started_engine)
     for server, reason in why_not_docker.items():
@@ -219,10 +229,11 @@ def serve(root: Path, mode: str | None = None, models: list[str] | None = None,
         deployment.servers.append(ServerStatus(server, "unavailable", reason))
     try:
         if in_docker:
+            deployment.configurations |= {s: knob_values(settings, s) for s in in_docker}
             _serve_docker(deployment, root, in_docker, timeout, log)
         if natively:
             _serve_native(deployment, root, natively, settings, timeout, log, why_not_docker,
-                          overrides or {}, cpus)
+                          overrides or {}, cpus, profile)
     except BaseException:
         stop(deployment)
         raise
@@ -307,7 +318,7 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
                   settings: ServerSettings, timeout: float, log,  # noqa: ANN001
                   why_not_docker: dict[str, str] | None = None,
                   overrides: dict[str, dict[str, str]] | None = None,
-                  cpus: str | None = None) -> None:
+                  cpus: str | None = None, profile: Profile | None = None) -> None:
     run_dir = Path(deployment.run_dir)
     endpoints = deployment.endpoints_obj()
     started: list[tuple[str, processes.ProcessRecord]] = []
@@ -318,8 +329,10 @@ def _serve_native(deployment: Deployment, root: Path, servers: tuple[str, ...],
         try:
             if target.native is None:
                 raise native.ServerUnavailable(f"{target.label} has no native start here")
+            own = profile.settings_for(settings, server) if profile else settings
+            deployment.configurations[server] = knob_values(own, server)
             command, env = target.native(native.NativeSetup(
-                folder, root, deployment.models, settings, endpoints.of(server),
+                folder, root, deployment.models, own, endpoints.of(server),
                 (overrides or {}).get(server, {})))
         except native.ServerUnavailable as error:
             no_docker = (why_not_docker or {}).get(server)

@@ -67,7 +67,8 @@ def torchserve_models_json(store: Path, models: list[str], settings: ServerSetti
         name, version = torchserve_models.mar_model(store / f"{model}.mar")
         mars[name] = (version, f"{model}.mar")
     return torchserve_models.models_json(
-        mars, settings.max_batch_size if settings.batching else 1, settings.batch_timeout_ms)
+        mars, settings.max_batch_size if settings.batching else 1, settings.batch_timeout_ms,
+        settings.workers)
 
 
 def torchserve_properties(root: Path, models: list[str], settings: ServerSettings,
@@ -255,6 +256,7 @@ def triton_native(runtime: str) -> Callable[[NativeSetup], tuple[list[str], dict
             "--metrics-port", str(metrics.port),
             "--repository", str(setup.folder.resolve() / "triton-repository"),
             "--threads", str(settings.intra_op_threads),
+            "--instances", str(settings.workers),
             "--max-batch-size", str(settings.max_batch_size),
             "--batch-timeout-ms", str(settings.batch_timeout_ms),
             *(["--batching"] if settings.batching else []),

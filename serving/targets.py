@@ -118,6 +118,45 @@ class ServerMetrics:
     batch: BatchFigure | None = None
 
 
+@dataclass(frozen=True)
+class Knob:
+    """One setting of a server that `deploybench tune` may change and a profile may give: a
+    field of ServerSettings (deploybench/settings.py, .env gives its default), what it means
+    on this server, the values the tuner tries, in order, and the range a profile may name.
+    `needs`: the switch (a boolean knob) that must be on for this one to matter."""
+
+    setting: str
+    meaning: str
+    tries: tuple[int, ...]
+    low: int = 0
+    high: int = 1
+    needs: str = ""
+    boolean: bool = False
+
+    def check(self, value: object) -> str:
+        """Why `value` is not one this knob takes ("" if it is)."""
+        if self.boolean:
+            return "" if isinstance(value, bool) else "expected true or false"
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "expected a whole number"
+        if not self.low <= value <= self.high:
+            return f"out of range [{self.low}, {self.high}]"
+        return ""
+
+
+# The knobs several servers share; the CPUs and memory a server gets are limits, not knobs
+BATCHING = Knob("batching", "dynamic batching", (False, True), boolean=True)
+BATCH_SIZE = Knob("max_batch_size", "the largest batch the batcher forms", (2, 4, 8, 16), 1, 256,
+                  needs="batching")
+BATCH_WAIT = Knob("batch_timeout_ms", "ms a request waits for others to join its batch",
+                  (1, 2, 5, 10, 20), 0, 10_000, needs="batching")
+THREADS = Knob("intra_op_threads", "intra-op threads of the model's runtime", (1, 2, 4), 1, 256)
+
+
+def workers(meaning: str) -> Knob:
+    return Knob("workers", meaning, (1, 2, 3, 4), 1, 64)
+
+
 # (target folder, models, settings, addresses, overrides) -> (command, extra environment)
 NativeStart = Callable[["native.NativeSetup"], tuple[list[str], dict[str, str]]]
 
@@ -143,6 +182,18 @@ class Target:
     # why the server closes the connection after each refusal, when it does so by design (its
     # answer says `Connection: close`): the bad-input matrix then allows a new connection
     closes_after_error: str = ""
+    # what `deploybench tune` searches and a profile may set, in the order the tuner walks them
+    knobs: tuple[Knob, ...] = ()
+    # the server a load-generator check runs against when none is named: one the kit runs
+    # natively wherever it installs
+    reference: bool = False
+
+    def knob(self, name: str) -> Knob:
+        for knob in self.knobs:
+            if knob.setting == name:
+                return knob
+        known = ", ".join(k.setting for k in self.knobs) or "none"
+        raise UsageError(f"{self.name} has no knob {name!r}; its knobs: {known}")
 
     def protocol(self, name: str) -> Protocol:
         for protocol in self.protocols:
@@ -232,6 +283,11 @@ def get(name: str) -> Target:
     if name not in known:
         raise UsageError(f"unknown server {name!r}; known: {', '.join(known)}")
     return known[name]
+
+
+def reference_target() -> str:
+    """The target a load-generator check runs against by default (`reference=True`)."""
+    return next(name for name, target in targets().items() if target.reference)
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -437,6 +493,9 @@ register(Target(
     ),
     native=native.tfserving_native,
     compose_service="tfserving",
+    knobs=(BATCHING, BATCH_SIZE, BATCH_WAIT, THREADS,
+           Knob("rest_threads", "REST threads (--rest_api_num_threads)", (8, 16, 32, 64), 1,
+                1024)),
     metrics=("rest", "/monitoring/prometheus/metrics"),  # serving/config/monitoring.config
     # tensorflow_serving/servables/tensorflow/util.cc and batching/batching_session.cc: wall
     # times in microseconds; the batching session's figures carry no model label
@@ -472,6 +531,10 @@ register(Target(
     ),
     native=native.torchserve_native,
     compose_service="torchserve",
+    knobs=(BATCHING, BATCH_SIZE, BATCH_WAIT,
+           workers("workers per model (processes, each with its own copy of the model)"),
+           THREADS),
+    reference=True,
     closes_after_error=("TorchServe's frontend closes the connection after every answer of "
                         "status 400 or more (NettyUtils.sendHttpResponse), saying "
                         "`Connection: close`"),
@@ -528,6 +591,8 @@ for _runtime, _framework, _served, _label, _rest, _grpc in (
         ),
         native=native.kserve_native(_runtime),
         compose_service=f"kserve-{_runtime}",
+        # one process (its `workers` cannot start with TensorFlow loaded), no batching
+        knobs=(THREADS,),
         metrics=("rest", "/metrics"),
         # kserve/metrics.py: the predict call, in seconds (prometheus_client's default buckets)
         time_metrics=ServerMetrics(model=TimeFigure("request_predict_seconds", 1000.0)),
@@ -588,6 +653,9 @@ for _runtime, _framework, _served, _label, _port in (
         ),
         native=native.triton_native(_runtime),
         compose_service=f"triton-{_runtime}",
+        knobs=(BATCHING, BATCH_SIZE, BATCH_WAIT,
+               workers("model instances (instance_group count, a backend process each)"),
+               THREADS),
         metrics=("metrics", "/metrics"),
         # Triton's cumulative microseconds per model (metrics.md), over its successful requests
         time_metrics=ServerMetrics(

@@ -26,16 +26,17 @@ def mar_model(mar: Path) -> tuple[str, str]:
     return manifest["modelName"], str(manifest.get("modelVersion", "1.0"))
 
 
-def models_json(mars: dict[str, tuple[str, str]], batch_size: int, delay_ms: int) -> str:
-    """The `models` setting for {model name: (version, .mar file name)}: one worker per
-    model, TorchServe's batching as given (batch_size 1: off)."""
+def models_json(mars: dict[str, tuple[str, str]], batch_size: int, delay_ms: int,
+                workers: int = 1) -> str:
+    """The `models` setting for {model name: (version, .mar file name)}: `workers` workers
+    per model, TorchServe's batching as given (batch_size 1: off)."""
     config = {
         name: {
             version: {
                 "defaultVersion": True,
                 "marName": mar,
-                "minWorkers": 1,
-                "maxWorkers": 1,
+                "minWorkers": workers,
+                "maxWorkers": workers,
                 "batchSize": batch_size,
                 "maxBatchDelay": delay_ms,
                 "responseTimeout": RESPONSE_TIMEOUT_S,

@@ -73,6 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--repository", type=Path, help="where to write the model repository")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="model instances (each its own backend process)")
     parser.add_argument("--batching", action="store_true", help="Triton's dynamic batcher")
     parser.add_argument("--max-batch-size", type=int, default=8,
                         help="the batch the dynamic batcher aims for (preferred size)")
@@ -91,10 +93,10 @@ def _dims(spec: dict[str, Any]) -> str:
 
 def model_config(name: str, signature: dict[str, Any], output_shape: list[int],
                  parameters: dict[str, str], batching: bool, preferred_batch: int,
-                 queue_delay_ms: int) -> str:
+                 queue_delay_ms: int, instances: int = 1) -> str:
     """config.pbtxt for one model on the Python backend: its inputs and output as the
-    manifest declares them (a dynamic axis is -1), one CPU instance, the kit's parameters, and
-    the dynamic batcher when batching is on."""
+    manifest declares them (a dynamic axis is -1), `instances` CPU instances, the kit's
+    parameters, and the dynamic batcher when batching is on."""
     from deploybench.serving.input_validation import inputs_of
 
     lines = [f'name: "{name}"', 'backend: "python"',
@@ -105,7 +107,7 @@ def model_config(name: str, signature: dict[str, Any], output_shape: list[int],
     lines += ["]", "output [",
               f'  {{ name: "{signature["output_name"]}" data_type: TYPE_FP32 '
               f"dims: [ {', '.join(str(d) for d in output_shape)} ] }}", "]",
-              "instance_group [ { count: 1 kind: KIND_CPU } ]"]
+              f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]"]
     if batching:
         preferred = min(preferred_batch, signature["max_rows"])
         lines += ["dynamic_batching {", f"  preferred_batch_size: [ {preferred} ]",
@@ -116,7 +118,8 @@ def model_config(name: str, signature: dict[str, Any], output_shape: list[int],
 
 
 def write_repository(folder: Path, root: Path, models: list[str], runtime: str, threads: int,
-                     batching: bool, preferred_batch: int, queue_delay_ms: int) -> None:
+                     batching: bool, preferred_batch: int, queue_delay_ms: int,
+                     instances: int = 1) -> None:
     """A Triton model repository for `models` in `folder` (written afresh, atomically)."""
     from deploybench.files import atomic_write_text
     from deploybench.manifest import load_manifest
@@ -129,7 +132,7 @@ def write_repository(folder: Path, root: Path, models: list[str], runtime: str, 
         (staging / name / "1").mkdir(parents=True)
         atomic_write_text(staging / name / "config.pbtxt", model_config(
             name, manifest.signature(), list(manifest.outputs[0].shape[1:]), parameters,
-            batching, preferred_batch, queue_delay_ms))
+            batching, preferred_batch, queue_delay_ms, instances))
         atomic_write_text(staging / name / "1" / "model.py", MODEL_PY)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
@@ -238,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     models = hosting.model_names(root, args.models)
     repository = (args.repository or Path.cwd() / "triton-repository").resolve()
     write_repository(repository, root, models, args.runtime, args.threads, args.batching,
-                     args.max_batch_size, args.batch_timeout_ms)
+                     args.max_batch_size, args.batch_timeout_ms, args.instances)
     shm_prefix = f"{SHM_PREFIX}_{os.getpid()}_"
     triton = subprocess.Popen(command(args, repository, shm_prefix), env=environment(args),
                               preexec_fn=_die_with_parent)

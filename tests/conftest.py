@@ -129,6 +129,7 @@ def test_artifacts() -> Path:
 LONGEST_FIRST = ("test_docker.py", "test_mobilenet.py", "test_text_bert.py", "test_triton.py",
                  "test_bench.py", "test_pipeline.py", "test_text_bert_serving.py",
                  "test_edge.py", "test_export.py", "test_reliability.py", "test_kserve.py",
+                 "test_tune.py",
                  # the imported models' export (a fixture of both) last among the long ones:
                  # left to the alphabet, it ended one worker a minute after the other
                  "test_user_models_served.py", "test_user_models.py")

@@ -10,7 +10,7 @@ from deploybench.errors import DeploybenchError, UsageError
 from deploybench.settings import ENV_FILE, ServerSettings, load_settings, read_env_file
 
 KEYS = ("SERVER_CPUS", "SERVER_MEMORY", "SERVER_INTRA_OP_THREADS", "SERVER_INTER_OP_THREADS",
-        "SERVER_REST_THREADS", "BATCHING", "MAX_BATCH_SIZE", "BATCH_TIMEOUT_MS",
+        "SERVER_REST_THREADS", "SERVER_WORKERS", "BATCHING", "MAX_BATCH_SIZE", "BATCH_TIMEOUT_MS",
         "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 

@@ -37,7 +37,7 @@ from deploybench.formatting import DASH, fixed, percent, times
 from deploybench.jobs.stages import load_stage, server_records
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest.queueing import ideal_rate_rps
-from deploybench.loadtest.runner import LoadPlan
+from deploybench.loadtest.runner import LoadPlan, LoadRun
 from deploybench.loadtest.scenarios import RateSearch, Scenario
 from deploybench.manifest import load_manifest, verify_artifacts
 from deploybench.records import to_record
@@ -188,15 +188,14 @@ def bracket(before: dict[tuple[str, int], float], after: dict[tuple[str, int], f
 
 
 def measure_load(options: BenchOptions, deployment: Deployment, target: str, protocol: str,
-                 scenario: Scenario, console: Console, writer: RunWriter
-                 ) -> list[dict[str, Any]]:
+                 scenario: Scenario, console: Console, writer: RunWriter) -> LoadRun:
     """One scenario against one server and protocol, locust pinned to the load generator's
     cores; its measurements are saved into the bench's results.json as they come."""
     plan = LoadPlan([(target, protocol)], [options.model], options.artifacts.resolve(),
                     deployment.endpoints_obj(), scenario, options.out, "native")
     plan.observers = deployment.observers()
     plan.loadgen_cpus = options.loadgen_cpus
-    return load_stage(writer, plan, console).measurements
+    return load_stage(writer, plan, console)
 
 
 def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
@@ -231,7 +230,7 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                 for protocol in [p for t, p in options.chosen() if t == target]:
                     steps = measure_load(options, deployment, target, protocol,
                                          saturation_scenario(options, batching), console,
-                                         writer)
+                                         writer).measurements
                     saturated = max((m["throughput_rps"] for m in steps
                                      if m.get("kind") == "load" and m.get("status") == "ok"),
                                     default=None)

@@ -1,7 +1,7 @@
 """The load generator's own cost, beside an independent one written in C (wrk), one connection.
 
     .venv/bin/python -m deploybench.jobs.clientcost --artifacts artifacts --out runs/clientcost \
-        [--model digits-mlp] [--target torchserve] [--rounds 3] [--seconds 5]
+        [--model digits-mlp] [--target NAME] [--rounds 3] [--seconds 5]
 
 Both generators send the same golden JSON bodies, in the same order, over one keep-alive
 connection, closed loop (the next request when the answer is in), to:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--model", default="digits-mlp")
-    parser.add_argument("--target", default="torchserve",
+    parser.add_argument("--target", default=targets.reference_target(),
                         help="The server measured beside the replay endpoint (a target with a "
                              "JSON protocol)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "clientcost")

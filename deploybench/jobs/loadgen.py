@@ -1,7 +1,7 @@
 """How much load can one locust process generate here, and is that enough for a server?
 
     .venv/bin/python -m deploybench.jobs.loadgen --artifacts artifacts --out runs/bench \
-        [--target torchserve]
+        [--target NAME]  (default: the registry's reference server)
 
 1. Capacity: the very locustfile and user class the kit measures the target's JSON protocol
    with (same golden bodies, same answer check per response), pointed at a trivially fast local
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="digits-mlp")
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-locust")
     parser.add_argument("--capacity-users", default="1,4,16,64")
-    parser.add_argument("--target", default="torchserve",
+    parser.add_argument("--target", default=targets.reference_target(),
                         help="The server to hold against locust's capacity (a target with a "
                              "JSON protocol)")
     parser.add_argument("--server-users", default="1,2,4,8,16")

@@ -17,6 +17,7 @@ from deploybench.jobs.writer import RunWriter
 from deploybench.manifest import FP32_TOLERANCE, exported_models, load_manifest
 from deploybench.records import ExportRecord
 from deploybench.serving import targets
+from deploybench.serving.profile import Profile
 from deploybench.serving.targets import Endpoints
 from deploybench.zoo.spec import ModelSpec
 
@@ -44,6 +45,7 @@ class RunOptions:
     all_protocols: bool = False
     gates: list[slo.Gate] = field(default_factory=list)  # SLO gates on every load step
     junit: Path | None = None  # where their outcomes go as JUnit XML
+    profile: Profile | None = None  # each server at its tuned configuration (`tune`)
 
 
 def default_run_dir() -> Path:
@@ -115,8 +117,12 @@ def run(options: RunOptions, console: Console) -> Path:
 
         deployment = serve(artifacts, options.mode, models, run_dir / "serving",
                            endpoints=options.endpoints, servers=options.servers,
-                           log=lambda text: console.print(text, highlight=False))
-        writer.set_environment(mode=deployment.mode, deployment=deployment.settings)
+                           log=lambda text: console.print(text, highlight=False),
+                           profile=options.profile)
+        writer.set_environment(mode=deployment.mode, deployment=deployment.settings,
+                               **({"profile": options.profile.to_dict() | {
+                                   "source": options.profile.source}}
+                                  if options.profile else {}))
         writer.add(*server_records(deployment))  # each with the mode it ran in
         finished("serve")
 

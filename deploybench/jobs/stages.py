@@ -22,7 +22,10 @@ def server_records(deployment: Deployment, **context: Any) -> list[ServerRecord]
     """One record per server a deployment tried: up, or why not, with the registry's words
     for it and the job's `context` (mode, batching)."""
     return [ServerRecord(**targets.get(s.name).describe(), status=s.status, reason=s.reason,
-                         **{"mode": s.mode or None, **context}) for s in deployment.servers]
+                         **{"mode": s.mode or None, **context},
+                         **({"configuration": deployment.configurations[s.name]}
+                            if s.name in deployment.configurations else {}))
+            for s in deployment.servers]
 
 
 def load_stage(writer: RunWriter, plan: LoadPlan, console: Console) -> LoadRun:

@@ -84,9 +84,12 @@ def store_models(store: Path) -> dict[str, tuple[str, str]]:
 def start(extra: list[str]) -> int:
     models = store_models(MODEL_STORE)
     batch_size, delay_ms = batch_settings()
-    env = dict(os.environ, DEPLOYBENCH_TS_MODELS=models_json(models, batch_size, delay_ms))
+    workers = positive_int("SERVER_WORKERS", "1")
+    env = dict(os.environ,
+               DEPLOYBENCH_TS_MODELS=models_json(models, batch_size, delay_ms, workers))
     mode = f"batchSize {batch_size}, maxBatchDelay {delay_ms} ms" if batch_size > 1 else "off"
-    print(f"torchserve: models {', '.join(models)}; batching {mode}", flush=True)
+    print(f"torchserve: models {', '.join(models)}; {workers} worker(s) each; batching {mode}",
+          flush=True)
     command = [
         "torchserve", "--foreground", "--ncs",
         "--ts-config", CONFIG, "--model-store", str(MODEL_STORE), *extra,

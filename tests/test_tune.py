@@ -1,0 +1,164 @@
+"""`deploybench tune` against real TorchServe and KServe on digits-mlp with a tiny budget, and
+tuned profiles: `serve --profile` starts each server with exactly the profile's values (read
+back from the server itself), and a bad profile is refused in one line before anything starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+from rich.console import Console
+
+from deploybench.jobs.tune import TuneOptions, candidates, run_tune
+from deploybench.results import read_results
+from deploybench.serving import targets
+from deploybench.serving.manager import Deployment
+from deploybench.serving.profile import knob_values, load_profile
+from deploybench.settings import load_settings
+from tests.conftest import invoke
+from tests.servers import free_offset
+
+MODEL = "digits-mlp"
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DEPLOYBENCH_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def test_candidates_step_each_knob_once_up_and_down_and_skip_switched_off_ones() -> None:
+    knobs = targets.get("torchserve").knobs
+    default = {"batching": False, "max_batch_size": 8, "batch_timeout_ms": 5, "workers": 1,
+               "intra_op_threads": 2}
+    steps = [{k: v for k, v in c.items() if default[k] != v}
+             for c in candidates(knobs, default, max_threads=2)]
+    # batching off: its batch size and wait do not matter, and are not tried
+    assert steps == [{"batching": True}, {"workers": 2}, {"intra_op_threads": 1}]
+    on = default | {"batching": True}
+    steps = [{k: v for k, v in c.items() if on[k] != v}
+             for c in candidates(knobs, on, max_threads=4)]
+    assert steps == [{"batching": False}, {"max_batch_size": 16}, {"max_batch_size": 4},
+                     {"batch_timeout_ms": 10}, {"batch_timeout_ms": 2}, {"workers": 2},
+                     {"intra_op_threads": 4}, {"intra_op_threads": 1}]
+
+
+@pytest.mark.slow
+def test_tune_records_every_probe_a_crashing_configuration_included_and_writes_a_profile(
+        export_root: Path, tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TorchServe's default configuration (batching off) is made unstartable (its config names
+    an inference address with no port, which TorchServe refuses at start): that probe is
+    recorded as failed with TorchServe's reason, and the search goes on from it."""
+    torchserve = targets.get("torchserve")
+
+    def refuses_batching_off(setup: Any) -> Any:
+        if not setup.settings.batching:
+            setup = replace(setup, overrides={"inference_address": "http://127.0.0.1:x"})
+        return torchserve.native(setup)
+
+    monkeypatch.setitem(targets._TARGETS, "torchserve", replace(torchserve,
+                                                                native=refuses_batching_off))
+    out = tmp_path / "tune"
+    options = TuneOptions(MODEL, export_root, out, ("torchserve", "kserve-pytorch"),
+                          budget_minutes=0.8, step_seconds=0.5, warmup_seconds=0.3,
+                          port_offset=free_offset(), server_cpus="1", loadgen_cpus="0")
+    rows = run_tune(options, QUIET)
+
+    measurements = [m.model_dump(exclude_unset=True)
+                    for m in read_results(out / "results.json").measurements]
+    probes = [m for m in measurements if m["kind"] == "tune-probe"]
+    defaults = {s: knob_values(load_settings(), s) for s in ("torchserve", "kserve-pytorch")}
+    for server in defaults:
+        mine = [p for p in probes if p["target"] == server]
+        assert mine[0]["configuration"] == defaults[server]  # the search starts at .env's
+        assert [p["probe"] for p in mine] == list(range(1, len(mine) + 1))
+        assert len({json.dumps(p["configuration"], sort_keys=True) for p in mine}) == len(mine)
+        ok = [p for p in mine if p["status"] == "ok"]
+        assert ok or server == "torchserve", mine
+        for p in ok:  # a rate whose p99 interval lies wholly under the bound
+            assert p["max_rate_rps"] > 0 and p["p99_ci95_ms"][1] <= p["bound_ms"]
+            assert p["saturated_rps"] > 0 and p["server_cpu_s_per_1k"] > 0
+    crashed, *after = [p for p in probes if p["target"] == "torchserve"]
+    assert crashed["status"] == "failed" and crashed.get("max_rate_rps") is None
+    assert "exited" in crashed["reason"], crashed["reason"]
+    # the search went on from it: batching on, the first knob's step, measured
+    assert after and after[0]["configuration"] == defaults["torchserve"] | {"batching": True}
+    assert after[0]["status"] == "ok", after[0]
+
+    tuned = {r["target"]: r for r in rows}
+    assert {m["target"] for m in measurements if m["kind"] == "tune"} == set(defaults)
+    profile = load_profile(out / "profile.json")
+    assert tuned["torchserve"].get("default_rate_rps") is None  # its default never started
+    for server, row in tuned.items():
+        assert row["default_configuration"] == defaults[server]
+        assert row["probes"] == len([p for p in probes if p["target"] == server])
+        best = max((p for p in probes if p["target"] == server and p["status"] == "ok"),
+                   key=lambda p: p["max_rate_rps"])
+        # the best is the default unless a candidate beat it by the minimum gain
+        assert row["best_rate_rps"] >= (row.get("default_rate_rps") or 0)
+        assert best["max_rate_rps"] <= row["best_rate_rps"] * (1 + options.min_gain) + 1e-9
+        assert profile.servers[server] == row["best_configuration"]
+        assert profile.measured[server]["rate_rps"] == row["best_rate_rps"]
+    report = (out / "report.md").read_text()
+    assert "## Tuned configurations" in report and "batching=on" in report
+
+
+def test_serve_with_a_profile_runs_each_server_with_exactly_its_values(
+        export_root: Path, tmp_path: Path, state: Path) -> None:
+    """Read back from the servers themselves: TorchServe's management API for its workers and
+    batching, KServe's process arguments for its threads."""
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"servers": {
+        "torchserve": {"workers": 2, "batching": True, "max_batch_size": 4,
+                       "batch_timeout_ms": 7},
+        "kserve-pytorch": {"intra_op_threads": 1}}}))
+    offset = free_offset()
+    started = invoke("serve", "--artifacts", str(export_root), "--mode", "native", "--model",
+                     MODEL, "--servers", "torchserve,kserve-pytorch", "--port-offset",
+                     str(offset), "--run-dir", str(tmp_path / "serve"), "--profile",
+                     str(profile))
+    try:
+        assert started.exit_code == 0, started.output
+        deployment = Deployment.load()
+        assert deployment is not None and sorted(deployment.up()) == ["kserve-pytorch",
+                                                                      "torchserve"]
+        management = deployment.endpoints_obj().torchserve_management
+        (model,) = requests.get(f"{management}/models/{MODEL}", timeout=10).json()
+        assert (model["minWorkers"], model["maxWorkers"], len(model["workers"])) == (2, 2, 2)
+        assert (model["batchSize"], model["maxBatchDelay"]) == (4, 7)
+        (kserve,) = [p for p in deployment.processes if p.name == "kserve-pytorch"]
+        arguments = psutil.Process(kserve.pid).cmdline()
+        assert arguments[arguments.index("--threads") + 1] == "1"
+        assert deployment.configurations["torchserve"]["workers"] == 2
+        assert deployment.configurations["kserve-pytorch"] == {"intra_op_threads": 1}
+    finally:
+        assert invoke("stop").exit_code == 0
+
+
+@pytest.mark.parametrize(("servers", "said"), [
+    ({"tfserving-x": {}}, "unknown server 'tfserving-x'; known: tfserving, torchserve"),
+    ({"kserve-pytorch": {"workers": 2}},
+     "kserve-pytorch has no knob 'workers'; its knobs: intra_op_threads"),
+    ({"torchserve": {"max_batch_size": 0}}, "torchserve: max_batch_size=0: out of range [1, 256]"),
+    ({"torchserve": {"batching": "yes"}}, "torchserve: batching='yes': expected true or false"),
+    ({"torchserve": {"workers": 2.5}}, "torchserve: workers=2.5: expected a whole number"),
+])
+def test_a_bad_profile_is_refused_in_one_line_before_anything_starts(
+        tmp_path: Path, state: Path, servers: dict[str, Any], said: str) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"servers": servers}))
+    for command in (["serve", "--mode", "native", "--run-dir", str(tmp_path / "serve")],
+                    ["run", "--out", str(tmp_path / "run"), "--no-export"]):
+        result = invoke(*command, "--profile", str(profile))
+        assert result.exit_code == 2, result.output
+        assert said in result.output and f"--profile {profile}" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "serve").exists() and not (tmp_path / "run").exists()
+    assert Deployment.load() is None
