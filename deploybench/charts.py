@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from deploybench import tuned
+from deploybench.formatting import configuration_text
 from deploybench.manifest import format_label
 from deploybench.verdict import latency, rows, server_label
 
@@ -199,7 +200,7 @@ def tune_chart(results: dict[str, Any], bound_ms: float) -> dict[str, Any] | Non
             "type": "scatter", "mode": "markers", "name": f"{label}: probes",
             "legendgroup": label, "x": [p["max_rate_rps"] for p in measured], "y": p99,
             "error_y": _error_bars(p99, bounds),
-            "text": [f"probe {p['probe']}: {tuned.configuration_text(p['configuration'])}<br>"
+            "text": [f"probe {p['probe']}: {configuration_text(p['configuration'])}<br>"
                      f"{p['max_rate_rps']:.4g} req/s, p99 {p['p99_ms']:.4g} ms "
                      f"{_bounds_text(*b)}" for p, b in zip(measured, bounds, strict=True)],
             "hovertemplate": "%{fullData.name}<br>%{text}<extra></extra>",

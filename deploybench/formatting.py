@@ -3,7 +3,7 @@ place, so the same figure reads the same everywhere. An absent figure (None) is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 DASH = "-"
@@ -83,3 +83,10 @@ def span(values: Iterable[float], spec: str) -> str:
         return DASH
     low, high = format(min(values), spec), format(max(values), spec)
     return low if low == high else f"{low}-{high}"
+
+
+def configuration_text(values: Mapping[str, Any], separator: str = " ") -> str:
+    """A server's knob values in a profile's own words: "batching=on max_batch_size=4"."""
+    return separator.join(
+        f"{name}={'on' if value is True else 'off' if value is False else value}"
+        for name, value in values.items()) or "no knobs"

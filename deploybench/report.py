@@ -11,7 +11,7 @@ from deploybench import plots, tuned
 from deploybench.charts import CONFIG, charts, plotly_js
 from deploybench.errors import DeploybenchError
 from deploybench.files import atomic_write_text
-from deploybench.formatting import number
+from deploybench.formatting import configuration_text, number
 from deploybench.manifest import format_label
 from deploybench.matrix import FRAMEWORKS, matrices
 from deploybench.results import RESULTS_FILE, read_results
@@ -53,7 +53,7 @@ def template_environment() -> Environment:
     env.filters["ms"] = _ms
     env.filters["server"] = server_label
     env.filters["format"] = format_label
-    env.filters["configuration"] = tuned.configuration_text
+    env.filters["configuration"] = configuration_text
     return env
 
 

@@ -9,13 +9,6 @@ from typing import Any
 from deploybench.verdict import rows
 
 
-def configuration_text(values: dict[str, Any], separator: str = " ") -> str:
-    """A server's knob values in a profile's own words: "batching=on max_batch_size=4"."""
-    return separator.join(
-        f"{name}={'on' if value is True else 'off' if value is False else value}"
-        for name, value in values.items()) or "no knobs"
-
-
 def on_front(probe: dict[str, Any], others: list[dict[str, Any]]) -> bool:
     rate, p99 = probe.get("max_rate_rps"), probe.get("p99_ms")
     if rate is None or p99 is None:

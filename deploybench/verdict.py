@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploybench.formatting import ms, req_per_s
+from deploybench.formatting import configuration_text, ms, req_per_s
 from deploybench.manifest import format_label
 from deploybench.matrix import matrix_lines
 
@@ -457,9 +457,22 @@ def comparison_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def configuration_lines(results: dict[str, Any]) -> list[str]:
+    """With a tuned profile, which configuration each server ran with (its server record's)."""
+    profile = results.get("environment", {}).get("profile")
+    configured = [r for r in rows(results, "server")
+                  if r.get("status") == "up" and r.get("configuration") is not None]
+    if not profile or not configured:
+        return []
+    source = profile.get("source", "a profile") if isinstance(profile, dict) else profile
+    return [f"Configurations (tuned profile {source}; a server it does not name ran with "
+            ".env's): " + "; ".join(f"{server_label(r)}: {configuration_text(r['configuration'])}"
+                                  for r in configured) + "."]
+
+
 def answer_lines(results: dict[str, Any]) -> list[str]:
     return (comparison_lines(results) + nonfinite_lines(results) + server_lines(results)
-            + same_server_lines(results)
+            + configuration_lines(results) + same_server_lines(results)
             + edge_lines(results) + matrix_lines(results) + parity_lines(results))
 
 

@@ -171,3 +171,19 @@ def test_a_verdict_row_gives_its_best_steps_own_figures_and_the_whole_run_apart(
     assert "| digits-cnn | KServe-PyTorch V2 binary | 400 | 20 | 1,000 | 0 |" in markdown
     assert "| 3 | 3,000 | 0.02 | 0 |" in markdown
     assert "whole run: every step of this server and protocol" in html
+
+
+def test_with_a_tuned_profile_the_answers_say_each_servers_configuration() -> None:
+    from deploybench.verdict import answer_lines
+
+    servers = [{"kind": "server", "target": "torchserve", "target_label": "TorchServe",
+                "status": "up", "configuration": {"batching": True, "max_batch_size": 4}},
+               {"kind": "server", "target": "kserve-pytorch", "target_label": "KServe-PyTorch",
+                "status": "up", "configuration": {"intra_op_threads": 1}}]
+    tuned = {"environment": {"profile": {"source": "runs/tune/profile.json"}},
+             "measurements": servers}
+    (line,) = [line for line in answer_lines(tuned) if line.startswith("Configurations")]
+    assert "runs/tune/profile.json" in line
+    assert "TorchServe: batching=on max_batch_size=4; KServe-PyTorch: intra_op_threads=1" in line
+    untuned = {"environment": {}, "measurements": servers}
+    assert not any(line.startswith("Configurations") for line in answer_lines(untuned))

@@ -34,6 +34,7 @@ from rich.table import Table
 from deploybench import slo
 from deploybench.errors import DeploybenchError, UsageError
 from deploybench.formatting import DASH, fixed, times
+from deploybench.formatting import configuration_text as describe
 from deploybench.jobs.bench import BenchOptions, cpu_count, measure_load, saturation_scenario
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest.runner import ServerGone
@@ -46,7 +47,6 @@ from deploybench.serving.manager import serve, stop
 from deploybench.serving.profile import Profile, knob_values, write_profile
 from deploybench.serving.targets import Knob, loopback_endpoints
 from deploybench.settings import ServerSettings, load_settings
-from deploybench.tuned import configuration_text as describe
 
 Values = dict[str, int | bool]
 PROFILE_FILE = "profile.json"
