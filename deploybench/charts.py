@@ -49,6 +49,12 @@ def _error_bars(values: list[float], bounds: list[tuple[float | None, float | No
                            for value, (low, _) in zip(values, bounds, strict=True)]}
 
 
+def _bound_line(bound_ms: float) -> dict[str, Any]:
+    """The p99 bound across a chart, as a dashed grey line."""
+    return {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": bound_ms, "y1": bound_ms,
+            "line": {"dash": "dash", "color": "grey"}}
+
+
 def servers_chart(results: dict[str, Any], bound_ms: float) -> dict[str, Any] | None:
     """Throughput against p99 for every load step: one series per model, server, protocol
     and scenario (the sweep's closed-loop levels, the rate search's open-loop rates)."""
@@ -78,8 +84,7 @@ def servers_chart(results: dict[str, Any], bound_ms: float) -> dict[str, Any] | 
                                 "rate search's probes)"},
               "xaxis": {"title": {"text": "throughput (correct answers/s)"}},
               "yaxis": {"title": {"text": "p99 latency (ms)"}, "type": "log"},
-              "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": bound_ms,
-                          "y1": bound_ms, "line": {"dash": "dash", "color": "grey"}}],
+              "shapes": [_bound_line(bound_ms)],
               "annotations": [{"xref": "paper", "x": 1, "y": _log10(bound_ms), "yref": "y",
                                "text": f"p99 bound {bound_ms:g} ms", "showarrow": False,
                                "xanchor": "right", "yanchor": "bottom"}],
@@ -217,8 +222,7 @@ def tune_chart(results: dict[str, Any], bound_ms: float) -> dict[str, Any] | Non
                                 "there (95% intervals), and each server's Pareto front"},
               "xaxis": {"title": {"text": "highest rate with p99 under the bound (req/s)"}},
               "yaxis": {"title": {"text": "p99 at that rate (ms)"}, "rangemode": "tozero"},
-              "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": bound_ms,
-                          "y1": bound_ms, "line": {"dash": "dash", "color": "grey"}}],
+              "shapes": [_bound_line(bound_ms)],
               "legend": {"orientation": "h", "y": -0.25}, "margin": {"t": 50}}
     return {"data": traces, "layout": layout}
 

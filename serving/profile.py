@@ -66,11 +66,11 @@ def check_servers(servers: object, where: str) -> dict[str, Values]:
         if not isinstance(values, Mapping):
             raise UsageError(f"{where}: {server}: expected knob: value pairs, got {values!r}")
         for name, value in values.items():
-            if not any(knob.setting == name for knob in target.knobs):
-                known_knobs = ", ".join(k.setting for k in target.knobs) or "none"
-                raise UsageError(f"{where}: {server} has no knob {name!r}; its knobs: "
-                                 f"{known_knobs}")
-            why = target.knob(name).check(value)
+            try:
+                knob = target.knob(name)
+            except UsageError as error:
+                raise UsageError(f"{where}: {error}") from None
+            why = knob.check(value)
             if why:
                 raise UsageError(f"{where}: {server}: {name}={value!r}: {why}")
         checked[server] = dict(values)
