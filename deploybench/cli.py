@@ -399,6 +399,9 @@ def load(
         "--calibrate/--no-calibrate",
         help="First measure the load generator's own time per request against a trivial "
              "local endpoint (about 5 s; recorded as kind loadgen-calibration).")] = True,
+    profile: Annotated[Path | None, typer.Option(
+        help="A tuned profile: check that the running servers it names run with its values "
+             "(`deploybench serve --profile`), and record it.")] = None,
 ) -> None:
     """Load-test the servers with locust (one headless process per step), answers checked.
     Exit 0, or with --slo: 5 when a gate failed, 6 when one was inconclusive."""
@@ -408,6 +411,7 @@ def load(
     from deploybench.loadtest.runner import LoadPlan, check_reachable, check_signatures
     from deploybench.loadtest.scenarios import load_scenario
     from deploybench.serving import targets
+    from deploybench.serving.profile import check_running
     from deploybench.slo import exit_error
 
     chosen = load_scenario(
@@ -423,6 +427,12 @@ def load(
     pairs, endpoints, root, deployment = servers_at(targets.pairs(target, protocol), artifacts,
                                                     port_offset, url)
     running = deployment is not None and deployment.up()
+    tuned = read_profile(profile)
+    if tuned is not None:
+        if not running:
+            raise UsageError(f"--profile {profile}: no servers are running to check against "
+                             f"it; start them with `deploybench serve --profile {profile}`")
+        check_running(tuned, deployment.configurations, [t for t, _ in pairs])
     mode = deployment.mode if running else "external"
     served = deployment.models if running else None
     if not check and not all(targets.get(t).protocol(p).body.startswith("oip-")
@@ -449,6 +459,8 @@ def load(
     check_signatures(plan, check)
     # the run folder is written only once every target was checked
     writer = RunWriter(plan.run_dir)
+    if tuned is not None:
+        writer.set_environment(profile=tuned.to_dict() | {"source": tuned.source})
     run = load_stage(writer, plan, console)
     measurements = run.measurements
     decisions = (judge(gates, measurements + run.searches, writer, console, junit) if gates
@@ -659,9 +671,13 @@ def bench(
         help="Protocols, comma-separated: of each chosen server, those it speaks (e.g. "
              "npy,v2-binary; default: every one).")
     ] = None,
+    profile: Annotated[Path | None, typer.Option(
+        help="A tuned profile: each server it names measured at its tuned configuration, in "
+             "the batching pass its profile says.")] = None,
 ) -> None:
-    """Serving efficiency: each server's best rate under the p99 bound (batching off and on)
-    against the in-process ceiling of what it serves, on the same cores."""
+    """Serving efficiency: each server's best rate under the p99 bound (batching off and on,
+    or each at its tuned configuration with --profile) against the in-process ceiling of what
+    it serves, on the same cores."""
     from deploybench.jobs.bench import BenchOptions, run_bench
     from deploybench.serving import targets
 
@@ -670,7 +686,8 @@ def bench(
                            step_seconds=step_seconds, min_requests=min_requests,
                            bound_ms=bound_ms,
                            max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
-                           port_offset=port_offset, pairs=pairs), console)
+                           port_offset=port_offset, pairs=pairs,
+                           profile=read_profile(profile)), console)
 
 
 @command
@@ -695,8 +712,9 @@ def tune(
     port_offset: Annotated[int, typer.Option(help="Shift every published port by N.")] = 0,
 ) -> None:
     """Each server's best configuration under the p99 bound: a coordinate search over the
-    knobs its registry entry declares, every probe recorded; writes a profile that serve,
-    load, run and bench take with --profile."""
+    knobs its registry entry declares, every probe recorded; writes a profile that serve, run
+    and bench run the servers with (--profile), and that load checks the running ones
+    against."""
     from deploybench.jobs.tune import TuneOptions, p99_bound, run_tune
     from deploybench.serving.targets import parse_targets
 

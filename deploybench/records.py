@@ -486,6 +486,7 @@ class BenchRecord(_ServerRow):
     saturated_p99_ms: Number | None = None
     saturated_efficiency: Number | None = None
     reason: str | None = None
+    configuration: dict[str, int | bool] | None = None  # the server's knob values as it ran
 
 
 class TuneProbeRecord(_ServerRow):

@@ -97,6 +97,20 @@ def load_profile(path: Path) -> Profile:
                    measured=dict(data.get("measured") or {}), source=str(path))
 
 
+def check_running(profile: Profile, configurations: Mapping[str, Values],
+                  servers: list[str]) -> None:
+    """That each of `servers` the profile names runs with its values (`configurations`: a
+    deployment's); the first that does not is one UsageError line saying how to start it."""
+    for server in servers:
+        for name, value in profile.servers.get(server, {}).items():
+            running = configurations.get(server, {}).get(name)
+            if running != value:
+                raise UsageError(
+                    f"--profile {profile.source}: {server} runs with {name}={running}, the "
+                    f"profile says {name}={value}; start the servers with `deploybench serve "
+                    f"--profile {profile.source}`")
+
+
 def write_profile(path: Path, profile: Profile) -> None:
     """The profile as JSON, written whole or not at all."""
     atomic_write_text(path, json.dumps(profile.to_dict(), indent=2) + "\n")

@@ -138,6 +138,22 @@ def test_serve_with_a_profile_runs_each_server_with_exactly_its_values(
         assert arguments[arguments.index("--threads") + 1] == "1"
         assert deployment.configurations["torchserve"]["workers"] == 2
         assert deployment.configurations["kserve-pytorch"] == {"intra_op_threads": 1}
+
+        # load checks the running servers against a profile: another one is refused ...
+        other = tmp_path / "other.json"
+        other.write_text(json.dumps({"servers": {"torchserve": {"workers": 1}}}))
+        load = ["load", "--target", "torchserve", "--protocol", "npy", "--model", MODEL,
+                "--users", "1", "--step-seconds", "0.5", "--warmup-seconds", "0",
+                "--no-calibrate"]
+        refused = invoke(*load, "--out", str(tmp_path / "refused"), "--profile", str(other))
+        assert refused.exit_code == 2, refused.output
+        assert "torchserve runs with workers=2, the profile says workers=1" in refused.output
+        assert not (tmp_path / "refused").exists()
+        # ... and the one they run with is recorded in the run
+        loaded = invoke(*load, "--out", str(tmp_path / "load"), "--profile", str(profile))
+        assert loaded.exit_code == 0, loaded.output
+        recorded = json.loads((tmp_path / "load" / "results.json").read_text())
+        assert recorded["environment"]["profile"]["servers"]["torchserve"]["workers"] == 2
     finally:
         assert invoke("stop").exit_code == 0
 
@@ -162,3 +178,32 @@ def test_a_bad_profile_is_refused_in_one_line_before_anything_starts(
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "serve").exists() and not (tmp_path / "run").exists()
     assert Deployment.load() is None
+
+
+def test_load_with_a_profile_and_no_servers_running_says_how_to_start_them(
+        tmp_path: Path, state: Path) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"servers": {"torchserve": {"workers": 2}}}))
+    result = invoke("load", "--out", str(tmp_path / "load"), "--target", "torchserve",
+                    "--profile", str(profile))
+    assert result.exit_code == 2, result.output
+    assert f"start them with `deploybench serve --profile {profile}`" in result.output
+    assert not (tmp_path / "load").exists()
+
+
+def test_bench_with_a_profile_runs_each_server_in_its_batching_pass_with_its_own_bound(
+        tmp_path: Path) -> None:
+    from deploybench.jobs.bench import BenchOptions
+    from deploybench.serving.profile import Profile
+
+    pairs = (("torchserve", "npy"), ("kserve-pytorch", "v2-binary"), ("triton-pytorch",
+                                                                         "v2-binary"))
+    plain = BenchOptions(MODEL, tmp_path, tmp_path, pairs=pairs)
+    assert plain.servers(False) == ("torchserve", "kserve-pytorch", "triton-pytorch")
+    assert plain.servers(True) == ("torchserve", "triton-pytorch")
+    tuned = BenchOptions(MODEL, tmp_path, tmp_path, pairs=pairs, profile=Profile(servers={
+        "torchserve": {"batching": True, "max_batch_size": 16},
+        "triton-pytorch": {"batching": False}}))
+    assert tuned.servers(False) == ("kserve-pytorch", "triton-pytorch")
+    assert tuned.servers(True) == ("torchserve",)
+    assert (tuned.max_batch("torchserve"), tuned.max_batch("triton-pytorch")) == (16, 4)

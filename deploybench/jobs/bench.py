@@ -33,7 +33,7 @@ from rich.table import Table
 
 from deploybench import fresh
 from deploybench.errors import DeploybenchError
-from deploybench.formatting import DASH, fixed, percent, times
+from deploybench.formatting import DASH, configuration_text, fixed, percent, times
 from deploybench.jobs.stages import load_stage, server_records
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest.queueing import ideal_rate_rps
@@ -44,6 +44,7 @@ from deploybench.records import to_record
 from deploybench.report import write_reports
 from deploybench.serving import targets
 from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.serving.profile import Profile
 from deploybench.serving.targets import loopback_endpoints
 from deploybench.settings import load_settings
 from deploybench.verdict import server_label
@@ -90,14 +91,26 @@ class BenchOptions:
     port_offset: int = 0
     # (target, protocol) pairs to measure (targets.pairs); None: every protocol of every server
     pairs: tuple[tuple[str, str], ...] | None = None
+    # each server it names at its tuned configuration (`deploybench tune`): measured in the
+    # batching pass its profile says, with its own batch size, threads and workers
+    profile: Profile | None = None
 
     def chosen(self) -> tuple[tuple[str, str], ...]:
         return self.pairs if self.pairs is not None else tuple(targets.pairs("all", None))
 
+    def tuned(self, target: str) -> dict[str, int | bool]:
+        return self.profile.servers.get(target, {}) if self.profile else {}
+
+    def max_batch(self, target: str) -> int:
+        """The batching bound `target` runs with: its profile's, else the bench's."""
+        return int(self.tuned(target).get("max_batch_size", self.max_batch_size))
+
     def servers(self, batching: bool) -> tuple[str, ...]:
-        """The servers to start: with batching on, those that offer it."""
+        """The servers to start: with batching on, those that offer it; a server whose
+        profile sets batching, in that pass only."""
         chosen = dict.fromkeys(target for target, _ in self.chosen())
-        return tuple(t for t in chosen if not batching or targets.get(t).batching)
+        return tuple(t for t in chosen if (not batching or targets.get(t).batching)
+                     and self.tuned(t).get("batching", batching) == batching)
 
 
 def cpu_count(cpus: str) -> int:
@@ -146,10 +159,11 @@ def rate_scenario(options: BenchOptions, batching: bool, saturated_rps: float | 
     )
 
 
-def saturation_scenario(options: BenchOptions, batching: bool) -> Scenario:
+def saturation_scenario(options: BenchOptions, batching: bool,
+                        max_batch: int | None = None) -> Scenario:
     # enough users that the server never waits for a request: 2 keep one queued behind the one
     # running; with batching, 2 x the bound keep every batch full
-    users = 2 * options.max_batch_size if batching else 2
+    users = 2 * (max_batch or options.max_batch_size) if batching else 2
     return Scenario(name=f"bench-saturation-{'on' if batching else 'off'}", kind="closed",
                     levels=(users,), step_seconds=options.step_seconds,
                     warmup_seconds=options.warmup_seconds)
@@ -160,17 +174,19 @@ def measure_ceilings(options: BenchOptions, when: str, console: Console, writer:
     """Every ceiling the chosen servers are held to, once, saved as it comes; run before and
     after the servers (`when`)."""
     ceilings = {}
-    batching: dict[str, bool] = {}  # runtime -> whether a server held to it batches
+    # runtime -> its batch sizes: a server without batching runs batch 1 only, and so does its
+    # ceiling; one with batching also its bound
+    sizes: dict[str, set[int]] = {}
     for target, _ in options.chosen():
         runtime = ceiling_runtime(target)
-        batching[runtime] = batching.get(runtime, False) or targets.get(target).batching
+        sizes.setdefault(runtime, {1})
+        if targets.get(target).batching:
+            sizes[runtime] |= {*CEILING_BATCHES, options.max_batch(target)}
     max_rows = load_manifest(options.artifacts.resolve(), options.model).max_rows
-    for runtime, batches in batching.items():
-        # a server without batching runs batch 1 only, and so does its ceiling; an AOTInductor
-        # package takes no more rows than the model's max_rows, and a server running one
-        # (Triton) batches no further
-        sizes = {1, *CEILING_BATCHES, options.max_batch_size} if batches else {1}
-        for batch in sorted(b for b in sizes if runtime != "aoti" or b <= max_rows):
+    for runtime, batches in sizes.items():
+        # an AOTInductor package takes no more rows than the model's max_rows, and a server
+        # running one (Triton) batches no further
+        for batch in sorted(b for b in batches if runtime != "aoti" or b <= max_rows):
             console.print(f"ceiling ({when}): {FRAMEWORK_NAME[runtime]} batch {batch} on CPUs "
                           f"{options.server_cpus} ...", highlight=False)
             row = measure_ceiling(options, runtime, batch) | {"when": when}
@@ -204,7 +220,8 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
     verify_artifacts(root, manifest)
     writer = RunWriter(options.out)
     writer.set_environment(mode="native", bench=asdict(options) | {
-        "artifacts": str(root), "out": str(options.out)})
+        "artifacts": str(root), "out": str(options.out),
+        "profile": options.profile.source if options.profile else None})
 
     before = measure_ceilings(options, "before", console, writer)
 
@@ -221,16 +238,17 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                            options.out / f"serving-batching-{'on' if batching else 'off'}",
                            loopback_endpoints(options.port_offset), servers, settings,
                            log=lambda text: console.print(text, highlight=False),
-                           cpus=options.server_cpus)
+                           cpus=options.server_cpus, profile=options.profile)
         try:
             writer.add(*server_records(deployment, batching=batching))
             for target in deployment.up():
                 _, ceiling = ceiling_for(before, ceiling_runtime(target), batching,
-                                         options.max_batch_size)
+                                         options.max_batch(target))
                 for protocol in [p for t, p in options.chosen() if t == target]:
                     steps = measure_load(options, deployment, target, protocol,
-                                         saturation_scenario(options, batching), console,
-                                         writer).measurements
+                                         saturation_scenario(options, batching,
+                                                             options.max_batch(target)),
+                                         console, writer).measurements
                     saturated = max((m["throughput_rps"] for m in steps
                                      if m.get("kind") == "load" and m.get("status") == "ok"),
                                     default=None)
@@ -263,10 +281,12 @@ def ceiling_for(ceilings: dict[tuple[str, int], float], runtime: str, batching: 
 
 
 def ideal_server_rps(ceilings: dict[tuple[str, int], float], runtime: str, batching: bool,
-                     options: BenchOptions) -> float | None:
+                     options: BenchOptions, max_batch: int | None = None) -> float | None:
     """The highest rate under the bound for a server with no overhead, given the framework's
-    in-process time per batch (batch 1, and with batching up to the bound)."""
-    batches = (1, options.max_batch_size) if batching else (1,)
+    in-process time per batch (batch 1, and with batching up to `max_batch`, by default the
+    bench's bound)."""
+    max_batch = max_batch or options.max_batch_size
+    batches = (1, max_batch) if batching else (1,)
     latency_ms = {batch: batch * 1000 / ceilings[(runtime, batch)] for batch in batches
                   if ceilings.get((runtime, batch))}
     if 1 not in latency_ms:
@@ -274,7 +294,7 @@ def ideal_server_rps(ceilings: dict[tuple[str, int], float], runtime: str, batch
     # with batching, the better of batching and not (a batch dearer per row only hurts)
     rates = [ideal_rate_rps({1: latency_ms[1]}, options.bound_ms)]
     if len(latency_ms) > 1:
-        rates.append(ideal_rate_rps(latency_ms, options.bound_ms, options.max_batch_size))
+        rates.append(ideal_rate_rps(latency_ms, options.bound_ms, max_batch))
     return max((rate for rate in rates if rate is not None), default=None)
 
 
@@ -284,6 +304,8 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
     best: dict[tuple[str, str, bool], float | None] = {}
     saturation: dict[tuple[str, str, bool], dict[str, Any]] = {}  # the closed-loop step
     measured: dict[tuple[str, int], list[float]] = {}  # ceilings, before and after
+    configured = {(m["target"], m["batching"]): m["configuration"] for m in measurements
+                  if m.get("kind") == "server" and m.get("configuration") is not None}
     for m in measurements:
         if m.get("kind") == "bench-ceiling":
             measured.setdefault((m["runtime"], m["batch"]), []).append(m["inferences_per_s"])
@@ -295,15 +317,18 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
     rows = []
     for (target, protocol, batching), rate in sorted(best.items()):
         batch, ceiling = ceiling_for(ceilings, ceiling_runtime(target), batching,
-                                     options.max_batch_size)
+                                     options.max_batch(target))
         off = best.get((target, protocol, False))
         step = saturation.get((target, protocol, batching), {})
         runs = measured.get((ceiling_runtime(target), batch), [])
         saturated = step.get("throughput_rps") if step.get("status") == "ok" else None
-        ideal = ideal_server_rps(ceilings, ceiling_runtime(target), batching, options)
+        ideal = ideal_server_rps(ceilings, ceiling_runtime(target), batching, options,
+                                 options.max_batch(target))
         rows.append({
             "kind": "bench", "model": options.model, **targets.get(target).describe(protocol),
             "batching": batching, "max_rate_rps": rate, "bound_ms": options.bound_ms,
+            **({"configuration": configured[(target, batching)]}
+               if (target, batching) in configured else {}),
             "ceiling_framework": targets.get(target).framework_label, "ceiling_batch": batch,
             "ceiling_rps": ceiling,
             # how far the ceiling moved between before and after the servers ran
@@ -350,7 +375,9 @@ def render(rows: list[dict[str, Any]], options: BenchOptions) -> Table:
                           f"not measured: {r['reason']}", "-", "-", "-", "-", "-")
             continue
         table.add_row(
-            server_label(r), "on" if r["batching"] else "off",
+            server_label(r) + (f"\n{configuration_text(r['configuration'], chr(10))}"
+                               if options.profile and r.get("configuration") else ""),
+            "on" if r["batching"] else "off",
             # a zero here means nothing was measured: a dash, as for None
             fixed(r["max_rate_rps"], 1) if r["max_rate_rps"] else "none under bound",
             (f"{fixed(r['ceiling_rps'], 1)} (batch {r['ceiling_batch']}, drift "
