@@ -499,7 +499,9 @@ class TuneProbeRecord(_ServerRow):
     protocol: str
     probe: int  # 1, 2, ... in the order tried on this server
     configuration: dict[str, int | bool]
-    status: Literal["ok", "none-under-bound", "failed"]
+    # unavailable: the server cannot run here at all (its search ends); failed: this
+    # configuration did not start or died
+    status: Literal["ok", "none-under-bound", "failed", "unavailable"]
     reason: str | None = None
     bound_ms: Number
     max_rate_rps: Number | None = None

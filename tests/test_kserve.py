@@ -78,6 +78,35 @@ def test_every_protocol_answers_golden_samples(kserve, export_root, target, mode
             client.close()
 
 
+def test_a_v2_rest_answer_is_the_document_kserve_writes(kserve, export_root):
+    """The kit writes a plain V2 REST answer itself (serving/kserve_server.py, encode): the
+    document KServe writes, float32 numbers in Python's text, its length and type declared."""
+    import numpy as np
+    import requests
+
+    from deploybench.manifest import load_manifest
+
+    manifest = load_manifest(export_root, "digits-mlp")
+    (spec,), output = manifest.inputs, manifest.outputs[0].name
+    rows = golden(export_root, "digits-mlp").inputs[:3].only
+    url = f"{rest_url(kserve, 'kserve-pytorch')}/v2/models/digits-mlp/infer"
+    request = {"id": "r-7", "inputs": [{"name": spec.name, "shape": list(rows.shape),
+                                        "datatype": "FP32", "data": rows.ravel().tolist()}]}
+    plain = requests.post(url, json=request, timeout=10)
+    assert plain.status_code == 200, plain.text
+    assert plain.headers["content-type"] == "application/json"
+    assert int(plain.headers["content-length"]) == len(plain.content)
+    answer = plain.json()
+    assert list(answer) == ["model_name", "model_version", "id", "parameters", "outputs"]
+    assert (answer["model_name"], answer["model_version"], answer["id"],
+            answer["parameters"]) == ("digits-mlp", None, "r-7", None)
+    (written,) = answer["outputs"]
+    assert list(written) == ["name", "shape", "datatype", "parameters", "data"]
+    assert (written["name"], written["shape"], written["datatype"]) == (output, [3, 10], "FP32")
+    # each number is a float32 value written in full (as KServe's .item() gives it)
+    assert all(float(np.float32(value)) == value for value in written["data"])
+
+
 @pytest.mark.parametrize("target", KSERVE)
 def test_metadata_declares_the_models_signature(kserve, target):
     for protocol in ("v2-rest", "v2-grpc"):

@@ -110,6 +110,31 @@ def test_tune_records_every_probe_a_crashing_configuration_included_and_writes_a
     assert "## Tuned configurations" in report and "batching=on" in report
 
 
+def test_a_server_that_cannot_run_here_is_one_unavailable_probe_and_no_profile_entry(
+        export_root: Path, tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploybench.errors import DeploybenchError
+    from deploybench.serving.native import ServerUnavailable
+
+    def no_binary(setup: Any) -> Any:
+        raise ServerUnavailable("no tensorflow_model_server in this test")
+
+    monkeypatch.setitem(targets._TARGETS, "tfserving",
+                        replace(targets.get("tfserving"), native=no_binary))
+    out = tmp_path / "tune"
+    with pytest.raises(DeploybenchError, match="no server reached a rate"):
+        run_tune(TuneOptions(MODEL, export_root, out, ("tfserving",), budget_minutes=1,
+                             port_offset=free_offset()), QUIET)
+    measurements = [m.model_dump(exclude_unset=True)
+                    for m in read_results(out / "results.json").measurements]
+    (probe,) = [m for m in measurements if m["kind"] == "tune-probe"]
+    assert probe["status"] == "unavailable"
+    assert "no tensorflow_model_server in this test" in probe["reason"]
+    (tuned,) = [m for m in measurements if m["kind"] == "tune"]
+    assert tuned["probes"] == 1 and tuned["stopped_by"].startswith("the server cannot run here")
+    assert load_profile(out / "profile.json").servers == {}
+
+
 def test_serve_with_a_profile_runs_each_server_with_exactly_its_values(
         export_root: Path, tmp_path: Path, state: Path) -> None:
     """Read back from the servers themselves: TorchServe's management API for its workers and

@@ -87,15 +87,17 @@ def capacity_steps(root: Path, model: str, target: str, url: str, users: list[in
 
 
 @contextmanager
-def native_server(root: Path, model: str, target: str, run_dir: Path) -> Iterator[Deployment]:
-    """`target` serving `model`, started natively on free loopback ports, stopped on exit."""
+def native_server(root: Path, model: str, target: str, run_dir: Path,
+                  cpus: str | None = None) -> Iterator[Deployment]:
+    """`target` serving `model`, started natively on free loopback ports (on `cpus`, a taskset
+    list, if given), stopped on exit."""
     from deploybench.serving.manager import serve, stop
     from deploybench.serving.targets import loopback_endpoints
 
     os.environ["DEPLOYBENCH_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
     endpoints = loopback_endpoints(random.randrange(10_000, 30_000, 10))
     deployment = serve(root, mode="native", models=[model], run_dir=run_dir / "serve",
-                       endpoints=endpoints, servers=(target,), log=lambda text: None)
+                       endpoints=endpoints, servers=(target,), log=lambda text: None, cpus=cpus)
     try:
         if target not in deployment.up():
             reason = next((s.reason for s in deployment.servers if s.name == target), "")

@@ -168,8 +168,10 @@ def measure_probe(options: TuneOptions, bench: BenchOptions, server: str, protoc
     try:
         status = deployment.status(server)
         if status is None or status.status != "up":
-            return finish(writer, row, started, status="failed",
-                          reason=status.reason if status else "not started")
+            # unavailable: the server cannot run here at all, whatever its configuration
+            return finish(writer, row, started,
+                          status="unavailable" if status and status.status == "unavailable"
+                          else "failed", reason=status.reason if status else "not started")
         saturation = replace(saturation_scenario(bench, settings.batching),
                              name=f"{name}-saturation")
         steps = measure_load(bench, deployment, server, protocol, saturation, quiet, writer)
@@ -200,8 +202,8 @@ def measure_probe(options: TuneOptions, bench: BenchOptions, server: str, protoc
 
 
 def outcome_line(row: dict[str, Any]) -> str:
-    if row["status"] == "failed":
-        return f"failed: {row['reason']}"
+    if row["status"] in ("failed", "unavailable"):
+        return f"{row['status']}: {row['reason']}"
     if row["status"] != "ok":
         return row["reason"]
     low, high = row.get("p99_ci95_ms") or (None, None)
@@ -238,7 +240,9 @@ def tune_server(options: TuneOptions, server: str, base: ServerSettings, budget_
 
     best_values, best = default, run(default)
     stopped_by = "a whole pass over the knobs improved nothing"
-    moved = bool(target.knobs)
+    moved = bool(target.knobs) and best["status"] != "unavailable"
+    if best["status"] == "unavailable":
+        stopped_by = f"the server cannot run here: {best['reason']}"
     while moved:
         moved = False
         for knob_step in target.knobs:
