@@ -189,33 +189,40 @@ def export_chart(results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def tune_chart(results: dict[str, Any], bound_ms: float) -> dict[str, Any] | None:
-    """`deploybench tune`: every probe's rate under the bound against its p99 at that rate,
-    one colour per server, and each server's Pareto front as a line through its probes."""
+    """`deploybench tune`: every screen's closed-loop rate under the bound against its p99
+    there, one colour per server, each server's Pareto front of screens as a line, and its
+    confirmed open-loop rates as diamonds."""
     traces = []
     for section in tuned.sections(results):
         outcome = section["outcome"]
-        measured = [p for p in section["probes"] if p.get("max_rate_rps") is not None
-                    and p.get("p99_ms") is not None]
-        if not measured:
-            continue
         label = f"{outcome['model']} · {server_label(outcome)}"
-        bounds = [_interval(p, "p99") for p in measured]
-        p99 = [p["p99_ms"] for p in measured]
-        traces.append({
-            "type": "scatter", "mode": "markers", "name": f"{label}: probes",
-            "legendgroup": label, "x": [p["max_rate_rps"] for p in measured], "y": p99,
-            "error_y": _error_bars(p99, bounds),
-            "text": [f"probe {p['probe']}: {configuration_text(p['configuration'])}<br>"
-                     f"{p['max_rate_rps']:.4g} req/s, p99 {p['p99_ms']:.4g} ms "
-                     f"{_bounds_text(*b)}" for p, b in zip(measured, bounds, strict=True)],
-            "hovertemplate": "%{fullData.name}<br>%{text}<extra></extra>",
-        })
-        front = sorted((p for p in measured if p["pareto"]), key=lambda p: p["max_rate_rps"])
-        traces.append({
-            "type": "scatter", "mode": "lines", "name": f"{label}: Pareto front",
-            "legendgroup": label, "x": [p["max_rate_rps"] for p in front],
-            "y": [p["p99_ms"] for p in front], "hoverinfo": "skip",
-        })
+        for phase, name, marker in (("screen", "screens (closed loop)", "circle"),
+                                    ("confirm", "confirmed (open loop)", "diamond")):
+            measured = [p for p in section["probes"] if p["phase"] == phase
+                        and p.get("rate_rps") is not None and p.get("p99_ms") is not None]
+            if not measured:
+                continue
+            bounds = [_interval(p, "p99") for p in measured]
+            p99 = [p["p99_ms"] for p in measured]
+            traces.append({
+                "type": "scatter", "mode": "markers", "name": f"{label}: {name}",
+                "legendgroup": label, "marker": {"symbol": marker, "size": 9},
+                "x": [p["rate_rps"] for p in measured], "y": p99,
+                "error_y": _error_bars(p99, bounds),
+                "text": [f"probe {p['probe']} ({phase}): "
+                         f"{configuration_text(p['configuration'])}<br>{p['rate_rps']:.4g} "
+                         f"req/s ({p['at']}), p99 {p['p99_ms']:.4g} ms {_bounds_text(*b)}"
+                         for p, b in zip(measured, bounds, strict=True)],
+                "hovertemplate": "%{fullData.name}<br>%{text}<extra></extra>",
+            })
+        front = sorted((p for p in section["probes"] if p["pareto"]),
+                       key=lambda p: p["rate_rps"])
+        if front:
+            traces.append({
+                "type": "scatter", "mode": "lines", "name": f"{label}: Pareto front",
+                "legendgroup": label, "x": [p["rate_rps"] for p in front],
+                "y": [p["p99_ms"] for p in front], "hoverinfo": "skip",
+            })
     if not traces:
         return None
     layout = {"title": {"text": "Tuning: each probe's rate under the bound against its p99 "

@@ -490,32 +490,37 @@ class BenchRecord(_ServerRow):
 
 
 class TuneProbeRecord(_ServerRow):
-    """One configuration `deploybench tune` tried on one server: the highest rate whose p99
-    met the bound with confidence (early stopping), the rates that bracket it, and what the
-    server spent; a configuration that would not start or died is a probe with its reason."""
+    """One configuration `deploybench tune` tried on one server. A screen: a closed loop of
+    1, 2, 4, ... users, scored by the highest throughput of a step whose p99 met the bound. A
+    confirm: the open-loop search's highest rate whose p99 met the bound with confidence
+    (early stopping) and the rates that bracket it. Both with what the server spent; a
+    configuration that would not start or died is a probe with its reason."""
 
     kind: Literal["tune-probe"] = "tune-probe"
     model: str
     protocol: str
     probe: int  # 1, 2, ... in the order tried on this server
+    phase: Literal["screen", "confirm"]
     configuration: dict[str, int | bool]
     # unavailable: the server cannot run here at all (its search ends); failed: this
     # configuration did not start or died
     status: Literal["ok", "none-under-bound", "failed", "unavailable"]
     reason: str | None = None
     bound_ms: Number
-    max_rate_rps: Number | None = None
-    failed_rate_rps: Number | None = None  # the lowest rate tried above it that failed
-    p99_ms: Number | None = None  # at max_rate_rps
+    screen_rps: Number | None = None  # screen: the closed loop's best under the bound ...
+    screen_users: int | None = None  # ... at these users
+    max_rate_rps: Number | None = None  # confirm: the open loop's best under the bound
+    failed_rate_rps: Number | None = None  # confirm: the lowest rate above it that failed
+    p99_ms: Number | None = None  # at screen_rps or max_rate_rps
     p99_ci95_ms: list[Number | None] | None = None
-    saturated_rps: Number | None = None  # kept busy by a closed loop, whatever the latency
-    server_cpu_s_per_1k: Number | None = None  # at max_rate_rps
+    saturated_rps: Number | None = None  # screen: its busiest step, whatever the latency
+    server_cpu_s_per_1k: Number | None = None  # at screen_rps or max_rate_rps
     seconds: Number
 
 
 class TuneRecord(_ServerRow):
     """`deploybench tune`'s outcome for one server: its default configuration and the best
-    one it found, each with its rate under the bound."""
+    one it found, each with its confirmed (open-loop) rate under the bound."""
 
     kind: Literal["tune"] = "tune"
     model: str
@@ -523,6 +528,9 @@ class TuneRecord(_ServerRow):
     bound_ms: Number
     default_configuration: dict[str, int | bool]
     default_rate_rps: Number | None = None
+    screened_configuration: dict[str, int | bool] | None = None  # the screen's pick
+    # the better confirmed of the default and the screen's pick (the default unless the pick
+    # beat it by the minimum gain)
     best_configuration: dict[str, int | bool] | None = None
     best_rate_rps: Number | None = None
     gain: Number | None = None  # best over default

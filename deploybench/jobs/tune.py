@@ -3,20 +3,29 @@ are compared each at its best rather than at their defaults.
 
 For every server, the knobs its registry entry declares (serving/targets.py `Target.knobs`)
 are searched in the spirit of Triton's Model Analyzer: a quick coordinate search, not brute
-force. It starts from the default configuration (.env's values), then walks the knobs in
-their declared order, trying each one's next value up and down (a knob that needs a switch,
-such as the batch size, only while its switch is on), and moves to a candidate when its rate
-beats the best so far by `min_gain`; it stops when a whole pass over the knobs moves nothing,
-or when the server's share of the budget is spent (a probe already started runs to its end;
-time a server leaves goes to the servers after it).
+force, in two phases.
 
-A probe is one configuration, started natively on the server's cores under the same CPU
-limit as every other server (the limits are not a knob): a closed loop that keeps it busy
-brackets the rate, then the open-loop rate search with early stopping (each step passes only
-when its p99's 95% interval lies wholly under the bound) finds the highest rate under the
-bound. A configuration that does not start, or dies, is a probe with its reason; the search
-goes on. Every probe is a `tune-probe` record, each server's outcome a `tune` record, and the
-best configurations a profile file (serving/profile.py) that serve, load, run and bench take.
+Screen. Each configuration is started natively on the server's cores under the same CPU limit
+as every other server (the limits are not a knob) and swept with a closed loop of 1, 2, 4, ...
+users (up to twice what it can run at once); its score is the highest throughput of a step
+whose p99 met the bound, as Model Analyzer ranks configurations. The search starts from the
+default configuration (.env's values), walks the knobs in their declared order, trying each
+one's next value up and down (a knob that needs a switch, such as the batch size, only while
+its switch is on), and moves to a candidate when its score beats the best by `min_gain`; it
+stops when a whole pass over the knobs moves nothing, or when the screen's half of the
+server's share of the budget is spent (a probe already started runs to its end).
+
+Confirm. The default and the best screened configuration are then each measured with the
+open-loop rate search with early stopping (each step passes only when its p99's 95% interval
+lies wholly under the bound): the tuner's answer is the better of the two by that rate, never
+by the screen's. A closed loop waits for each answer before it sends the next, so it cannot
+show the queueing that bursts of independent clients cause; it ranks configurations cheaply,
+and the open loop says what each server sustains. Time a server leaves goes to the servers
+after it.
+
+A configuration that does not start, or dies, is a probe with its reason; the search goes on.
+Every probe is a `tune-probe` record, each server's outcome a `tune` record, and the best
+configurations a profile file (serving/profile.py) that serve, load, run and bench take.
 
     deploybench tune --model mobilenet-v2 --slo "p99<=100ms" --budget-minutes 12 --out runs/tune
 """
@@ -35,7 +44,7 @@ from deploybench import slo
 from deploybench.errors import DeploybenchError, UsageError
 from deploybench.formatting import DASH, fixed, times
 from deploybench.formatting import configuration_text as describe
-from deploybench.jobs.bench import BenchOptions, cpu_count, measure_load, saturation_scenario
+from deploybench.jobs.bench import BenchOptions, cpu_count, measure_load
 from deploybench.jobs.writer import RunWriter
 from deploybench.loadtest.runner import ServerGone
 from deploybench.loadtest.scenarios import RateSearch, Scenario
@@ -67,6 +76,9 @@ class TuneOptions:
     # a step passes once its p99's interval lies under the bound, on at least this many
     # requests: the interval's top needs about 370 requests to exist at all
     min_requests: int = 400
+    # an open-loop step whose p99 interval still straddles the bound after this long counts
+    # as failed: the confirm's searches, not the bench's, must fit a budget
+    max_step_seconds: float = 30.0
     min_gain: float = 0.05  # a candidate must beat the best rate by this much to be taken
     port_offset: int = 0
     profile: Path | None = None  # where the profile goes (default: OUT/profile.json)
@@ -121,48 +133,72 @@ def candidates(knobs: tuple[Knob, ...], values: Values, max_threads: int) -> lis
     return found
 
 
+def screen_levels(values: Values) -> tuple[int, ...]:
+    """The closed loop's users for a screen: 1, 2, 4, ... up to twice the requests the
+    configuration can run at once (its workers times its batch), so that the top level keeps
+    every worker and batch full."""
+    top = 2 * int(values.get("workers", 1)) * (
+        int(values.get("max_batch_size", 1)) if values.get("batching") else 1)
+    levels = [1]
+    while levels[-1] < top:
+        levels.append(min(2 * levels[-1], top))
+    return tuple(levels)
+
+
+def screen_scenario(values: Values, options: TuneOptions, name: str) -> Scenario:
+    return Scenario(name=name, kind="closed", levels=screen_levels(values),
+                    step_seconds=options.step_seconds, warmup_seconds=options.warmup_seconds)
+
+
 def search(saturated_rps: float | None, options: TuneOptions, name: str) -> Scenario:
-    """The open-loop rate search of one probe, with early stopping: a step passes once its
-    p99's interval lies under the bound on `min_requests` requests, fails at once when it lies
-    over it. It starts at half the closed loop's saturated rate (the rate under a bound can
-    only be lower when the loop keeps it busy) and climbs by 1.4 (up to 4 x that rate: two
-    users may not keep a batching server busy), then bisects twice: fewer, shorter
-    steps than the bench's search, which is what a budget of probes needs."""
+    """The open-loop rate search of a confirming probe, with early stopping: a step passes
+    once its p99's interval lies under the bound on `min_requests` requests, fails at once
+    when it lies over it, and counts as failed when still undecided after `max_step_seconds`.
+    It starts at half the screen's saturated rate (the rate under a bound can only be lower
+    than a closed loop's busiest) and climbs by 1.4 (up to 4 x that rate: the screen's users
+    may not have kept a batching server busy), then bisects twice: fewer, shorter steps than
+    the bench's search, which is what a budget needs."""
     top = saturated_rps or 100.0
     return Scenario(name=name, kind="open", step_seconds=options.step_seconds,
                     warmup_seconds=options.warmup_seconds, rate_bound_ms=options.bound_ms,
                     search=RateSearch(start_rps=max(0.5, round(top / 2, 1)), growth=1.4,
                                       max_rps=max(1.0, round(top * 4, 1)), refine_steps=2),
-                    early_stop=True, min_pass_requests=options.min_requests)
+                    early_stop=True, min_pass_requests=options.min_requests,
+                    max_step_seconds=max(options.step_seconds, options.max_step_seconds))
 
 
 def probe(options: TuneOptions, server: str, protocol: str, base: ServerSettings,
-          values: Values, number: int, console: Console, writer: RunWriter) -> dict[str, Any]:
-    """One configuration of one server, measured; returned as its tune-probe row (also
-    saved). The console shows which server and configuration run, then one line of result."""
+          values: Values, number: int, phase: str, console: Console, writer: RunWriter,
+          saturated_rps: float | None = None) -> dict[str, Any]:
+    """One configuration of one server, screened (closed loop) or confirmed (open-loop rate
+    search); returned as its tune-probe row (also saved). The console shows which server,
+    phase and configuration run, then one line of result."""
     started = time.monotonic()
-    bench = options.bench(values)
-    settings = replace(base, **values)
     quiet = Console(quiet=True)  # the steps' own lines and tables: in results.json
     row: dict[str, Any] = {
         "kind": "tune-probe", **targets.get(server).describe(protocol), "model": options.model,
-        "probe": number, "configuration": values, "bound_ms": options.bound_ms}
-    name = f"tune-{server}-{number}"
-    with console.status(f"{server} probe {number}: {describe(values)}"):
-        row = measure_probe(options, bench, server, protocol, settings, name, row, started,
-                            quiet, writer)
-    console.print(f"{server} probe {number}: {describe(values)} -> {outcome_line(row)}",
-                  highlight=False)
+        "probe": number, "phase": phase, "configuration": values,
+        "bound_ms": options.bound_ms}
+    name = f"tune-{server}-{number}-{phase}"
+    scenario = (screen_scenario(values, options, name) if phase == "screen"
+                else search(saturated_rps, options, name))
+    with console.status(f"{server} probe {number} ({phase}): {describe(values)}"):
+        row = measure_probe(options, server, protocol, replace(base, **values), values,
+                            scenario, row, started, quiet, writer)
+    console.print(f"{server} probe {number} ({phase}): {describe(values)} -> "
+                  f"{outcome_line(row)}", highlight=False)
     return row
 
 
-def measure_probe(options: TuneOptions, bench: BenchOptions, server: str, protocol: str,
-                  settings: ServerSettings, name: str, row: dict[str, Any], started: float,
+def measure_probe(options: TuneOptions, server: str, protocol: str, settings: ServerSettings,
+                  values: Values, scenario: Scenario, row: dict[str, Any], started: float,
                   quiet: Console, writer: RunWriter) -> dict[str, Any]:
+    bench = options.bench(values)
     try:
         deployment = serve(options.artifacts.resolve(), "native", [options.model],
-                           options.out / "probes" / name, loopback_endpoints(options.port_offset),
-                           (server,), settings, log=lambda text: None, cpus=options.server_cpus)
+                           options.out / "probes" / scenario.name,
+                           loopback_endpoints(options.port_offset), (server,), settings,
+                           log=lambda text: None, cpus=options.server_cpus)
     except DeploybenchError as error:
         return finish(writer, row, started, status="failed", reason=str(error))
     try:
@@ -172,33 +208,55 @@ def measure_probe(options: TuneOptions, bench: BenchOptions, server: str, protoc
             return finish(writer, row, started,
                           status="unavailable" if status and status.status == "unavailable"
                           else "failed", reason=status.reason if status else "not started")
-        saturation = replace(saturation_scenario(bench, settings.batching),
-                             name=f"{name}-saturation")
-        steps = measure_load(bench, deployment, server, protocol, saturation, quiet, writer)
-        saturated = max((m["throughput_rps"] for m in steps.measurements
-                         if m.get("status") == "ok" and m.get("throughput_rps")), default=None)
-        rates = measure_load(bench, deployment, server, protocol,
-                             search(saturated, options, f"{name}-rate"), quiet, writer)
+        run = measure_load(bench, deployment, server, protocol, scenario, quiet, writer)
     except ServerGone as error:
         return finish(writer, row, started, status="failed", reason=error.reason)
     except DeploybenchError as error:  # the load generator could not measure it: said so
         return finish(writer, row, started, status="failed", reason=str(error))
     finally:
         stop(deployment)
-    (outcome,) = rates.searches
+    figures = screened(run, options) if scenario.kind == "closed" else confirmed(run, options)
+    return finish(writer, row, started, **figures)
+
+
+def screened(run: Any, options: TuneOptions) -> dict[str, Any]:
+    """A screen's score: the highest throughput of a closed-loop step whose p99 met the
+    bound (its point estimate: a few seconds' steps leave the p99's interval open; the
+    confirm's search is the rigorous one), with that step's figures."""
+    steps = [m for m in run.measurements if m.get("status") == "ok" and m.get("throughput_rps")
+             and not m.get("failures") and not m.get("wrong_answers")]
+    saturated = max((m["throughput_rps"] for m in steps), default=None)
+    under = [m for m in steps if (m.get("latency_ms") or {}).get("p99", 1e12) <= options.bound_ms]
+    if not under:
+        return {"status": "none-under-bound" if steps else "failed",
+                "reason": (f"no closed-loop step met p99 <= {options.bound_ms:g} ms" if steps
+                           else "no step answered every request correctly"),
+                "saturated_rps": saturated}
+    best = max(under, key=lambda m: m["throughput_rps"])
+    return {"status": "ok", "screen_rps": round(best["throughput_rps"], 2),
+            "screen_users": int(best["level"]), **step_figures(best),
+            "saturated_rps": saturated}
+
+
+def confirmed(run: Any, options: TuneOptions) -> dict[str, Any]:
+    """A confirm's answer: the highest rate under the bound, the lowest failed rate above it,
+    and the passing step's figures."""
+    (outcome,) = run.searches
     best = outcome["max_rate_rps"]
-    step = next((m for m in rates.measurements
-                 if m.get("passed") and m.get("level") == best), {})
+    step = next((m for m in run.measurements if m.get("passed") and m.get("level") == best), {})
     above = [t["rps"] for t in outcome["tried"]
              if not t["passed"] and (best is None or t["rps"] > best)]
-    return finish(
-        writer, row, started, status="ok" if best else "none-under-bound",
-        reason=None if best else f"no rate met p99 <= {options.bound_ms:g} ms "
-                                 f"({outcome['stopped_by']})",
-        max_rate_rps=round(best, 2) if best else None, failed_rate_rps=min(above, default=None),
-        p99_ms=(step.get("latency_ms") or {}).get("p99"),
-        p99_ci95_ms=(step.get("latency_ci95_ms") or {}).get("p99"),
-        saturated_rps=saturated, server_cpu_s_per_1k=step.get("server_cpu_s_per_1k"))
+    return {"status": "ok" if best else "none-under-bound",
+            "reason": None if best else (f"no rate met p99 <= {options.bound_ms:g} ms "
+                                         f"({outcome['stopped_by']})"),
+            "max_rate_rps": round(best, 2) if best else None,
+            "failed_rate_rps": min(above, default=None), **step_figures(step)}
+
+
+def step_figures(step: dict[str, Any]) -> dict[str, Any]:
+    return {"p99_ms": (step.get("latency_ms") or {}).get("p99"),
+            "p99_ci95_ms": (step.get("latency_ci95_ms") or {}).get("p99"),
+            "server_cpu_s_per_1k": step.get("server_cpu_s_per_1k")}
 
 
 def outcome_line(row: dict[str, Any]) -> str:
@@ -207,9 +265,12 @@ def outcome_line(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return row["reason"]
     low, high = row.get("p99_ci95_ms") or (None, None)
-    return (f"{fixed(row['max_rate_rps'], 1)} req/s under p99 <= {row['bound_ms']:g} ms (p99 "
-            f"{fixed(row['p99_ms'], 1)} ms, 95% [{fixed(low, 1)}, {fixed(high, 1)}]); "
-            f"saturated {fixed(row.get('saturated_rps'), 1)} req/s; {row['seconds']:g} s")
+    p99 = f"p99 {fixed(row['p99_ms'], 1)} ms, 95% [{fixed(low, 1)}, {fixed(high, 1)}]"
+    if row["phase"] == "screen":
+        return (f"{fixed(row['screen_rps'], 1)} req/s at {row['screen_users']} users ({p99}); "
+                f"saturated {fixed(row.get('saturated_rps'), 1)} req/s; {row['seconds']:g} s")
+    return (f"{fixed(row['max_rate_rps'], 1)} req/s under p99 <= {row['bound_ms']:g} ms "
+            f"({p99}); {row['seconds']:g} s")
 
 
 def finish(writer: RunWriter, row: dict[str, Any], started: float, **fields: Any
@@ -220,25 +281,30 @@ def finish(writer: RunWriter, row: dict[str, Any], started: float, **fields: Any
     return row
 
 
-def score(row: dict[str, Any]) -> float:
-    return row.get("max_rate_rps") or 0.0
+SCREEN_SHARE = 0.5  # of a server's budget, for the screen; the confirms have the rest
 
 
 def tune_server(options: TuneOptions, server: str, base: ServerSettings, budget_s: float,
                 console: Console, writer: RunWriter) -> dict[str, Any]:
-    """The coordinate search on one server within `budget_s`; returns its tune row."""
+    """The coordinate search on one server within `budget_s`, screened then confirmed;
+    returns its tune row."""
     started = time.monotonic()
     target = targets.get(server)
     protocol = protocol_of(server)
     default = knob_values(base, server)
-    probes: dict[str, dict[str, Any]] = {}
+    screens: dict[str, dict[str, Any]] = {}
+    numbered = iter(range(1, 10_000))
 
-    def run(values: Values) -> dict[str, Any]:
-        row = probe(options, server, protocol, base, values, len(probes) + 1, console, writer)
-        probes[describe(values)] = row
+    def screen(values: Values) -> dict[str, Any]:
+        row = probe(options, server, protocol, base, values, next(numbered), "screen",
+                    console, writer)
+        screens[describe(values)] = row
         return row
 
-    best_values, best = default, run(default)
+    def spent() -> bool:
+        return time.monotonic() - started >= budget_s * SCREEN_SHARE
+
+    best_values, best = default, screen(default)
     stopped_by = "a whole pass over the knobs improved nothing"
     moved = bool(target.knobs) and best["status"] != "unavailable"
     if best["status"] == "unavailable":
@@ -246,27 +312,44 @@ def tune_server(options: TuneOptions, server: str, base: ServerSettings, budget_
     while moved:
         moved = False
         for knob_step in target.knobs:
-            if time.monotonic() - started >= budget_s:
-                stopped_by, moved = "its share of the budget was spent", False
+            if spent():
+                stopped_by, moved = "the screen's share of the budget was spent", False
                 break
             for values in candidates((knob_step,), best_values, cpu_count(options.server_cpus)):
-                if describe(values) in probes or time.monotonic() - started >= budget_s:
+                if describe(values) in screens or spent():
                     continue
-                row = run(values)
-                if score(row) > score(best) * (1 + options.min_gain):
+                row = screen(values)
+                if (row.get("screen_rps") or 0.0) > (best.get("screen_rps") or 0.0) * (
+                        1 + options.min_gain):
                     best_values, best, moved = values, row, True
                     break
     if not target.knobs:
         stopped_by = "no knobs declared"
-    default_rate = probes[describe(default)].get("max_rate_rps")
+
+    # confirm: the default and the screen's pick, each by the open-loop rate search
+    confirms = {}
+    for values in dict.fromkeys((describe(default), describe(best_values))):
+        if screens[values]["status"] == "ok":
+            confirms[values] = probe(
+                options, server, protocol, base, screens[values]["configuration"],
+                next(numbered), "confirm", console, writer,
+                saturated_rps=screens[values].get("saturated_rps"))
+    default_rate = confirms.get(describe(default), {}).get("max_rate_rps")
+    winner = max((c for c in confirms.values() if c.get("max_rate_rps")),
+                 key=lambda c: c["max_rate_rps"], default=None)
+    if winner and default_rate and winner["max_rate_rps"] <= default_rate * (
+            1 + options.min_gain):
+        winner = confirms[describe(default)]  # not a confirmed gain: the default stays
     row = {"kind": "tune", **target.describe(protocol), "model": options.model,
            "bound_ms": options.bound_ms, "default_configuration": default,
            "default_rate_rps": default_rate,
-           **({"best_configuration": best_values, "best_rate_rps": best["max_rate_rps"]}
-              if best.get("max_rate_rps") else {}),
-           "gain": (round(best["max_rate_rps"] / default_rate, 2)
-                    if default_rate and best.get("max_rate_rps") else None),
-           "probes": len(probes), "seconds": round(time.monotonic() - started, 1),
+           "screened_configuration": best_values if best.get("screen_rps") else None,
+           **({"best_configuration": winner["configuration"],
+               "best_rate_rps": winner["max_rate_rps"]} if winner else {}),
+           "gain": (round(winner["max_rate_rps"] / default_rate, 2)
+                    if default_rate and winner else None),
+           "probes": len(screens) + len(confirms),
+           "seconds": round(time.monotonic() - started, 1),
            "budget_s": round(budget_s, 1), "stopped_by": stopped_by}
     writer.add(to_record({k: v for k, v in row.items() if v is not None}))
     return row
