@@ -350,20 +350,34 @@ def _samples_key(options: Any) -> tuple[str, str, int, str]:
             options.unchecked_signature)
 
 
+def _bodies_needed(environment: Environment) -> tuple[str, ...]:
+    """The request encodings of the user classes about to run: a step runs one, and encoding
+    every golden sample in every body takes seconds for a large input (mobilenet-v2's JSON
+    bodies are 3 MB an image)."""
+    classes = environment.user_classes or list((environment.available_user_classes or {})
+                                               .values())
+    return tuple(sorted({c.body for c in classes if getattr(c, "body", "")})) or tuple(
+        payload.BODIES)
+
+
 def _prepare(environment: Environment) -> None:
-    """Load the golden requests (once per model) and point the HTTP users at their servers."""
+    """Load the golden requests (once per model, each body once, when a class that sends it
+    is about to run) and point the HTTP users at their servers."""
     options = environment.parsed_options
     key = _samples_key(options)
     _state["error"] = None
-    if key not in _state["samples"]:
+    cached = _state["samples"].get(key)
+    needed = _bodies_needed(environment)
+    missing = tuple(b for b in needed if cached is None or b not in cached.bodies)
+    if missing:
         try:
             if options.unchecked_signature:
-                _state["samples"][key] = synthetic_samples(
-                    Signature.parse(options.unchecked_signature), options.model,
-                    int(options.batch_size))
+                found = synthetic_samples(Signature.parse(options.unchecked_signature),
+                                          options.model, int(options.batch_size),
+                                          encodings=missing)
             else:
-                _state["samples"][key] = load_samples(Path(options.export_root), options.model,
-                                                      int(options.batch_size))
+                found = load_samples(Path(options.export_root), options.model,
+                                     int(options.batch_size), encodings=missing)
         except (DeploybenchError, OSError, KeyError, ValueError) as error:
             _state["error"] = str(error)
             log.error("cannot load the golden requests: %s", error)
@@ -371,6 +385,10 @@ def _prepare(environment: Environment) -> None:
             if environment.parsed_options.headless and environment.runner is not None:
                 gevent.spawn(environment.runner.quit)  # nothing worth measuring
             return
+        if cached is None:
+            _state["samples"][key] = found
+        else:  # a class picked later in the web UI: its body beside the others
+            cached.bodies.update({b: found.bodies[b] for b in missing})
     _apply_hosts(options)
 
 

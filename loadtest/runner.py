@@ -15,7 +15,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,9 @@ class LoadPlan:
     calibrate: bool = True
     # models the kit did not export (`load --no-check`): the signature the server declares
     unchecked: dict[str, Signature] = field(default_factory=dict)
+    # (target, model) -> the rate its search starts at, where known better than the
+    # scenario's (`run`: from its closed-loop sweep, scenarios.search_start)
+    search_starts: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 class ServerWatch:
@@ -268,7 +271,9 @@ class LoadRun:
             best = max((rate for rate, ok in tried if ok), default=None)
             stopped_by = "fixed rates"
         else:
-            outcome = search_rate(scenario.search, passes)
+            start = self.plan.search_starts.get((target, model))
+            search = replace(scenario.search, start_rps=start) if start else scenario.search
+            outcome = search_rate(search, passes)
             tried, best, stopped_by = outcome.tried, outcome.best_rps, outcome.stopped_by
         steps = [m for m in self.measurements if m.get("scenario") == scenario.name
                  and (m["target"], m["protocol"], m["model"]) == (target, protocol, model)

@@ -60,7 +60,8 @@ class Scenario:
     # open: early stopping. Each step lasts until its p99's 95% interval lies wholly under the
     # bound (pass, on at least min_pass_requests, MLPerf's 662 for a p99 claim, and at least
     # step_seconds: a backlog needs time to show) or wholly over it (fail, at once), or
-    # max_step_seconds have passed (inconclusive)
+    # max_step_seconds have passed (inconclusive; longer at a rate too low to send
+    # min_pass_requests in it: see measure_seconds)
     early_stop: bool = False
     min_pass_requests: int = 662
     max_step_seconds: float = 60.0
@@ -98,7 +99,10 @@ class Scenario:
     def measure_seconds(self, level: float) -> float:
         """How long the step at `level` is measured (see min_requests)."""
         if self.kind == "open" and self.early_stop:
-            return self.max_step_seconds  # the most it lasts: it ends once decided
+            # the most it lasts (it ends once decided), and long enough at this rate for the
+            # requests a pass needs, up to 4 x max_step_seconds
+            return max(self.max_step_seconds,
+                       min(1.25 * self.min_pass_requests / level, 4 * self.max_step_seconds))
         if self.kind != "open" or not self.min_requests:
             return self.step_seconds
         return min(max(self.step_seconds, self.min_requests / level), 4 * self.step_seconds)
@@ -177,6 +181,22 @@ class SearchOutcome:
     first_failed_rps: float | None
     tried: list[tuple[float, bool]] = field(default_factory=list)
     stopped_by: str = ""  # why the search ended
+
+
+def search_start(steps: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """Where each server's rate search starts, from closed-loop steps already measured: half
+    the busiest rate any of its clean steps reached (a rate under a latency bound can only be
+    lower than what a closed loop keeps busy, and half of it usually passes), to two
+    significant figures. The search then climbs from there rather than from its fixed start,
+    sparing the steps far below the server's capacity."""
+    busiest: dict[tuple[str, str], float] = {}
+    for m in steps:
+        if (m.get("status") == "ok" and m.get("level_unit") == "users"
+                and m.get("throughput_rps") and not m.get("failures")
+                and not m.get("wrong_answers")):
+            key = (m["target"], m["model"])
+            busiest[key] = max(busiest.get(key, 0.0), m["throughput_rps"])
+    return {key: float(f"{rate / 2:.2g}") for key, rate in busiest.items() if rate / 2 >= 1}
 
 
 def search_rate(search: RateSearch, passes: Callable[[float], bool]) -> SearchOutcome:

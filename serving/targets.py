@@ -144,7 +144,9 @@ class Knob:
         return ""
 
 
-# The knobs several servers share; the CPUs and memory a server gets are limits, not knobs
+# The knobs several servers share; the CPUs and memory a server gets are limits, not knobs.
+# A server's knobs are walked in its declared order: threads first, since the default (one
+# per core of the machine) oversubscribes a server held to fewer cores
 BATCHING = Knob("batching", "dynamic batching", (False, True), boolean=True)
 BATCH_SIZE = Knob("max_batch_size", "the largest batch the batcher forms", (2, 4, 8, 16), 1, 256,
                   needs="batching")
@@ -493,7 +495,7 @@ register(Target(
     ),
     native=native.tfserving_native,
     compose_service="tfserving",
-    knobs=(BATCHING, BATCH_SIZE, BATCH_WAIT, THREADS,
+    knobs=(THREADS, BATCHING, BATCH_SIZE, BATCH_WAIT,
            Knob("rest_threads", "REST threads (--rest_api_num_threads)", (8, 16, 32, 64), 1,
                 1024)),
     metrics=("rest", "/monitoring/prometheus/metrics"),  # serving/config/monitoring.config
@@ -531,9 +533,8 @@ register(Target(
     ),
     native=native.torchserve_native,
     compose_service="torchserve",
-    knobs=(BATCHING, BATCH_SIZE, BATCH_WAIT,
-           workers("workers per model (processes, each with its own copy of the model)"),
-           THREADS),
+    knobs=(THREADS, BATCHING, BATCH_SIZE, BATCH_WAIT,
+           workers("workers per model (processes, each with its own copy of the model)")),
     reference=True,
     closes_after_error=("TorchServe's frontend closes the connection after every answer of "
                         "status 400 or more (NettyUtils.sendHttpResponse), saying "
@@ -653,9 +654,8 @@ for _runtime, _framework, _served, _label, _port in (
         ),
         native=native.triton_native(_runtime),
         compose_service=f"triton-{_runtime}",
-        knobs=(BATCHING, BATCH_SIZE, BATCH_WAIT,
-               workers("model instances (instance_group count, a backend process each)"),
-               THREADS),
+        knobs=(THREADS, BATCHING, BATCH_SIZE, BATCH_WAIT,
+               workers("model instances (instance_group count, a backend process each)")),
         metrics=("metrics", "/metrics"),
         # Triton's cumulative microseconds per model (metrics.md), over its successful requests
         time_metrics=ServerMetrics(

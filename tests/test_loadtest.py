@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,13 @@ from deploybench.loadtest import histogram
 from deploybench.loadtest import measurement as measure
 from deploybench.loadtest.process import LOCUSTFILE, LocustOutput, LocustRun
 from deploybench.loadtest.runner import LoadPlan, LoadRun, check_reachable
-from deploybench.loadtest.scenarios import RateSearch, Scenario, load_scenario, search_rate
+from deploybench.loadtest.scenarios import (
+    RateSearch,
+    Scenario,
+    load_scenario,
+    search_rate,
+    search_start,
+)
 from deploybench.serving.manager import Deployment
 from deploybench.serving.targets import Endpoints
 from tests.conftest import invoke
@@ -345,12 +352,31 @@ def test_rate_search_steps_up_then_bisects() -> None:
     assert capped.best_rps == 60 and "max_rps" in capped.stopped_by
 
 
+def test_a_rate_search_starts_at_half_the_busiest_clean_closed_loop_step() -> None:
+    def step(target: str, rps: float, **more: Any) -> dict[str, Any]:
+        return {"target": target, "model": "m", "status": "ok", "level_unit": "users",
+                "throughput_rps": rps, "failures": 0, "wrong_answers": 0} | more
+
+    starts = search_start([
+        step("a", 300.0), step("a", 913.0), step("a", 5000.0, failures=3),
+        step("a", 4000.0, wrong_answers=1), step("a", 6000.0, level_unit="rps"),
+        step("b", 1.2), step("c", 0.0, status="failed")])
+    # 913 / 2 to two significant figures; b's half-rate under 1 and c's failure: no start
+    assert starts == {("a", "m"): 460.0}
+
+
 def test_open_loop_steps_last_until_enough_requests_for_a_p99() -> None:
     scenario = Scenario("s", "open", levels=(5.0,), step_seconds=8, min_requests=300)
     assert scenario.measure_seconds(100) == 8  # 800 requests in the step anyway
     assert scenario.measure_seconds(20) == 15  # 300 requests
     assert scenario.measure_seconds(2) == 32  # at most 4 x step_seconds
     assert Scenario("s", "open", levels=(5.0,), step_seconds=8).measure_seconds(2) == 8
+    # early stopping: a step ends once decided, at the latest when a pass could be decided
+    early = Scenario("e", "open", levels=(5.0,), early_stop=True, min_pass_requests=400,
+                     max_step_seconds=30)
+    assert early.measure_seconds(100) == 30  # 400 requests in 4 s: decided well before
+    assert early.measure_seconds(10) == 50  # 400 requests take 40 s, and a quarter more
+    assert early.measure_seconds(1) == 120  # at most 4 x max_step_seconds
     closed = Scenario("c", "closed", levels=(4,), step_seconds=8, min_requests=300)
     assert closed.measure_seconds(4) == 8  # users, not a rate
     with pytest.raises(UsageError, match="min_requests"):

@@ -58,6 +58,11 @@ def test_results_hold_load_edge_and_inprocess_measurements(run_dir):
     assert {(m["target"], m["protocol"]) for m in load if m["scenario"] == "rate"} == {
         ("torchserve", "npy"), ("kserve-tensorflow", "v2-binary")}
     assert set(results["environment"]["stage_seconds"]) >= {"export", "serve", "load", "edge"}
+    # each rate search started at half the busiest rate its server's sweep reached
+    for search in (m for m in results["measurements"] if m["kind"] == "load-slo"):
+        busiest = max(m["throughput_rps"] for m in load if m["scenario"] == "sweep"
+                      and m["target"] == search["target"])
+        assert search["tried"][0]["rps"] == float(f"{busiest / 2:.2g}"), search
     for step in load:
         assert step["wrong_answers"] == 0
         assert step["throughput_rps"] > 0

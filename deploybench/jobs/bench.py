@@ -206,11 +206,13 @@ def bracket(before: dict[tuple[str, int], float], after: dict[tuple[str, int], f
 def measure_load(options: BenchOptions, deployment: Deployment, target: str, protocol: str,
                  scenario: Scenario, console: Console, writer: RunWriter) -> LoadRun:
     """One scenario against one server and protocol, locust pinned to the load generator's
-    cores; its measurements are saved into the bench's results.json as they come."""
+    cores; its measurements are saved into the bench's results.json as they come. The load
+    generator is calibrated once per results.json: the same locust on the same cores."""
     plan = LoadPlan([(target, protocol)], [options.model], options.artifacts.resolve(),
                     deployment.endpoints_obj(), scenario, options.out, "native")
     plan.observers = deployment.observers()
     plan.loadgen_cpus = options.loadgen_cpus
+    plan.calibrate = not any(m.kind == "loadgen-calibration" for m in writer.measurements)
     return load_stage(writer, plan, console)
 
 

@@ -183,7 +183,7 @@ def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  
     search's outcome."""
     from deploybench.jobs.stages import load_stage
     from deploybench.loadtest.runner import LoadPlan
-    from deploybench.loadtest.scenarios import load_scenario
+    from deploybench.loadtest.scenarios import load_scenario, search_start
     servers = tuple(deployment.up())
     every = [(target, protocol) for target in servers
              for protocol in targets.get(target).protocol_names]
@@ -201,6 +201,9 @@ def _load(options: RunOptions, deployment, artifacts: Path, writer: RunWriter,  
         plan = LoadPlan(pairs, deployment.models, artifacts, deployment.endpoints_obj(),
                         scenario, writer.run_dir, deployment.mode)
         plan.observers = deployment.observers()
+        # each rate search starts near its server's capacity, as the sweep measured it
+        plan.search_starts = search_start(steps)
+        plan.calibrate = not steps  # the load generator once, before the first scenario
         finished = load_stage(writer, plan, console)
         steps += finished.measurements + finished.searches
     return steps

@@ -76,8 +76,8 @@ class TuneOptions:
     # a step passes once its p99's interval lies under the bound, on at least this many
     # requests: the interval's top needs about 370 requests to exist at all
     min_requests: int = 400
-    # an open-loop step whose p99 interval still straddles the bound after this long counts
-    # as failed: the confirm's searches, not the bench's, must fit a budget
+    # an open-loop step whose p99 interval still straddles the bound after this long (or
+    # after the time min_requests take at its rate) counts as failed
     max_step_seconds: float = 30.0
     min_gain: float = 0.05  # a candidate must beat the best rate by this much to be taken
     port_offset: int = 0
@@ -156,13 +156,15 @@ def search(saturated_rps: float | None, options: TuneOptions, name: str) -> Scen
     when it lies over it, and counts as failed when still undecided after `max_step_seconds`.
     It starts at half the screen's saturated rate (the rate under a bound can only be lower
     than a closed loop's busiest) and climbs by 1.4 (up to 4 x that rate: the screen's users
-    may not have kept a batching server busy), then bisects twice: fewer, shorter steps than
-    the bench's search, which is what a budget needs."""
+    may not have kept a batching server busy), or steps down by 1.4 to an eighth of it (below,
+    none under the bound: the configuration is no contender), then bisects twice: fewer,
+    shorter steps than the bench's search, which is what a budget needs."""
     top = saturated_rps or 100.0
     return Scenario(name=name, kind="open", step_seconds=options.step_seconds,
                     warmup_seconds=options.warmup_seconds, rate_bound_ms=options.bound_ms,
                     search=RateSearch(start_rps=max(0.5, round(top / 2, 1)), growth=1.4,
-                                      max_rps=max(1.0, round(top * 4, 1)), refine_steps=2),
+                                      max_rps=max(1.0, round(top * 4, 1)),
+                                      min_rps=max(0.5, round(top / 8, 1)), refine_steps=2),
                     early_stop=True, min_pass_requests=options.min_requests,
                     max_step_seconds=max(options.step_seconds, options.max_step_seconds))
 
