@@ -214,7 +214,7 @@ def search_rate(search: RateSearch, passes: Callable[[float], bool]) -> SearchOu
     if attempt(rate):
         outcome.best_rps = rate
         while rate < search.max_rps:
-            rate = min(rate * search.growth, search.max_rps)
+            rate = min(round(rate * search.growth, 2), search.max_rps)  # no float noise
             if not attempt(rate):
                 outcome.first_failed_rps = rate
                 break

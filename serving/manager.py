@@ -8,6 +8,9 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,24 @@ READY_TIMEOUT_S = 180.0
 
 def state_dir() -> Path:
     return Path(os.environ.get("DEPLOYBENCH_STATE_DIR", ".deploybench"))
+
+
+@contextmanager
+def private_state() -> Iterator[Path]:
+    """Servers a benchmark starts and stops itself keep their state in a folder of their own,
+    so that they neither replace nor read the servers `deploybench serve` started (which
+    `load` and `stop` find in the state folder)."""
+    previous = os.environ.get("DEPLOYBENCH_STATE_DIR")
+    folder = tempfile.mkdtemp(prefix="deploybench-state-")
+    os.environ["DEPLOYBENCH_STATE_DIR"] = folder
+    try:
+        yield Path(folder)
+    finally:
+        if previous is None:
+            os.environ.pop("DEPLOYBENCH_STATE_DIR", None)
+        else:
+            os.environ["DEPLOYBENCH_STATE_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass

@@ -28,6 +28,7 @@ TORCHSERVE_CONFIG = CONFIG_DIR / "config.properties"
 BATCHING_CONFIG = CONFIG_DIR / "batching.config"
 MONITORING_CONFIG = CONFIG_DIR / "monitoring.config"
 TORCHSERVE_METRICS = CONFIG_DIR / "torchserve-metrics.yaml"
+TORCHSERVE_LOG_CONFIG = CONFIG_DIR / "torchserve-log4j2.xml"  # no lines per request
 TFSERVING_ENTRYPOINT = REPO_ROOT / "docker" / "tfserving" / "entrypoint.sh"
 # the Triton environment's interpreter (`make setup` makes it), or DEPLOYBENCH_TRITON_PYTHON
 TRITON_PYTHON_ENV = "DEPLOYBENCH_TRITON_PYTHON"
@@ -110,6 +111,7 @@ def torchserve_command(config: Path, root: Path, models: list[str]) -> list[str]
         sys.executable, "-c", "from ts.model_server import start; start()",
         "--start", "--foreground", "--ncs", "--disable-token-auth",
         "--ts-config", str(config), "--model-store", str(store),
+        "--log-config", str(TORCHSERVE_LOG_CONFIG),
         "--models", *[f"{m}={m}.mar" for m in models],
     ]
 

@@ -756,6 +756,8 @@ def test_torchserve_entrypoint_writes_models_with_batching_from_env(
         (call,) = calls
         assert call["argv"][:2] == ["--foreground", "--ncs"]
         assert call["argv"][call["argv"].index("--model-store") + 1] == str(store)
+        assert call["argv"][call["argv"].index("--log-config") + 1] == (
+            "/deploybench/config/torchserve-log4j2.xml")
         models = json.loads(call["models"])
         assert sorted(models) == expected_models
         for name, versions in models.items():

@@ -377,6 +377,13 @@ def test_batched_bad_request_fails_alone(export_root, tmp_path, monkeypatch):
         log = (tmp_path / "run" / "torchserve" / "logs" / "model_log.log").read_text()
         assert "rejected" in log  # the bad request really shared a batch with good ones
         assert "batch of 8 requests, 1 rejected" in log or "1 rejected" in log
+        # the kit's log config: no line per request from TorchServe itself (its console and
+        # ts_log.log keep start-up, warnings and errors), the handler's own in model_log.log
+        for name in ("torchserve.log", "logs/ts_log.log"):
+            text = (tmp_path / "run" / "torchserve" / name).read_text()
+            assert "Inference API bind to" in text, name
+            assert "Backend response time" not in text and "[METRICS]" not in text, name
+        assert not (tmp_path / "run" / "torchserve" / "logs" / "access_log.log").exists()
     finally:
         stop(deployment)
 

@@ -5,6 +5,7 @@ back from the server itself), and a bad profile is refused in one line before an
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,16 @@ def test_tune_records_every_probe_a_crashing_configuration_included_and_writes_a
 
     monkeypatch.setitem(targets._TARGETS, "torchserve", replace(torchserve,
                                                                 native=refuses_batching_off))
+    # servers `serve` started are someone else's: the tune keeps its own state
+    state.mkdir(parents=True)
+    (state / "serving.json").write_text('{"servers": "started by deploybench serve"}')
     out = tmp_path / "tune"
     options = TuneOptions(MODEL, export_root, out, ("torchserve", "kserve-pytorch"),
                           budget_minutes=0.8, step_seconds=0.5, warmup_seconds=0.3,
                           port_offset=free_offset(), server_cpus="1", loadgen_cpus="0")
     rows = run_tune(options, QUIET)
+    assert (state / "serving.json").read_text() == '{"servers": "started by deploybench serve"}'
+    assert os.environ["DEPLOYBENCH_STATE_DIR"] == str(state)
 
     measurements = [m.model_dump(exclude_unset=True)
                     for m in read_results(out / "results.json").measurements]

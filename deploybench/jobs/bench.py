@@ -43,7 +43,7 @@ from deploybench.manifest import load_manifest, verify_artifacts
 from deploybench.records import to_record
 from deploybench.report import write_reports
 from deploybench.serving import targets
-from deploybench.serving.manager import Deployment, serve, stop
+from deploybench.serving.manager import Deployment, private_state, serve, stop
 from deploybench.serving.profile import Profile
 from deploybench.serving.targets import loopback_endpoints
 from deploybench.settings import load_settings
@@ -228,37 +228,38 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
     before = measure_ceilings(options, "before", console, writer)
 
     threads = cpu_count(options.server_cpus)
-    for batching in (False, True):
-        settings = load_settings(batching=batching, max_batch_size=options.max_batch_size,
-                                 batch_timeout_ms=options.batch_timeout_ms,
-                                 intra_op_threads=threads, inter_op_threads=1,
-                                 cpus=float(threads))
-        servers = options.servers(batching)
-        if not servers:
-            continue
-        deployment = serve(root, "native", [options.model],
-                           options.out / f"serving-batching-{'on' if batching else 'off'}",
-                           loopback_endpoints(options.port_offset), servers, settings,
-                           log=lambda text: console.print(text, highlight=False),
-                           cpus=options.server_cpus, profile=options.profile)
-        try:
-            writer.add(*server_records(deployment, batching=batching))
-            for target in deployment.up():
-                _, ceiling = ceiling_for(before, ceiling_runtime(target), batching,
-                                         options.max_batch(target))
-                for protocol in [p for t, p in options.chosen() if t == target]:
-                    steps = measure_load(options, deployment, target, protocol,
-                                         saturation_scenario(options, batching,
-                                                             options.max_batch(target)),
-                                         console, writer).measurements
-                    saturated = max((m["throughput_rps"] for m in steps
-                                     if m.get("kind") == "load" and m.get("status") == "ok"),
-                                    default=None)
-                    measure_load(options, deployment, target, protocol,
-                                 rate_scenario(options, batching, saturated, ceiling), console,
-                                 writer)
-        finally:
-            stop(deployment)
+    with private_state():  # not the state of servers `serve` started
+        for batching in (False, True):
+            settings = load_settings(batching=batching, max_batch_size=options.max_batch_size,
+                                     batch_timeout_ms=options.batch_timeout_ms,
+                                     intra_op_threads=threads, inter_op_threads=1,
+                                     cpus=float(threads))
+            servers = options.servers(batching)
+            if not servers:
+                continue
+            deployment = serve(root, "native", [options.model],
+                               options.out / f"serving-batching-{'on' if batching else 'off'}",
+                               loopback_endpoints(options.port_offset), servers, settings,
+                               log=lambda text: console.print(text, highlight=False),
+                               cpus=options.server_cpus, profile=options.profile)
+            try:
+                writer.add(*server_records(deployment, batching=batching))
+                for target in deployment.up():
+                    _, ceiling = ceiling_for(before, ceiling_runtime(target), batching,
+                                             options.max_batch(target))
+                    for protocol in [p for t, p in options.chosen() if t == target]:
+                        steps = measure_load(options, deployment, target, protocol,
+                                             saturation_scenario(options, batching,
+                                                                 options.max_batch(target)),
+                                             console, writer).measurements
+                        saturated = max((m["throughput_rps"] for m in steps
+                                         if m.get("kind") == "load" and m.get("status") == "ok"),
+                                        default=None)
+                        measure_load(options, deployment, target, protocol,
+                                     rate_scenario(options, batching, saturated, ceiling), console,
+                                     writer)
+            finally:
+                stop(deployment)
 
     ceilings = bracket(before, measure_ceilings(options, "after", console, writer))
     rows = summarize(writer.rows(), ceilings, options)

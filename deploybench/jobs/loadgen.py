@@ -26,7 +26,6 @@ import io
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,20 +90,21 @@ def native_server(root: Path, model: str, target: str, run_dir: Path,
                   cpus: str | None = None) -> Iterator[Deployment]:
     """`target` serving `model`, started natively on free loopback ports (on `cpus`, a taskset
     list, if given), stopped on exit."""
-    from deploybench.serving.manager import serve, stop
+    from deploybench.serving.manager import private_state, serve, stop
     from deploybench.serving.targets import loopback_endpoints
 
-    os.environ["DEPLOYBENCH_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
     endpoints = loopback_endpoints(random.randrange(10_000, 30_000, 10))
-    deployment = serve(root, mode="native", models=[model], run_dir=run_dir / "serve",
-                       endpoints=endpoints, servers=(target,), log=lambda text: None, cpus=cpus)
-    try:
-        if target not in deployment.up():
-            reason = next((s.reason for s in deployment.servers if s.name == target), "")
-            raise UsageError(f"{targets.label(target)} did not start: {reason}")
-        yield deployment
-    finally:
-        stop(deployment)
+    with private_state():
+        deployment = serve(root, mode="native", models=[model], run_dir=run_dir / "serve",
+                           endpoints=endpoints, servers=(target,), log=lambda text: None,
+                           cpus=cpus)
+        try:
+            if target not in deployment.up():
+                reason = next((s.reason for s in deployment.servers if s.name == target), "")
+                raise UsageError(f"{targets.label(target)} did not start: {reason}")
+            yield deployment
+        finally:
+            stop(deployment)
 
 
 def server_steps(root: Path, model: str, target: str, port_offset: int | None,

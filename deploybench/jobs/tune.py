@@ -15,13 +15,14 @@ its switch is on), and moves to a candidate when its score beats the best by `mi
 stops when a whole pass over the knobs moves nothing, or when the screen's half of the
 server's share of the budget is spent (a probe already started runs to its end).
 
-Confirm. The default and the best screened configuration are then each measured with the
-open-loop rate search with early stopping (each step passes only when its p99's 95% interval
-lies wholly under the bound): the tuner's answer is the better of the two by that rate, never
-by the screen's. A closed loop waits for each answer before it sends the next, so it cannot
-show the queueing that bursts of independent clients cause; it ranks configurations cheaply,
-and the open loop says what each server sustains. Time a server leaves goes to the servers
-after it.
+Confirm. The default, the screen's pick and the best other screened configuration are then
+each measured with the open-loop rate search with early stopping (each step passes only when
+its p99's 95% interval lies wholly under the bound): the tuner's answer is the best of them by
+that rate, never by the screen's (the default stays unless beaten by `min_gain`). A closed
+loop waits for each answer before it sends the next, so it cannot show the queueing that
+bursts of independent clients cause (it ranks batching higher than the open loop does); it
+ranks configurations cheaply, and the open loop says what each server sustains. Time a
+server leaves goes to the servers after it.
 
 A configuration that does not start, or dies, is a probe with its reason; the search goes on.
 Every probe is a `tune-probe` record, each server's outcome a `tune` record, and the best
@@ -52,7 +53,7 @@ from deploybench.manifest import load_manifest, verify_artifacts
 from deploybench.records import to_record
 from deploybench.report import write_reports
 from deploybench.serving import targets
-from deploybench.serving.manager import serve, stop
+from deploybench.serving.manager import private_state, serve, stop
 from deploybench.serving.profile import Profile, knob_values, write_profile
 from deploybench.serving.targets import Knob, loopback_endpoints
 from deploybench.settings import ServerSettings, load_settings
@@ -328,9 +329,14 @@ def tune_server(options: TuneOptions, server: str, base: ServerSettings, budget_
     if not target.knobs:
         stopped_by = "no knobs declared"
 
-    # confirm: the default and the screen's pick, each by the open-loop rate search
+    # confirm, each by the open-loop rate search: the default, the screen's pick, and the best
+    # other screen (a closed loop ranks batching higher than open-loop bursts do)
+    runner_up = max((r for key, r in screens.items() if r.get("screen_rps")
+                     and key not in (describe(default), describe(best_values))),
+                    key=lambda r: r["screen_rps"], default=None)
     confirms = {}
-    for values in dict.fromkeys((describe(default), describe(best_values))):
+    for values in dict.fromkeys((describe(default), describe(best_values),
+                                 *([describe(runner_up["configuration"])] if runner_up else []))):
         if screens[values]["status"] == "ok":
             confirms[values] = probe(
                 options, server, protocol, base, screens[values]["configuration"],
@@ -373,10 +379,11 @@ def run_tune(options: TuneOptions, console: Console) -> list[dict[str, Any]]:
     base = replace(load_settings(), cpus=float(cpu_count(options.server_cpus)))
     deadline = time.monotonic() + options.budget_minutes * 60
     rows = []
-    for index, server in enumerate(startable):
-        # an even share of what is left: time a server leaves goes to those after it
-        share = max(0.0, deadline - time.monotonic()) / (len(startable) - index)
-        rows.append(tune_server(options, server, base, share, console, writer))
+    with private_state():  # not the state of servers `serve` started
+        for index, server in enumerate(startable):
+            # an even share of what is left: time a server leaves goes to those after it
+            share = max(0.0, deadline - time.monotonic()) / (len(startable) - index)
+            rows.append(tune_server(options, server, base, share, console, writer))
     profile = Profile(
         servers={r["target"]: r["best_configuration"] for r in rows
                  if r.get("best_configuration")},

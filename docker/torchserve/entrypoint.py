@@ -32,6 +32,9 @@ except ImportError:  # the image: no deploybench, the file mounted on PYTHONPATH
     from torchserve_models import MarError, mar_model, models_json
 
 CONFIG = os.environ.get("DEPLOYBENCH_TS_CONFIG", "/deploybench/config/config.properties")
+# no log lines per request (serving/config/torchserve-log4j2.xml says why)
+LOG_CONFIG = os.environ.get("DEPLOYBENCH_TS_LOG_CONFIG",
+                            "/deploybench/config/torchserve-log4j2.xml")
 MODEL_STORE = Path(os.environ.get("DEPLOYBENCH_MODEL_STORE", "/models/model-store"))
 MANAGEMENT = os.environ.get("DEPLOYBENCH_TS_MANAGEMENT", "http://127.0.0.1:8081")
 TRUE = ("1", "true", "yes", "on")
@@ -92,7 +95,8 @@ def start(extra: list[str]) -> int:
           flush=True)
     command = [
         "torchserve", "--foreground", "--ncs",
-        "--ts-config", CONFIG, "--model-store", str(MODEL_STORE), *extra,
+        "--ts-config", CONFIG, "--log-config", LOG_CONFIG, "--model-store", str(MODEL_STORE),
+        *extra,
     ]
     server = subprocess.Popen(command, env=env)
 
