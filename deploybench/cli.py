@@ -542,10 +542,11 @@ def run(
     mode: Annotated[str | None, typer.Option(
         help="docker or native (default: docker when a Docker engine answers).")] = None,
     servers: Annotated[str, typer.Option(
-        help="Comma-separated servers (`deploybench servers` lists them), or all.")] = "all",
+        help="Comma-separated servers (`deploybench servers` lists them), all, or main: TF "
+             "Serving, TorchServe, KServe-TensorFlow and KServe-PyTorch.")] = "main",
     users: Annotated[str, typer.Option(help="Closed-loop sweep levels.")] = "1,4",
-    step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 4.0,
-    warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds per step.")] = 1.0,
+    step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 2.5,
+    warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds per step.")] = 0.5,
     rate_search: Annotated[bool, typer.Option(
         help="Also search the highest open-loop rate under the p99 bound.")] = True,
     all_protocols: Annotated[bool, typer.Option(
@@ -553,7 +554,7 @@ def run(
              "server's JSON and binary protocol in the sweep, its binary one in the rate "
              "search).")] = False,
     rate_bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
-    edge_threads: Annotated[str, typer.Option(help="Edge thread counts.")] = "1,2",
+    edge_threads: Annotated[str, typer.Option(help="Edge thread counts.")] = "1",
     edge_runs: Annotated[int, typer.Option(min=1, help="Timed runs per edge measurement.")] = 300,
     edge_repeats: Annotated[int, typer.Option(
         min=1, help="Fresh processes per edge measurement (run-to-run noise).")] = 2,
@@ -660,7 +661,8 @@ def bench(
     loadgen_cpus: Annotated[str, typer.Option(help="CPUs for locust (taskset list).")] = "0",
     step_seconds: Annotated[float, typer.Option(help="Measured seconds per rate step.")] = 8.0,
     min_requests: Annotated[int, typer.Option(
-        min=0, help="A rate step lasts until this many requests (at most 4 x step).")] = 300,
+        min=0, help="A rate step passes on at least this many requests, its p99's interval "
+                    "under the bound (400 at least).")] = 400,
     bound_ms: Annotated[float, typer.Option(help="The p99 bound (ms).")] = 100.0,
     max_batch_size: Annotated[int, typer.Option(help="Batching bound, both servers.")] = 4,
     batch_timeout_ms: Annotated[int, typer.Option(help="Batching wait, both servers.")] = 5,

@@ -67,6 +67,9 @@ def test_clients_and_pairs_come_from_the_declarations() -> None:
     with pytest.raises(UsageError, match=r"unknown server\(s\) \['nginx'\]"):
         targets.parse_targets("torchserve,nginx")
     assert targets.parse_targets("all") == KIT_SERVERS
+    # `deploybench run`'s default: the mission's two servers and KServe's two frameworks
+    assert targets.parse_targets("main") == ("tfserving", "torchserve", "kserve-tensorflow",
+                                             "kserve-pytorch")
     assert targets.pairs("oip", "v2-grpc") == [("oip", "v2-grpc")]
 
 

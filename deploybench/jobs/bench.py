@@ -82,7 +82,7 @@ class BenchOptions:
     bound_ms: float = 100.0
     # a rate step is measured until about this many requests (at most 4 x step_seconds): a p99
     # from ~80 requests is the single slowest one, and one stall decides the step
-    min_requests: int = 300
+    min_requests: int = 400
     # Batching, tuned for one server core and mobilenet-v2: in-process torch runs 60 images/s
     # at batch 1, 2 or 4 but 45 at batch 8, whose 178 ms alone would break a 100 ms p99; batch 4
     # (68 ms) fits. A 5 ms wait caps what a lone request pays for a batch that never fills.
@@ -140,11 +140,18 @@ def measure_ceiling(options: BenchOptions, runtime: str, batch: int) -> dict[str
             "format": CEILING_FORMATS[runtime], "cpus": options.server_cpus, **result}
 
 
+PASS_REQUESTS = 400  # a p99's 95% interval has a top from about 370 requests
+
+
 def rate_scenario(options: BenchOptions, batching: bool, saturated_rps: float | None,
                   ceiling_rps: float | None) -> Scenario:
     """The open-loop search, bracketed by what the server sustains when kept busy: the rate
     under a p99 bound can only be lower, so start at a quarter of it, double, then bisect.
-    Without a saturation figure, start low under the framework's own ceiling instead."""
+    Without a saturation figure, start low under the framework's own ceiling instead. Each
+    step is decided by early stopping, as the tuner's are: it passes once its p99's 95%
+    interval lies wholly under the bound (on at least `min_requests`, and 400: fewer leave
+    the interval without a top) and fails once it lies wholly over it, so that one stall in
+    a step of a few hundred requests neither passes nor fails a rate on its own."""
     if saturated_rps:
         start, top = saturated_rps / 4, saturated_rps * 1.2
     else:
@@ -155,7 +162,8 @@ def rate_scenario(options: BenchOptions, batching: bool, saturated_rps: float | 
         rate_bound_ms=options.bound_ms,
         search=RateSearch(start_rps=max(0.5, round(start, 1)), growth=2.0,
                           max_rps=max(1.0, round(top, 1)), refine_steps=3),
-        open_loop_users=1, min_requests=options.min_requests,
+        open_loop_users=1, early_stop=True,
+        min_pass_requests=max(options.min_requests, PASS_REQUESTS),
     )
 
 
