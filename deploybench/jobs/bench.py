@@ -46,7 +46,7 @@ from deploybench.serving import targets
 from deploybench.serving.manager import Deployment, private_state, serve, stop
 from deploybench.serving.profile import Profile
 from deploybench.serving.targets import loopback_endpoints
-from deploybench.settings import load_settings
+from deploybench.settings import ServerSettings, load_settings
 from deploybench.verdict import server_label
 
 # The in-process ceiling a server is held to, by the artifact it serves: the runtime that runs
@@ -242,32 +242,10 @@ def run_bench(options: BenchOptions, console: Console) -> list[dict[str, Any]]:
                                      batch_timeout_ms=options.batch_timeout_ms,
                                      intra_op_threads=threads, inter_op_threads=1,
                                      cpus=float(threads))
-            servers = options.servers(batching)
-            if not servers:
-                continue
-            deployment = serve(root, "native", [options.model],
-                               options.out / f"serving-batching-{'on' if batching else 'off'}",
-                               loopback_endpoints(options.port_offset), servers, settings,
-                               log=lambda text: console.print(text, highlight=False),
-                               cpus=options.server_cpus, profile=options.profile)
-            try:
-                writer.add(*server_records(deployment, batching=batching))
-                for target in deployment.up():
-                    _, ceiling = ceiling_for(before, ceiling_runtime(target), batching,
-                                             options.max_batch(target))
-                    for protocol in [p for t, p in options.chosen() if t == target]:
-                        steps = measure_load(options, deployment, target, protocol,
-                                             saturation_scenario(options, batching,
-                                                                 options.max_batch(target)),
-                                             console, writer).measurements
-                        saturated = max((m["throughput_rps"] for m in steps
-                                         if m.get("kind") == "load" and m.get("status") == "ok"),
-                                        default=None)
-                        measure_load(options, deployment, target, protocol,
-                                     rate_scenario(options, batching, saturated, ceiling), console,
-                                     writer)
-            finally:
-                stop(deployment)
+            # one server at a time on the server's cores: an idle neighbour's timers and
+            # collectors would stall the one measured, and its p99 with them
+            for server in options.servers(batching):
+                measure_server(options, server, batching, settings, before, console, writer)
 
     ceilings = bracket(before, measure_ceilings(options, "after", console, writer))
     rows = summarize(writer.rows(), ceilings, options)
@@ -289,6 +267,36 @@ def ceiling_for(ceilings: dict[tuple[str, int], float], runtime: str, batching: 
     measured = [(batch, ceilings[(runtime, batch)]) for batch in batches
                 if (runtime, batch) in ceilings]
     return max(measured, key=lambda item: item[1], default=(batches[-1], None))
+
+
+def measure_server(options: BenchOptions, server: str, batching: bool,
+                   settings: ServerSettings, before: dict[tuple[str, int], float],
+                   console: Console, writer: RunWriter) -> None:
+    """One server started alone, natively, on the server's cores: for each chosen protocol,
+    its saturated rate, then its rate search under the bound; stopped after."""
+    deployment = serve(options.artifacts.resolve(), "native", [options.model],
+                       options.out / f"serving-batching-{'on' if batching else 'off'}",
+                       loopback_endpoints(options.port_offset), (server,), settings,
+                       log=lambda text: console.print(text, highlight=False),
+                       cpus=options.server_cpus, profile=options.profile)
+    try:
+        writer.add(*server_records(deployment, batching=batching))
+        if server not in deployment.up():
+            return
+        _, ceiling = ceiling_for(before, ceiling_runtime(server), batching,
+                                 options.max_batch(server))
+        for protocol in [p for t, p in options.chosen() if t == server]:
+            steps = measure_load(options, deployment, server, protocol,
+                                 saturation_scenario(options, batching,
+                                                     options.max_batch(server)),
+                                 console, writer).measurements
+            saturated = max((m["throughput_rps"] for m in steps
+                             if m.get("kind") == "load" and m.get("status") == "ok"),
+                            default=None)
+            measure_load(options, deployment, server, protocol,
+                         rate_scenario(options, batching, saturated, ceiling), console, writer)
+    finally:
+        stop(deployment)
 
 
 def ideal_server_rps(ceilings: dict[tuple[str, int], float], runtime: str, batching: bool,
