@@ -545,7 +545,7 @@ def run(
         help="Comma-separated servers (`deploybench servers` lists them), all, or main: TF "
              "Serving, TorchServe, KServe-TensorFlow and KServe-PyTorch.")] = "main",
     users: Annotated[str, typer.Option(help="Closed-loop sweep levels.")] = "1,4",
-    step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 2.5,
+    step_seconds: Annotated[float, typer.Option(help="Measured seconds per load step.")] = 2.0,
     warmup_seconds: Annotated[float, typer.Option(help="Warm-up seconds per step.")] = 0.5,
     rate_search: Annotated[bool, typer.Option(
         help="Also search the highest open-loop rate under the p99 bound.")] = True,
@@ -557,7 +557,7 @@ def run(
     edge_threads: Annotated[str, typer.Option(help="Edge thread counts.")] = "1",
     edge_runs: Annotated[int, typer.Option(min=1, help="Timed runs per edge measurement.")] = 300,
     edge_repeats: Annotated[int, typer.Option(
-        min=1, help="Fresh processes per edge measurement (run-to-run noise).")] = 2,
+        min=1, help="Fresh processes per edge measurement (2: the run-to-run noise).")] = 1,
     edge_variants: Annotated[str | None, typer.Option(
         help="Edge formats to measure, comma-separated (default: every one).")] = None,
     export: Annotated[bool, typer.Option(help="Export first (else reuse the export root).")

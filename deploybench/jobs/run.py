@@ -32,13 +32,13 @@ class RunOptions:
     # that `make run` (digits-cnn) ends within 5 minutes on a quiet 2-core machine
     servers: tuple[str, ...] | None = None
     users: tuple[int, ...] = (1, 4)
-    step_seconds: float = 2.5
+    step_seconds: float = 2.0
     warmup_seconds: float = 0.5
     rate_search: bool = True
     rate_bound_ms: float = 100.0
     edge_threads: tuple[int, ...] = (1,)
     edge_runs: int = 300
-    edge_repeats: int = 2  # fresh processes per edge measurement: the run-to-run noise
+    edge_repeats: int = 1  # fresh processes per edge measurement (2: the run-to-run noise)
     edge_variants: tuple[str, ...] | None = None  # edge formats measured (None: every one)
     export: bool = True
     endpoints: Endpoints | None = None
