@@ -31,7 +31,7 @@ def run_dir(export_root, tmp_path_factory):
         "--model", "digits-mlp", "--servers", "tfserving,torchserve,kserve-tensorflow",
         "--users", "2", "--step-seconds", "1.5",
         "--warmup-seconds", "0.5", "--rate-bound-ms", "100", "--edge-runs", "50",
-        "--edge-threads", "1", "--edge-variants", EDGE_VARIANTS,
+        "--edge-threads", "1", "--edge-repeats", "2", "--edge-variants", EDGE_VARIANTS,
         "--port-offset", str(free_offset()), "--out", str(out),
     )
     monkeypatch.undo()
