@@ -348,7 +348,7 @@ def summarize(measurements: list[dict[str, Any]], ceilings: dict[tuple[str, int]
             "batching": batching, "max_rate_rps": rate, "bound_ms": options.bound_ms,
             **({"configuration": configured[(target, batching)]}
                if (target, batching) in configured else {}),
-            "ceiling_framework": targets.get(target).framework_label, "ceiling_batch": batch,
+            "ceiling_framework": FRAMEWORK_NAME[ceiling_runtime(target)], "ceiling_batch": batch,
             "ceiling_rps": ceiling,
             # how far the ceiling moved between before and after the servers ran
             "ceiling_drift": (round((max(runs) - min(runs)) / ceiling, 3)
